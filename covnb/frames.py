@@ -1,0 +1,329 @@
+"""Decode frames from lung videos and images, the POCOVID-Net way, with an on-disk cache.
+
+Videos are sampled at ``rate_hz`` (default 3 Hz) up to ``max_frames`` (default 30, about 10 s),
+as in POCOVID-Net (Born et al., arXiv:2004.12084); images give one frame. Each frame is
+converted to RGB, optionally cropped, contrast-enhanced with CLAHE (Zuiderveld 1994) and resized
+to a square ``image_size`` (ignoring aspect ratio, as POCOVID-Net).
+
+The frame rate a container reports is used only when it is plausible and agrees with the
+decoded stream's timestamps; otherwise the timestamps, and when those are missing too an
+assumed 30 fps, decide the sampling (POCOVID-Net divided by zero on such videos).
+
+Decoded frames are cached under ``cache_dir("frames")`` keyed by the file's content hash and
+the extraction settings, so a second extraction only reads small ``.npy`` files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from covnb.cache import cache_dir
+from covnb.datasets import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, file_sha1
+
+ASSUMED_FPS = 30.0
+PLAUSIBLE_FPS = (1.0, 240.0)
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FrameSettings:
+    """How frames are taken from a file. ``crop`` is (top, bottom, left, right) as fractions."""
+
+    rate_hz: float = 3.0
+    max_frames: int = 30
+    image_size: int = 224
+    crop: tuple[float, float, float, float] | None = None
+    clahe: bool = False
+    clahe_clip: float = 2.0
+
+    def __post_init__(self):
+        if not self.rate_hz > 0:
+            raise ValueError(f"rate_hz must be positive, got {self.rate_hz}")
+        if int(self.max_frames) < 1:
+            raise ValueError(f"max_frames must be at least 1, got {self.max_frames}")
+        if int(self.image_size) < 8:
+            raise ValueError(f"image_size must be at least 8, got {self.image_size}")
+        if self.crop is not None:
+            top, bottom, left, right = self.crop
+            if not (0 <= top < bottom <= 1 and 0 <= left < right <= 1):
+                raise ValueError(f"crop must be fractions (top, bottom, left, right) with top<bottom, left<right: {self.crop}")
+
+    def key(self) -> str:
+        text = json.dumps({"v": CACHE_VERSION, **asdict(self)}, sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+class FrameError(ValueError):
+    """A file whose frames cannot be decoded; the message names the file and the problem."""
+
+
+# ----------------------------------------------------------------------------- per-frame transforms
+
+
+def to_rgb(frame: np.ndarray) -> np.ndarray:
+    """OpenCV's BGR, BGRA or grayscale frame as 3-channel RGB uint8."""
+    if frame.ndim == 2:
+        return cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
+    if frame.shape[2] == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2RGB)
+    if frame.shape[2] == 1:
+        return cv2.cvtColor(frame[..., 0], cv2.COLOR_GRAY2RGB)
+    return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+
+
+def crop_fraction(frame: np.ndarray, crop: tuple[float, float, float, float]) -> np.ndarray:
+    """Keep rows top..bottom and columns left..right, given as fractions of the frame."""
+    height, width = frame.shape[:2]
+    top, bottom, left, right = crop
+    return frame[int(round(top * height)):int(round(bottom * height)), int(round(left * width)):int(round(right * width))]
+
+
+def apply_clahe(frame_rgb: np.ndarray, clip_limit: float = 2.0, tiles: int = 8) -> np.ndarray:
+    """Contrast-limited adaptive histogram equalisation on the lightness channel (Zuiderveld 1994)."""
+    lab = cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2LAB)
+    clahe = cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tiles, tiles))
+    lab[..., 0] = clahe.apply(lab[..., 0])
+    return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+
+
+def prepare_frame(frame: np.ndarray, settings: FrameSettings) -> np.ndarray:
+    """RGB, crop, CLAHE, square resize: one decoded frame ready for a model."""
+    rgb = to_rgb(frame)
+    if settings.crop is not None:
+        rgb = crop_fraction(rgb, settings.crop)
+    if settings.clahe:
+        rgb = apply_clahe(rgb, settings.clahe_clip)
+    size = int(settings.image_size)
+    interpolation = cv2.INTER_AREA if min(rgb.shape[:2]) > size else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (size, size), interpolation=interpolation)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def effective_fps(reported_fps: float, timestamps_ms: list[float]) -> tuple[float, str]:
+    """The frame rate to sample with, and where it came from.
+
+    Timestamps (milliseconds per decoded frame) win when they increase and disagree with the
+    reported rate by more than a factor 1.5; the reported rate is used when plausible; else 30.
+    """
+    stamps = np.asarray(timestamps_ms, dtype=float)
+    from_stamps = np.nan
+    if len(stamps) >= 3 and np.all(np.diff(stamps) > 0):
+        span = (stamps[-1] - stamps[0]) / 1000.0
+        if span > 0:
+            from_stamps = (len(stamps) - 1) / span
+    plausible = PLAUSIBLE_FPS[0] <= reported_fps <= PLAUSIBLE_FPS[1]
+    stamps_ok = PLAUSIBLE_FPS[0] <= from_stamps <= PLAUSIBLE_FPS[1]
+    if plausible and (not stamps_ok or 1 / 1.5 <= reported_fps / from_stamps <= 1.5):
+        return float(reported_fps), "container"
+    if stamps_ok:
+        return float(from_stamps), "timestamps"
+    return ASSUMED_FPS, "assumed"
+
+
+def sample_indices(n_frames: int, fps: float, rate_hz: float, max_frames: int) -> np.ndarray:
+    """Indices of the frames nearest to times 0, 1/rate, 2/rate, ... (at most ``max_frames``).
+
+    A video slower than ``rate_hz`` gives each of its frames once.
+    """
+    if n_frames <= 0:
+        return np.zeros(0, dtype=int)
+    step = max(fps / rate_hz, 1.0)
+    indices = np.unique(np.round(np.arange(0, n_frames, step)).astype(int))
+    indices = indices[indices < n_frames]
+    return indices[:max_frames]
+
+
+def read_video(path: Path, settings: FrameSettings) -> tuple[np.ndarray, dict]:
+    """Sampled, prepared frames of a video and how they were sampled."""
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise FrameError(f"{path}: not a readable video")
+    try:
+        # First pass: count frames and read their timestamps; the second decodes only the chosen ones.
+        reported = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        stamps = []
+        while cap.grab():
+            stamps.append(float(cap.get(cv2.CAP_PROP_POS_MSEC)))
+    finally:
+        cap.release()
+    n_decoded = len(stamps)
+    if n_decoded == 0:
+        raise FrameError(f"{path}: video has no decodable frame (empty, truncated or corrupt)")
+    fps, fps_source = effective_fps(reported, stamps)
+    wanted = sample_indices(n_decoded, fps, settings.rate_hz, settings.max_frames)
+    frames = _decode_indices(path, set(int(i) for i in wanted), settings)
+    kept = [i for i in wanted if i in frames]
+    if not kept:
+        raise FrameError(f"{path}: none of the sampled frames could be decoded")
+    info = {"fps_used": fps, "fps_source": fps_source, "fps_reported": reported, "frames_decoded": n_decoded,
+            "frame_index": kept, "time_s": [i / fps for i in kept]}
+    return np.stack([frames[i] for i in kept]), info
+
+
+def _decode_indices(path: Path, wanted: set[int], settings: FrameSettings) -> dict[int, np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    frames: dict[int, np.ndarray] = {}
+    last = max(wanted) if wanted else -1
+    try:
+        index = 0
+        while index <= last and cap.grab():
+            if index in wanted:
+                ok, frame = cap.retrieve()
+                if ok and frame is not None:
+                    frames[index] = prepare_frame(frame, settings)
+            index += 1
+    finally:
+        cap.release()
+    return frames
+
+
+def read_image(path: Path, settings: FrameSettings) -> tuple[np.ndarray, dict]:
+    """One prepared frame from an image file."""
+    image = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise FrameError(f"{path}: not a decodable image")
+    if image.dtype != np.uint8:
+        image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    return prepare_frame(image, settings)[None], {"fps_used": np.nan, "fps_source": "image", "frame_index": [0],
+                                                   "time_s": [0.0], "frames_decoded": 1}
+
+
+def read_frames(path: str | Path, settings: FrameSettings = FrameSettings()) -> tuple[np.ndarray, dict]:
+    """Frames (T, S, S, 3) uint8 RGB of a video or image, and sampling info. No cache."""
+    path = Path(path)
+    if not path.is_file():
+        raise FrameError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise FrameError(f"{path}: zero-byte file")
+    ext = path.suffix.lower()
+    if ext in VIDEO_EXTENSIONS:
+        return read_video(path, settings)
+    if ext in IMAGE_EXTENSIONS:
+        return read_image(path, settings)
+    raise FrameError(f"{path}: unsupported file type {ext or '(no extension)'}")
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+class FrameCache:
+    """Decoded frames on disk, keyed by file content (SHA-1) and extraction settings.
+
+    The folder is ``cache_dir("frames")`` unless given; ``$COVNB_CACHE_DIR`` moves it.
+    Content hashes are remembered per (path, size, mtime) within the process.
+    """
+
+    def __init__(self, folder: str | Path | None = None):
+        self.folder = Path(folder) if folder else cache_dir("frames")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._hashes: dict[tuple, str] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def content_hash(self, path: Path) -> str:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key not in self._hashes:
+            self._hashes[key] = file_sha1(path)
+        return self._hashes[key]
+
+    def _paths(self, path: Path, settings: FrameSettings) -> tuple[Path, Path]:
+        stem = f"{self.content_hash(path)}-{settings.key()}"
+        sub = self.folder / stem[:2]
+        return sub / f"{stem}.npy", sub / f"{stem}.json"
+
+    def get(self, path: str | Path, settings: FrameSettings = FrameSettings()) -> tuple[np.ndarray, dict]:
+        """Frames from the cache, decoding and storing them on a miss."""
+        path = Path(path)
+        if not path.is_file():
+            raise FrameError(f"{path}: file not found")
+        array_path, info_path = self._paths(path, settings)
+        if array_path.is_file() and info_path.is_file():
+            try:
+                frames = np.load(array_path, allow_pickle=False)
+                info = json.loads(info_path.read_text())
+                self.hits += 1
+                return frames, info
+            except (OSError, ValueError):
+                pass  # a damaged entry is decoded again and overwritten
+        frames, info = read_frames(path, settings)
+        self.misses += 1
+        array_path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(array_path, lambda handle: np.save(handle, frames, allow_pickle=False))
+        _atomic_write(info_path, lambda handle: handle.write(json.dumps(_jsonable(info)).encode()))
+        return frames, info
+
+
+def _jsonable(info: dict) -> dict:
+    return {k: (v.tolist() if isinstance(v, np.ndarray) else [int(x) if isinstance(x, np.integer) else x for x in v]
+                if isinstance(v, list) else (float(v) if isinstance(v, (np.floating, float)) else v))
+            for k, v in info.items()}
+
+
+def _atomic_write(target: Path, write) -> None:
+    handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=".tmp-", delete=False)
+    try:
+        with handle:
+            write(handle)
+        os.replace(handle.name, target)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------- whole data sets
+
+
+@dataclass
+class FrameSet:
+    """All frames of a sample table: ``frames[i]`` belongs to row ``index.iloc[i]``."""
+
+    frames: np.ndarray
+    index: pd.DataFrame
+    skipped: pd.DataFrame
+    settings: FrameSettings
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+def extract_frames(samples: pd.DataFrame, settings: FrameSettings = FrameSettings(), cache: FrameCache | bool = True,
+                   progress: bool = True) -> FrameSet:
+    """Frames of every sample (rows of a :class:`covnb.datasets.Dataset` table).
+
+    A file that fails to decode is skipped with its reason; the run goes on.
+    """
+    frame_cache = cache if isinstance(cache, FrameCache) else (FrameCache() if cache else None)
+    chunks, rows, skipped = [], [], []
+    iterator = samples.to_dict("records")
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, desc="frames", unit="file", leave=False)
+    for sample in iterator:
+        path = Path(sample["path"])
+        try:
+            frames, info = frame_cache.get(path, settings) if frame_cache else read_frames(path, settings)
+        except (FrameError, OSError, cv2.error) as error:
+            message = str(error)
+            skipped.append({"path": str(path), "reason": message.split(": ", 1)[-1] if message.startswith(str(path)) else message})
+            continue
+        chunks.append(frames)
+        for position, (frame_index, time_s) in enumerate(zip(info["frame_index"], info["time_s"])):
+            rows.append({"sample_id": sample["sample_id"], "path": str(path), "label": sample["label"],
+                         "group": sample["group"], "kind": sample.get("kind", ""), "frame_index": int(frame_index),
+                         "time_s": float(time_s), "fps_used": info.get("fps_used"), "fps_source": info.get("fps_source")})
+    size = int(settings.image_size)
+    frames = np.concatenate(chunks) if chunks else np.zeros((0, size, size, 3), np.uint8)
+    return FrameSet(frames, pd.DataFrame(rows), pd.DataFrame(skipped, columns=["path", "reason"]), settings)

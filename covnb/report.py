@@ -1,0 +1,307 @@
+"""Run the notebooks as one parameterised, reproducible report (papermill + nbconvert).
+
+A *profile* (``reports/<name>.yaml``) names the notebooks to run, in order, and their
+parameters. Every run gets its own folder ``<out>/<profile>-<UTC time>``: the executed
+notebooks, their HTML, each notebook's ``metrics.json`` and figures (in a sub-folder passed as
+its ``output_dir`` parameter), and ``manifest.json`` (profile, parameters, seed, package
+versions, data fingerprint, per-notebook time and status). Earlier runs are never touched.
+
+Parameters are checked against each notebook's ``parameters`` cell before anything runs:
+papermill itself only warns about unknown names.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+import yaml
+
+import covnb
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+PROFILES_DIR = PROJECT_ROOT / "reports"
+DEFAULT_TIMEOUT_S = 1800
+PACKAGES = ["covnb", "tensorflow", "keras", "numpy", "pandas", "scikit-learn", "opencv-python-headless",
+            "matplotlib", "seaborn", "papermill", "nbconvert", "ipywidgets"]
+# Parameters the runner sets itself on every notebook that declares them.
+RUNNER_PARAMETERS = ("data_path", "output_dir")
+
+
+class ReportError(ValueError):
+    """A report that cannot start: unknown profile, unknown parameter, bad value, missing data."""
+
+
+@dataclass
+class NotebookPlan:
+    """One notebook of a run and the parameters it will get."""
+
+    name: str
+    path: Path
+    parameters: dict
+    declared: dict = field(repr=False, default_factory=dict)
+
+
+@dataclass
+class ReportPlan:
+    """Everything a run will do, checked before it starts."""
+
+    profile: str
+    profile_path: Path
+    description: str
+    notebooks: list[NotebookPlan]
+    data_path: str | None
+    timeout_s: int
+
+
+# ----------------------------------------------------------------------------- profiles
+
+
+def available_profiles(folder: Path = PROFILES_DIR) -> list[str]:
+    """Names of the profiles in ``reports/``."""
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def load_profile(name_or_path: str) -> tuple[dict, Path]:
+    """A profile by name (``reports/<name>.yaml``) or by path to a YAML file."""
+    candidate = Path(name_or_path)
+    path = candidate if candidate.suffix in (".yaml", ".yml") and candidate.is_file() else PROFILES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ReportError(f"unknown profile {name_or_path!r}; available: {', '.join(available_profiles()) or 'none'}")
+    try:
+        profile = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ReportError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(profile, dict) or not isinstance(profile.get("notebooks"), list) or not profile["notebooks"]:
+        raise ReportError(f"{path}: a profile needs a 'notebooks' list")
+    return profile, path
+
+
+def notebook_parameters(path: Path) -> dict:
+    """The parameters a notebook declares (name -> papermill's description with default and type)."""
+    import papermill
+
+    return papermill.inspect_notebook(str(path))
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``name=value`` from the command line; the value is read as YAML (numbers, true, null, lists)."""
+    if "=" not in text:
+        raise ReportError(f"parameter {text!r} must look like name=value")
+    name, raw = text.split("=", 1)
+    name = name.strip()
+    if not name.isidentifier():
+        raise ReportError(f"parameter name {name!r} is not a valid name")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return name, value
+
+
+def _check_type(notebook: str, name: str, value, declared: dict) -> None:
+    default_text = declared.get("default", "None")
+    try:
+        default = yaml.safe_load(default_text)
+    except yaml.YAMLError:
+        return
+    if default is None or value is None:
+        return
+    numeric = (int, float)
+    if isinstance(default, bool) != isinstance(value, bool):
+        raise ReportError(f"bad value for {name} in {notebook}: {value!r} (expected true/false like {default_text})")
+    if isinstance(default, numeric) and not isinstance(value, numeric):
+        raise ReportError(f"bad value for {name} in {notebook}: {value!r} (expected a number like {default_text})")
+    if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float) and not value.is_integer():
+        raise ReportError(f"bad value for {name} in {notebook}: {value!r} (expected a whole number like {default_text})")
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ReportError(f"bad value for {name} in {notebook}: {value!r} (expected text like {default_text})")
+
+
+def plan_report(profile: str = "sample", data: str | None = None, overrides: dict | None = None,
+                notebooks_dir: Path = NOTEBOOKS_DIR) -> ReportPlan:
+    """Resolve a profile and overrides into a checked plan; raises :class:`ReportError`."""
+    spec, path = load_profile(profile)
+    overrides = dict(overrides or {})
+    shared = dict(spec.get("parameters") or {})
+    data_path = data if data is not None else spec.get("data")
+    if data_path is not None:
+        data_path = str(Path(data_path).expanduser().resolve())
+        if not Path(data_path).is_dir():
+            raise ReportError(f"data folder {data_path} does not exist")
+    plans, accepted = [], set(RUNNER_PARAMETERS)
+    for entry in spec["notebooks"]:
+        entry = {"path": entry} if isinstance(entry, str) else dict(entry)
+        nb_path = notebooks_dir / entry["path"]
+        if not nb_path.is_file():
+            raise ReportError(f"profile {spec.get('name', path.stem)} names a missing notebook {nb_path}")
+        declared = notebook_parameters(nb_path)
+        if not declared:
+            raise ReportError(f"{nb_path.name} has no cell tagged 'parameters'")
+        own = dict(entry.get("parameters") or {})
+        unknown = sorted(set(own) - set(declared))
+        if unknown:
+            raise ReportError(f"profile {path.stem}: {nb_path.name} has no parameter {', '.join(unknown)}")
+        params = {k: v for k, v in shared.items() if k in declared}
+        params.update(own)
+        params.update({k: v for k, v in overrides.items() if k in declared})
+        accepted.update(declared)
+        for name, value in params.items():
+            _check_type(nb_path.name, name, value, declared[name])
+        plans.append(NotebookPlan(nb_path.stem, nb_path, params, declared))
+    unknown = sorted(set(shared) - accepted)
+    if unknown:
+        raise ReportError(f"profile {path.stem}: no notebook has a parameter {', '.join(unknown)}")
+    unknown = sorted(set(overrides) - accepted)
+    if unknown:
+        raise ReportError(f"unknown parameter {', '.join(unknown)}; the notebooks of profile {path.stem} accept: "
+                          f"{', '.join(sorted(accepted))}")
+    return ReportPlan(spec.get("name", path.stem), path, spec.get("description", ""), plans, data_path,
+                      int(spec.get("timeout", DEFAULT_TIMEOUT_S)))
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def package_versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def new_run_dir(out: Path, profile: str) -> Path:
+    """A fresh folder for a run; never an existing one."""
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    for attempt in range(1000):
+        run_dir = out / (f"{profile}-{stamp}" if attempt == 0 else f"{profile}-{stamp}-{attempt}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+    raise ReportError(f"could not create a new run folder in {out}")
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _data_record(data_path: str | None) -> dict:
+    from covnb.datasets import data_fingerprint, load_dataset
+
+    dataset = load_dataset(data_path)
+    return {"path": str(dataset.root), "layout": dataset.layout, "synthetic": data_path is None,
+            "fingerprint": data_fingerprint(dataset.samples), "samples": len(dataset.samples),
+            "groups": int(dataset.samples["group"].nunique()),
+            "skipped": dataset.summary()["skipped"]}
+
+
+def _to_html(notebook_path: Path, html_path: Path) -> None:
+    import nbconvert
+    import nbformat
+
+    exporter = nbconvert.HTMLExporter()
+    body, _ = exporter.from_notebook_node(nbformat.read(str(notebook_path), as_version=4))
+    html_path.write_text(body, encoding="utf-8")
+
+
+def run_report(plan: ReportPlan, out: str | Path = "runs", log=print, progress: bool = True) -> tuple[Path, dict]:
+    """Execute a planned report; returns the run folder and the manifest (``status`` ok/failed)."""
+    import papermill
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    run_dir = new_run_dir(Path(out), plan.profile)
+    started = time.time()
+    manifest = {
+        "profile": plan.profile, "profile_file": str(plan.profile_path), "description": plan.description,
+        "started_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv), "platform": platform.platform(), "versions": package_versions(),
+        "seed": None, "data": None, "notebooks": [], "status": "running",
+    }
+    log(f"covnb report: profile {plan.profile} -> {run_dir}")
+    try:
+        manifest["data"] = _data_record(plan.data_path)
+    except Exception as error:  # the notebooks report data problems themselves; record and go on
+        manifest["data"] = {"path": plan.data_path, "error": f"{type(error).__name__}: {error}"}
+    seeds = {p.parameters.get("seed") for p in plan.notebooks if "seed" in p.parameters}
+    manifest["seed"] = seeds.pop() if len(seeds) == 1 else sorted(seeds, key=str) or None
+    _write_json(run_dir / "manifest.json", manifest)
+    failed = False
+    for number, nb in enumerate(plan.notebooks, 1):
+        record = {"notebook": nb.path.name, "parameters": {}, "status": "not run", "seconds": None,
+                  "executed": f"{nb.name}.ipynb", "html": f"{nb.name}.html", "output_dir": nb.name}
+        manifest["notebooks"].append(record)
+        if failed:
+            continue
+        output_dir = run_dir / nb.name
+        output_dir.mkdir()
+        params = dict(nb.parameters)
+        if "output_dir" in nb.declared:
+            params["output_dir"] = str(output_dir)
+        if "data_path" in nb.declared:
+            params["data_path"] = plan.data_path
+        record["parameters"] = params
+        executed = run_dir / f"{nb.name}.ipynb"
+        log(f"[{number}/{len(plan.notebooks)}] {nb.path.name} ...")
+        t0 = time.time()
+        try:
+            papermill.execute_notebook(str(nb.path), str(executed), parameters=params, kernel_name="python3",
+                                       execution_timeout=plan.timeout_s, progress_bar=progress, cwd=str(output_dir))
+            record["status"] = "ok"
+        except Exception as error:  # papermill writes the failed notebook with its traceback
+            record["status"] = "failed"
+            record["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
+            failed = True
+        record["seconds"] = round(time.time() - t0, 1)
+        metrics_file = output_dir / "metrics.json"
+        record["metrics"] = f"{nb.name}/metrics.json" if metrics_file.is_file() else None
+        if executed.is_file():
+            try:
+                _to_html(executed, run_dir / f"{nb.name}.html")
+            except Exception as error:
+                record["html_error"] = str(error)
+        log(f"[{number}/{len(plan.notebooks)}] {nb.path.name}: {record['status']} in {record['seconds']} s"
+            + (f" ({record['error']})" if failed else ""))
+        _write_json(run_dir / "manifest.json", manifest)
+    manifest["status"] = "failed" if failed else "ok"
+    manifest["seconds"] = round(time.time() - started, 1)
+    _write_json(run_dir / "manifest.json", manifest)
+    _write_index(run_dir, manifest)
+    return run_dir, manifest
+
+
+def _write_index(run_dir: Path, manifest: dict) -> None:
+    rows = []
+    for record in manifest["notebooks"]:
+        metrics = record.get("metrics")
+        rows.append(f"<tr><td><a href='{record['html']}'>{html.escape(record['notebook'])}</a></td>"
+                    f"<td>{record['status']}</td><td>{record['seconds']}</td>"
+                    f"<td>{f'<a href={chr(39)}{metrics}{chr(39)}>metrics.json</a>' if metrics else ''}</td></tr>")
+    data = manifest.get("data") or {}
+    skipped = data.get("skipped") or []
+    skipped_html = "".join(f"<li>{html.escape(s['path'])}: {html.escape(s['reason'])}</li>" for s in skipped) or "<li>none</li>"
+    synthetic = ("<p><b>Data: SYNTHETIC phantom generated by covnb, not real patients.</b></p>"
+                 if data.get("synthetic") else "")
+    page = f"""<!doctype html><html><head><meta charset='utf-8'><title>covnb report {html.escape(manifest['profile'])}</title></head>
+<body><h1>covnb report: {html.escape(manifest['profile'])}</h1><p>{html.escape(manifest.get('description') or '')}</p>
+{synthetic}<p>Status: <b>{manifest['status']}</b>, {manifest.get('seconds')} s. Data: {html.escape(str(data.get('path')))}
+(fingerprint {data.get('fingerprint')}, {data.get('samples')} samples, {data.get('groups')} groups).</p>
+<table border='1' cellpadding='4'><tr><th>notebook</th><th>status</th><th>seconds</th><th>metrics</th></tr>{''.join(rows)}</table>
+<h2>Skipped files</h2><ul>{skipped_html}</ul><p><a href='manifest.json'>manifest.json</a></p></body></html>"""
+    (run_dir / "index.html").write_text(page, encoding="utf-8")

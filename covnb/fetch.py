@@ -1,0 +1,239 @@
+"""Download the public POCUS lung-ultrasound data set (scikit-learn ``fetch_*`` style).
+
+The data are those of Born et al., "POCOVID-Net: automatic detection of COVID-19 from a new
+lung ultrasound imaging dataset (POCUS)", arXiv:2004.12084, published in the GitHub
+repository jannisborn/covid19_ultrasound. :func:`fetch_pocus` downloads the repository
+archive once, keeps only its ``data/`` folder and returns it. Licences are per file (see the
+``License`` column of ``dataset_metadata.csv``).
+
+Downloads are all-or-nothing: the archive streams into a temporary file, is checked, is
+extracted into a temporary folder, and only a complete folder is renamed into place.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from covnb.cache import cache_dir
+
+DEFAULT_POCUS_URL = "https://github.com/jannisborn/covid19_ultrasound/archive/refs/heads/master.zip"
+POCUS_FOLDER = "pocus"
+_CHUNK = 1 << 20
+
+
+class FetchError(RuntimeError):
+    """A download or archive problem; the message names the URL, the problem and a way out."""
+
+
+def _advice(url: str, target: Path) -> str:
+    return (
+        f"Download {url} yourself (or clone the repository), and pass its data/ folder "
+        f"(the one holding pocus_videos/, pocus_images/ and dataset_metadata.csv) to covnb "
+        f"as the data folder, or copy it to {target}. Without internet, covnb.phantom "
+        "provides a synthetic data set."
+    )
+
+
+def _is_pocus_folder(folder: Path) -> bool:
+    return (folder / "dataset_metadata.csv").is_file() and (
+        (folder / "pocus_videos").is_dir() or (folder / "pocus_images").is_dir()
+    )
+
+
+def fetch_pocus(
+    data_home=None,
+    url: str = DEFAULT_POCUS_URL,
+    force: bool = False,
+    progress: bool = True,
+    timeout: float = 60,
+) -> Path:
+    """Download the POCUS data once and return the folder with ``pocus_videos/``,
+    ``pocus_images/`` and ``dataset_metadata.csv`` (``<data_home>/pocus``).
+
+    ``data_home`` defaults to ``cache_dir("data")``. An existing complete copy is returned
+    without any network access unless ``force``. Raises :class:`FetchError` on any problem
+    (HTTP error, no connection, truncated download, not a zip, no ``data/`` folder, unsafe
+    member paths) and then leaves no partial data set nor temporary file behind.
+    """
+    data_home = Path(data_home).expanduser() if data_home is not None else cache_dir("data")
+    target = data_home / POCUS_FOLDER
+    if not force and _is_pocus_folder(target):
+        return target
+    if target.exists() and not force:
+        raise FetchError(
+            f"{target} exists but is not a complete POCUS folder (it needs dataset_metadata.csv "
+            "and pocus_videos/ or pocus_images/). Move it away or call fetch_pocus(force=True) "
+            "to replace it."
+        )
+    data_home.mkdir(parents=True, exist_ok=True)
+
+    archive = None
+    staging = None
+    try:
+        handle, name = tempfile.mkstemp(prefix=".pocus-download-", suffix=".zip", dir=data_home)
+        os.close(handle)
+        archive = Path(name)
+        _download(url, archive, timeout=timeout, progress=progress, target=target)
+        staging = Path(tempfile.mkdtemp(prefix=".pocus-extract-", dir=data_home))
+        _extract_data_folder(archive, staging, url=url, target=target)
+        os.chmod(staging, 0o755)  # mkdtemp makes it private
+        _replace_folder(staging, target)
+        staging = None
+    finally:
+        if archive is not None:
+            archive.unlink(missing_ok=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _download(url: str, destination: Path, timeout: float, progress: bool, target: Path) -> None:
+    """Stream url into destination; check the length against Content-Length."""
+    request = urllib.request.Request(url, headers={"User-Agent": "covnb"})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as error:
+        raise FetchError(
+            f"Could not download the POCUS data from {url}: HTTP {error.code} {error.reason}. "
+            + _advice(url, target)
+        ) from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        raise FetchError(
+            f"Could not connect to {url} to download the POCUS data ({reason}). " + _advice(url, target)
+        ) from None
+
+    with response:
+        length_header = response.headers.get("Content-Length")
+        try:
+            expected = int(length_header) if length_header is not None else None
+        except ValueError:
+            expected = None
+        received = 0
+        last_report = 0.0
+        try:
+            with open(destination, "wb") as out:
+                while True:
+                    chunk = response.read(_CHUNK)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    received += len(chunk)
+                    now = time.monotonic()
+                    if progress and now - last_report > 0.5:
+                        _report(url, received, expected)
+                        last_report = now
+        except (http.client.IncompleteRead, http.client.HTTPException, OSError) as error:
+            raise FetchError(
+                f"The download of {url} broke off after {received} bytes"
+                + (f" of {expected}" if expected else "")
+                + f" ({type(error).__name__}: {error}). Try again later. "
+                + _advice(url, target)
+            ) from None
+        if progress:
+            _report(url, received, expected, end=True)
+    if expected is not None and received != expected:
+        raise FetchError(
+            f"The download of {url} is truncated: received {received} bytes, the server "
+            f"announced {expected}. Try again later. " + _advice(url, target)
+        )
+
+
+def _human(n_bytes: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= size:
+            return f"{n_bytes / size:.1f} {unit}"
+    return f"{n_bytes} B"
+
+
+def _report(url: str, received: int, expected: int | None, end: bool = False) -> None:
+    if expected:
+        line = f"Downloading {url}: {_human(received)} / {_human(expected)} ({100 * received / expected:.0f}%)"
+    else:
+        line = f"Downloading {url}: {_human(received)}"
+    print("\r" + line, end="\n" if end else "", file=sys.stderr, flush=True)
+
+
+def _extract_data_folder(archive: Path, staging: Path, url: str, target: Path) -> None:
+    """Extract ``<top>/data/**`` of the zip into staging, refusing unsafe member names."""
+    if not zipfile.is_zipfile(archive):
+        raise FetchError(
+            f"The file downloaded from {url} is not a zip archive (got {archive.stat().st_size} "
+            "bytes of something else, e.g. an HTML error page). " + _advice(url, target)
+        )
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = zf.infolist()
+            for info in members:
+                path = PurePosixPath(info.filename.replace("\\", "/"))
+                if path.is_absolute() or ".." in path.parts or (path.parts and ":" in path.parts[0]):
+                    raise FetchError(
+                        f"The archive from {url} holds an unsafe member path {info.filename!r} "
+                        "(absolute or with '..'); refusing to extract it. " + _advice(url, target)
+                    )
+            bad = zf.testzip()
+            if bad is not None:
+                raise FetchError(
+                    f"The archive from {url} is corrupt (member {bad!r} fails its CRC check). "
+                    + _advice(url, target)
+                )
+            prefix = _find_data_prefix([m.filename for m in members])
+            if prefix is None:
+                raise FetchError(
+                    f"The archive from {url} has no data/ folder (expected <repository>-<branch>/data/). "
+                    + _advice(url, target)
+                )
+            for info in members:
+                if not info.filename.startswith(prefix) or info.filename == prefix:
+                    continue
+                relative = info.filename[len(prefix):]
+                destination = staging.joinpath(*PurePosixPath(relative).parts)
+                if info.is_dir():
+                    destination.mkdir(parents=True, exist_ok=True)
+                    continue
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as source, open(destination, "wb") as out:
+                    shutil.copyfileobj(source, out, _CHUNK)
+    except zipfile.BadZipFile as error:
+        raise FetchError(f"The archive from {url} is corrupt ({error}). " + _advice(url, target)) from None
+    if not _is_pocus_folder(staging):
+        raise FetchError(
+            f"The data/ folder of the archive from {url} lacks dataset_metadata.csv or "
+            "pocus_videos/ / pocus_images/. " + _advice(url, target)
+        )
+
+
+def _find_data_prefix(names: list[str]) -> str | None:
+    """``"<top>/data/"`` for the first top-level folder holding data/ (or ``"data/"``)."""
+    for name in names:
+        parts = name.split("/")
+        if len(parts) >= 2 and parts[0] == "data":
+            return "data/"
+        if len(parts) >= 3 and parts[1] == "data":
+            return f"{parts[0]}/data/"
+    return None
+
+
+def _replace_folder(staging: Path, target: Path) -> None:
+    """Rename staging to target; an existing target is moved aside and removed afterwards."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{staging.name.rsplit('-', 1)[-1]}")
+        target.rename(old)
+    try:
+        staging.rename(target)
+    except BaseException:
+        if old is not None and not target.exists():
+            old.rename(target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

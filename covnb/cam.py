@@ -56,6 +56,7 @@ __all__ = [
     "sector_mask",
     "heat_inside_fraction",
     "plot_peak_scatter",
+    "method_agreement",
 ]
 
 #: Canonical method names, and the spellings ``explain`` accepts for them.
@@ -604,13 +605,16 @@ def _frames_and_index(frames) -> tuple[np.ndarray, pd.DataFrame | None]:
     return np.asarray(frames), None
 
 
-def cam_peaks(model: keras.Model, frames, index: pd.DataFrame | None = None, class_names: Sequence[str] | None = None,
-              method: str = "gradcam", class_index=None, layer: str | None = None, box: int = 19,
-              batch_size: int = 16) -> pd.DataFrame:
+def cam_peaks(model: keras.Model | None, frames, index: pd.DataFrame | None = None,
+              class_names: Sequence[str] | None = None, method: str = "gradcam", class_index=None,
+              layer: str | None = None, box: int = 19, batch_size: int = 16,
+              result: CamResult | None = None) -> pd.DataFrame:
     """Heatmap peak of every frame, POCOVID-Net style: one row per frame.
 
     frames: (N, H, W, 3) raw RGB at the model's input size, or a covnb FrameSet. index: optional
     table with ``sample_id``, ``frame_index`` and ``label`` columns (a FrameSet brings its own).
+    result: heatmaps already computed by :func:`explain` for these frames (then ``model``,
+    ``method``, ``class_index`` and ``layer`` are not used and ``model`` may be None).
     Columns: sample, frame, label (when known), class (explained class), class_index, prob,
     peak_x, peak_y (0..1 of the frame width / height, y downwards), inside (heat fraction inside
     the ultrasound sector).
@@ -619,7 +623,12 @@ def cam_peaks(model: keras.Model, frames, index: pd.DataFrame | None = None, cla
     index = own_index if index is None else index.reset_index(drop=True)
     if index is not None and len(index) != len(array):
         raise ValueError(f"index has {len(index)} rows but there are {len(array)} frames.")
-    result = explain(model, array, method=method, class_index=class_index, layer=layer, batch_size=batch_size)
+    if result is None:
+        if model is None:
+            raise ValueError("cam_peaks needs a model or a precomputed result.")
+        result = explain(model, array, method=method, class_index=class_index, layer=layer, batch_size=batch_size)
+    elif len(result) != len(array):
+        raise ValueError(f"result has {len(result)} heatmaps but there are {len(array)} frames.")
     height, width = array.shape[1:3]
     rows = []
     for i, heatmap in enumerate(result.heatmaps):
@@ -731,3 +740,54 @@ def plot_peak_scatter(peaks: pd.DataFrame, hue: str = "class", background=None, 
     if title:
         axes.set_title(title)
     return figure
+
+
+def method_agreement(results: dict[str, CamResult], frame_size: tuple[int, int] | int, box: int = 19,
+                     top_fraction: float = 0.2) -> pd.DataFrame:
+    """How much explanation methods agree, frame by frame: one row per frame and pair of methods.
+
+    results: method name -> :class:`CamResult` of the same frames (same classes explained).
+    Heatmaps are upsampled to ``frame_size`` = (H, W). Columns: frame (position), method_a,
+    method_b, correlation (Pearson r of the maps; NaN when one map is constant), peak_distance
+    (distance between the box-filtered peaks, as in POCOVID-Net, in fractions of the frame
+    diagonal), top_iou (intersection over union of each map's hottest ``top_fraction`` pixels,
+    the overlap used to compare saliency methods, e.g. Adebayo et al. 2018 "Sanity checks for
+    saliency maps").
+    """
+    names = list(results)
+    if len(names) < 2:
+        raise ValueError(f"method_agreement needs at least two methods; got {names}.")
+    lengths = {name: len(result) for name, result in results.items()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"results cover different numbers of frames: {lengths}.")
+    if not 0.0 < float(top_fraction) < 1.0:
+        raise ValueError(f"top_fraction must be within (0, 1); got {top_fraction}.")
+    height, width = (frame_size, frame_size) if isinstance(frame_size, int) else frame_size
+    diagonal = float(np.hypot(height, width))
+    n_frames, n_pixels = lengths[names[0]], height * width
+    keep = max(1, int(round(float(top_fraction) * n_pixels)))
+    flat, peaks, tops = {}, {}, {}
+    for name, result in results.items():
+        maps = upsample_heatmap(result.heatmaps, (height, width)).reshape(n_frames, n_pixels)
+        peaks[name] = [heatmap_peak(m.reshape(height, width), box=box) for m in maps]
+        top = np.zeros(maps.shape, bool)
+        if keep < n_pixels:
+            np.put_along_axis(top, np.argpartition(-maps, keep - 1, axis=1)[:, :keep], True, axis=1)
+        else:
+            top[:] = True
+        centred = maps - maps.mean(axis=1, keepdims=True)
+        norms = np.linalg.norm(centred, axis=1, keepdims=True)
+        flat[name] = np.divide(centred, norms, out=np.full_like(centred, np.nan), where=norms > 0)
+        tops[name] = top
+    rows = []
+    for a_position, method_a in enumerate(names):
+        for method_b in names[a_position + 1:]:
+            correlations = np.einsum("np,np->n", flat[method_a], flat[method_b])
+            overlap = (tops[method_a] & tops[method_b]).sum(axis=1) / (tops[method_a] | tops[method_b]).sum(axis=1)
+            for i in range(n_frames):
+                (xa, ya), (xb, yb) = peaks[method_a][i], peaks[method_b][i]
+                rows.append({"frame": i, "method_a": method_a, "method_b": method_b,
+                             "correlation": float(np.clip(correlations[i], -1.0, 1.0)),
+                             "peak_distance": float(np.hypot(xa - xb, ya - yb)) / diagonal,
+                             "top_iou": float(overlap[i])})
+    return pd.DataFrame(rows, columns=["frame", "method_a", "method_b", "correlation", "peak_distance", "top_iou"])

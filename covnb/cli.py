@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up logs stay out of the output
 
 
 class UsageError(Exception):
@@ -133,6 +134,146 @@ def cmd_report(args) -> int:
     return EXIT_OK if manifest["status"] == "ok" else EXIT_FAILED
 
 
+# ----------------------------------------------------------------------------- cam
+
+
+def cmd_cam(args) -> int:
+    from covnb.cam_export import CamOptionError, export_cam
+    from covnb.models import ModelFileError
+
+    model_path = _existing_path(args.model)
+    for item in args.paths:
+        _existing_path(item)
+    if args.top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
+    for name, value in (("--alpha", args.alpha), ("--threshold", args.threshold)):
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise UsageError(f"{name} must be within 0..1, got {value}")
+    try:
+        index = export_cam(model_path, args.paths, args.out, method=args.method, layer=args.layer,
+                           class_name=args.class_name, threshold=args.threshold, alpha=args.alpha,
+                           top_k=args.top_k, colormap=args.colormap, mp4=not args.no_mp4, log=print)
+    except CamOptionError as error:
+        raise UsageError(str(error)) from error
+    except ModelFileError as error:
+        print(f"covnb: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    failed = index[index["status"] == "error"]
+    for row in failed.itertuples():
+        print(f"covnb: failed: {row.source}: {row.error}", file=sys.stderr)
+    if not (index["status"] == "ok").any():
+        print("covnb: error: no explanation written", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def _weights_arg(text: str):
+    if text.lower() in ("none", "random"):
+        return None
+    if text.lower() == "imagenet":
+        return "imagenet"
+    _existing_path(text)
+    return str(Path(text).expanduser().resolve())
+
+
+def _seeds_arg(text: str) -> list[int]:
+    try:
+        return [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError as error:
+        raise UsageError(f"--seeds must be whole numbers separated by commas, got {text!r}") from error
+
+
+def cmd_train(args) -> int:
+    """Cross-validate a recipe, then fit and save the final model; results land in --out only on success."""
+    import shutil
+    import tempfile
+
+    from covnb.frames import FrameSettings
+    from covnb.train import recipe_config
+
+    if args.folds < 2:
+        raise UsageError(f"--folds must be at least 2, got {args.folds}")
+    dataset = _load(args.data, args.layout)
+    overrides = {"backbone": args.backbone, "weights": _weights_arg(args.weights), "image_size": args.image_size,
+                 "seed": args.seeds_list[0]}
+    for name in ("epochs", "fine_tune_epochs", "imbalance", "alpha"):
+        value = getattr(args, name)
+        if value is not None:
+            overrides[name] = value
+    try:
+        config = recipe_config(args.preset, **overrides)
+        settings = FrameSettings(rate_hz=args.rate_hz, max_frames=args.max_frames, image_size=args.image_size)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    from covnb.backbones import BACKBONES, WeightsUnavailableError
+    from covnb.train import run_training
+
+    if args.backbone not in BACKBONES:
+        raise UsageError(f"unknown backbone {args.backbone!r}; choose one of {', '.join(BACKBONES)}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        result = run_training(dataset, out_dir=staging, config=config, task=None if args.task == "auto" else args.task,
+                              n_folds=args.folds, seeds=args.seeds_list, frame_settings=settings,
+                              final_model=not args.no_final_model)
+    except WeightsUnavailableError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise UsageError(str(error)) from error
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    out.mkdir(parents=True, exist_ok=True)
+    for item in staging.iterdir():
+        target = out / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(item, target)
+    staging.rmdir()
+    # the metrics file names the staging folder: point it at the final one
+    metrics_path = out / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics["paths"] = {k: str(out / Path(v).name) for k, v in metrics.get("paths", {}).items()}
+    metrics_path.write_text(json.dumps(metrics, indent=2))
+    video = metrics.get("video_mean", {}).get("pooled", {})
+    if video:
+        print(f"video level (mean probability), pooled out-of-fold: balanced accuracy "
+              f"{video.get('balanced_accuracy', float('nan')):.3f}")
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+def cmd_predict(args) -> int:
+    from covnb.models import ModelFileError
+    from covnb.predict import predict_paths
+
+    _existing_path(args.model)  # a missing input file is reported and skipped, not fatal
+    try:
+        predictions = predict_paths(args.model, args.paths, batch_size=args.batch_size)
+    except ModelFileError as error:
+        raise UsageError(str(error)) from error
+    if args.format == "json":
+        text = predictions.to_json(args.out)
+        if not args.out:
+            print(text)
+    else:
+        if args.out:
+            videos, frames = predictions.to_csv(args.out)
+            print(f"wrote {videos} and {frames}")
+        else:
+            table = predictions.frames if args.frames else predictions.videos
+            print(table.to_csv(index=False), end="")
+    for error in predictions.errors.to_dict("records"):
+        print(f"skipped {error['path']}: {error['reason']}", file=sys.stderr)
+    return EXIT_OK if len(predictions.videos) else EXIT_FAILED
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -173,12 +314,61 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override a notebook parameter (repeatable)")
     report.add_argument("--no-progress", action="store_true", help="no progress bars")
     report.set_defaults(func=cmd_report)
+
+    cam_parser = commands.add_parser("cam", help="heatmap overlays (PNG) and videos (MP4) of a saved model's explanations")
+    cam_parser.add_argument("model", help="saved model (.keras with its sidecar .json, or a folder holding one)")
+    cam_parser.add_argument("paths", nargs="+", metavar="PATH", help="videos, images or folders (searched recursively)")
+    cam_parser.add_argument("--out", required=True, help="output folder (created; never an input folder)")
+    cam_parser.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++", "cam"])
+    cam_parser.add_argument("--layer", default=None, help="conv layer to explain (default: the last one)")
+    cam_parser.add_argument("--class", dest="class_name", default=None, metavar="NAME",
+                            help="class to explain (default: the predicted class of each file)")
+    cam_parser.add_argument("--threshold", type=float, default=None, help="zero heat below this value (0..1)")
+    cam_parser.add_argument("--alpha", type=float, default=0.4, help="overlay opacity (0..1, default 0.4)")
+    cam_parser.add_argument("--colormap", default="jet", help="matplotlib colormap (default jet)")
+    cam_parser.add_argument("--top-k", type=int, default=3, help="overlay PNGs per video: its most telling frames")
+    cam_parser.add_argument("--no-mp4", action="store_true", help="no heatmap video per input video")
+    cam_parser.set_defaults(func=cmd_cam)
+
+    train = commands.add_parser("train", help="patient-level cross-validation of a recipe, then a final model")
+    train.add_argument("--data", default=None, help="data folder (default: the embedded synthetic phantom)")
+    train.add_argument("--out", required=True, help="folder for metrics.json, OOF predictions, figures, model.keras")
+    train.add_argument("--preset", default="default", choices=["default", "pocovid", "linear_probe"])
+    train.add_argument("--backbone", default="efficientnet_lite0")
+    train.add_argument("--weights", default="imagenet", help="imagenet, none, or a local weights file")
+    train.add_argument("--alpha", type=float, default=None, help="width multiplier (mobilenet)")
+    train.add_argument("--folds", type=int, default=5)
+    train.add_argument("--epochs", type=int, default=None, help="head epochs (default: the preset's)")
+    train.add_argument("--fine-tune-epochs", type=int, default=None, help="then fine-tune the last block")
+    train.add_argument("--imbalance", default=None, choices=["none", "class_weight", "oversample"])
+    train.add_argument("--image-size", type=int, default=224)
+    train.add_argument("--rate-hz", type=float, default=3.0)
+    train.add_argument("--max-frames", type=int, default=30)
+    train.add_argument("--seed", type=int, default=None, help="one split/training seed (default 0)")
+    train.add_argument("--seeds", default=None, help="several split seeds, e.g. 0,1,2 (mean over them)")
+    train.add_argument("--task", default="auto", choices=["auto", "pocovid3", "pocus4", "covid_vs_other", "all"])
+    train.add_argument("--layout", default="auto", choices=["auto", "pocus", "csv", "folders"])
+    train.add_argument("--no-final-model", action="store_true", help="cross-validation only")
+    train.set_defaults(func=cmd_train)
+
+    predict = commands.add_parser("predict", help="per-frame and per-video class probabilities from a saved model")
+    predict.add_argument("model", help="model.keras (with its model.json) or the folder holding it")
+    predict.add_argument("paths", nargs="+", help="videos, images or folders")
+    predict.add_argument("--format", default="csv", choices=["csv", "json"])
+    predict.add_argument("--out", default=None, help="file to write (CSV: also <name>_frames.csv); default stdout")
+    predict.add_argument("--frames", action="store_true", help="stdout CSV: one row per frame instead of per file")
+    predict.add_argument("--batch-size", type=int, default=32)
+    predict.set_defaults(func=cmd_predict)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "command", None) == "train":
+        if args.seed is not None and args.seeds is not None:
+            parser.error("give --seed or --seeds, not both")
+        args.seeds_list = _seeds_arg(args.seeds) if args.seeds else [args.seed if args.seed is not None else 0]
     try:
         return args.func(args)
     except UsageError as error:

@@ -31,7 +31,7 @@ from covnb.datasets import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, file_sha1
 
 ASSUMED_FPS = 30.0
 PLAUSIBLE_FPS = (1.0, 240.0)
-CACHE_VERSION = 1
+CACHE_VERSION = 1  # bump when decoding changes what a cached entry holds
 
 
 @dataclass(frozen=True)
@@ -139,36 +139,64 @@ def sample_indices(n_frames: int, fps: float, rate_hz: float, max_frames: int) -
     if n_frames <= 0:
         return np.zeros(0, dtype=int)
     step = max(fps / rate_hz, 1.0)
-    indices = np.unique(np.round(np.arange(0, n_frames, step)).astype(int))
-    indices = indices[indices < n_frames]
-    return indices[:max_frames]
+    indices = np.unique(np.round(np.arange(int(max_frames)) * step).astype(np.int64))
+    return indices[indices < n_frames]
 
 
 def read_video(path: Path, settings: FrameSettings) -> tuple[np.ndarray, dict]:
-    """Sampled, prepared frames of a video and how they were sampled."""
+    """Sampled, prepared frames of a video and how they were sampled.
+
+    One pass reads up to the last frame the reported rate asks for, decoding only those; when
+    the timestamps contradict the reported rate, a second pass decodes the right frames.
+    """
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise FrameError(f"{path}: not a readable video")
     try:
-        # First pass: count frames and read their timestamps; the second decodes only the chosen ones.
         reported = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        stamps = []
-        while cap.grab():
+        guess_fps = reported if PLAUSIBLE_FPS[0] <= reported <= PLAUSIBLE_FPS[1] else ASSUMED_FPS
+        guess = set(int(i) for i in sample_indices(2**62, guess_fps, settings.rate_hz, settings.max_frames))
+        last_guess = max(guess)
+        stamps, frames = [], {}
+        while len(stamps) <= last_guess and cap.grab():
+            index = len(stamps)
             stamps.append(float(cap.get(cv2.CAP_PROP_POS_MSEC)))
+            if index in guess:
+                ok, frame = cap.retrieve()
+                if ok and frame is not None:
+                    frames[index] = prepare_frame(frame, settings)
+        ended = len(stamps) <= last_guess
     finally:
         cap.release()
-    n_decoded = len(stamps)
-    if n_decoded == 0:
+    n_read = len(stamps)
+    if n_read == 0:
         raise FrameError(f"{path}: video has no decodable frame (empty, truncated or corrupt)")
     fps, fps_source = effective_fps(reported, stamps)
-    wanted = sample_indices(n_decoded, fps, settings.rate_hz, settings.max_frames)
-    frames = _decode_indices(path, set(int(i) for i in wanted), settings)
-    kept = [i for i in wanted if i in frames]
+    if fps != guess_fps:
+        # The container lied or said nothing: count the whole stream, then decode the right frames.
+        if not ended:
+            n_read = _count_frames(path)
+        wanted = sample_indices(n_read, fps, settings.rate_hz, settings.max_frames)
+        frames = _decode_indices(path, set(int(i) for i in wanted), settings)
+    else:
+        wanted = sample_indices(n_read, fps, settings.rate_hz, settings.max_frames)
+    kept = [int(i) for i in wanted if i in frames]
     if not kept:
         raise FrameError(f"{path}: none of the sampled frames could be decoded")
-    info = {"fps_used": fps, "fps_source": fps_source, "fps_reported": reported, "frames_decoded": n_decoded,
+    info = {"fps_used": fps, "fps_source": fps_source, "fps_reported": reported, "frames_read": n_read,
             "frame_index": kept, "time_s": [i / fps for i in kept]}
     return np.stack([frames[i] for i in kept]), info
+
+
+def _count_frames(path: Path) -> int:
+    cap = cv2.VideoCapture(str(path))
+    count = 0
+    try:
+        while cap.grab():
+            count += 1
+    finally:
+        cap.release()
+    return count
 
 
 def _decode_indices(path: Path, wanted: set[int], settings: FrameSettings) -> dict[int, np.ndarray]:
@@ -196,7 +224,7 @@ def read_image(path: Path, settings: FrameSettings) -> tuple[np.ndarray, dict]:
     if image.dtype != np.uint8:
         image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
     return prepare_frame(image, settings)[None], {"fps_used": np.nan, "fps_source": "image", "frame_index": [0],
-                                                   "time_s": [0.0], "frames_decoded": 1}
+                                                   "time_s": [0.0], "frames_read": 1}
 
 
 def read_frames(path: str | Path, settings: FrameSettings = FrameSettings()) -> tuple[np.ndarray, dict]:

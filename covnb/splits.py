@@ -45,11 +45,22 @@ def inner_validation(train: pd.DataFrame, fraction: float = 0.2, seed: int = 0) 
     """
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be in (0, 1), got {fraction}")
-    n_splits = max(2, min(int(round(1 / fraction)), train["group"].nunique()))
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    _, validation = next(splitter.split(train, train["label"], train["group"]))
+    if train["group"].nunique() < 2:
+        raise ValueError("an inner validation split needs at least 2 patient groups")
+    groups_per_label = train.groupby("label")["group"].nunique()
+    n_splits = min(int(round(1 / fraction)), train["group"].nunique(), int(groups_per_label.min()))
     mask = np.zeros(len(train), dtype=bool)
-    mask[validation] = True
+    if n_splits >= 2:
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        _, validation = next(splitter.split(train, train["label"], train["group"]))
+        mask[validation] = True
+    else:
+        # A class with a single patient cannot be stratified: hold out a random share of groups.
+        rng = np.random.default_rng(seed)
+        groups = np.asarray(sorted(train["group"].unique()), dtype=object)
+        n_held = max(1, int(round(fraction * len(groups))))
+        held = set(rng.choice(groups, size=n_held, replace=False))
+        mask[:] = train["group"].isin(held).to_numpy()
     return pd.Series(mask, index=train.index, name="validation")
 
 

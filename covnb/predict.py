@@ -1,0 +1,193 @@
+"""Apply a saved covnb model to videos, images or folders: per-frame and per-video probabilities.
+
+Frames are taken exactly as in training (:mod:`covnb.frames`, with the frame rate, frame
+count, size, crop and CLAHE stored in the model's sidecar JSON). Frames of several files are
+batched together and the model is called inside one ``tf.function`` (``model.predict`` adds tens
+of milliseconds per call). A file that cannot be read is reported in ``errors``; the others
+are still predicted. Video level: mean frame probability (and the majority vote), the two
+rules of POCOVID-Net (Born et al., arXiv:2004.12084).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["Predictions", "predict_paths", "frame_settings_from_metadata", "expand_paths"]
+
+
+@dataclasses.dataclass
+class Predictions:
+    """``frames``: one row per frame; ``videos``: one row per file; ``errors``: path, reason."""
+
+    frames: pd.DataFrame
+    videos: pd.DataFrame
+    errors: pd.DataFrame
+    classes: list[str]
+
+    def to_csv(self, path: str | os.PathLike) -> tuple[Path, Path]:
+        """Write the per-file table to ``path`` and the per-frame table to ``<stem>_frames.csv``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frames_path = path.with_name(f"{path.stem}_frames{path.suffix or '.csv'}")
+        self.videos.to_csv(path, index=False)
+        self.frames.to_csv(frames_path, index=False)
+        return path, frames_path
+
+    def to_json(self, path: str | os.PathLike | None = None) -> str:
+        """JSON text with classes, videos, frames and errors (written to ``path`` when given)."""
+        payload = {"classes": self.classes,
+                   "videos": json.loads(self.videos.to_json(orient="records")),
+                   "frames": json.loads(self.frames.to_json(orient="records")),
+                   "errors": json.loads(self.errors.to_json(orient="records"))}
+        text = json.dumps(payload, indent=2)
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text)
+        return text
+
+
+def frame_settings_from_metadata(metadata: dict):
+    """The :class:`covnb.frames.FrameSettings` a model was trained with (from its sidecar)."""
+    from covnb.frames import FrameSettings
+
+    stored = dict(metadata.get("frame_settings") or {})
+    if not stored:
+        stored = {"image_size": metadata.get("image_size", 224), "rate_hz": metadata.get("rate_hz", 3.0),
+                  "max_frames": metadata.get("max_frames", 30)}
+    if stored.get("crop") is not None:
+        stored["crop"] = tuple(stored["crop"])
+    known = {f.name for f in dataclasses.fields(FrameSettings)}
+    return FrameSettings(**{k: v for k, v in stored.items() if k in known})
+
+
+def expand_paths(paths) -> tuple[list[Path], list[dict]]:
+    """Files to predict (folders searched recursively for videos/images) and missing paths."""
+    from covnb.datasets import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    media = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
+    files, errors = [], []
+    for item in paths:
+        item = Path(item)
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in media
+                           and not p.name.startswith("."))
+            if not found:
+                errors.append({"path": str(item), "reason": "folder holds no video or image file"})
+            files.extend(found)
+        elif item.is_file():
+            files.append(item)
+        else:
+            errors.append({"path": str(item), "reason": "no such file or folder"})
+    return files, errors
+
+
+def predict_paths(model_path, paths, batch_size: int = 32, use_cache: bool = False,
+                  log=None) -> Predictions:
+    """Class probabilities of every frame and every file in ``paths`` (files and/or folders).
+
+    ``model_path``: a ``.keras`` file (with its sidecar JSON), a folder holding one, or an
+    already loaded ``(model, metadata)`` pair. Unreadable files end up in ``errors``.
+    """
+    import cv2
+    import tensorflow as tf
+
+    from covnb.frames import FrameCache, FrameError, read_frames
+    from covnb.models import load_model
+
+    model, metadata = model_path if isinstance(model_path, tuple) else load_model(model_path)
+    classes = [str(c) for c in metadata["classes"]]
+    settings = frame_settings_from_metadata(metadata)
+    size = int(model.input.shape[1])
+    if int(settings.image_size) != size:
+        raise ValueError(f"model input is {size} px but its metadata says image_size {settings.image_size}")
+    call = _inference_function(model, size)
+    cache = FrameCache() if use_cache else None
+    files, errors = expand_paths(paths)
+    frame_rows, pending, pending_rows, outputs = [], [], [], []
+
+    def flush():
+        if pending:
+            batch = np.concatenate(pending)
+            outputs.append(np.asarray(call(tf.constant(batch, dtype=tf.float32))))
+            pending.clear()
+
+    buffered = 0
+    for path in files:
+        try:
+            frames, info = cache.get(path, settings) if cache else read_frames(path, settings)
+        except (FrameError, OSError, cv2.error, ValueError) as error:
+            message = str(error)
+            reason = message.split(": ", 1)[-1] if message.startswith(str(path)) else message
+            errors.append({"path": str(path), "reason": reason})
+            if log:
+                log(f"skipped {path}: {reason}")
+            continue
+        kind = "image" if info.get("fps_source") == "image" else "video"
+        for frame_index, time_s in zip(info["frame_index"], info["time_s"]):
+            frame_rows.append({"path": str(path), "kind": kind, "frame_index": int(frame_index),
+                               "time_s": float(time_s)})
+        start = 0
+        while start < len(frames):
+            take = min(batch_size - buffered, len(frames) - start)
+            pending.append(frames[start:start + take])
+            buffered += take
+            start += take
+            if buffered >= batch_size:
+                flush()
+                buffered = 0
+    flush()
+    probs = np.concatenate(outputs) if outputs else np.zeros((0, len(classes)), np.float32)
+    columns = [f"prob_{c}" for c in classes]
+    frame_table = pd.DataFrame(frame_rows, columns=["path", "kind", "frame_index", "time_s"])
+    for k, column in enumerate(columns):
+        frame_table[column] = probs[:, k] if len(probs) else []
+    frame_table["pred"] = np.asarray(classes)[probs.argmax(axis=1)] if len(probs) else []
+    video_table = _video_table(frame_table, classes)
+    error_table = pd.DataFrame(errors, columns=["path", "reason"])
+    return Predictions(frame_table, video_table, error_table, classes)
+
+
+_INFERENCE_FUNCTIONS: "weakref.WeakKeyDictionary" = None
+
+
+def _inference_function(model, size: int):
+    """One traced ``tf.function`` per model (tracing costs about a second; reuse it across calls)."""
+    import weakref
+
+    import tensorflow as tf
+
+    global _INFERENCE_FUNCTIONS
+    if _INFERENCE_FUNCTIONS is None:
+        _INFERENCE_FUNCTIONS = weakref.WeakKeyDictionary()
+    function = _INFERENCE_FUNCTIONS.get(model)
+    if function is None:
+        function = tf.function(lambda x: model(x, training=False),
+                               input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)])
+        _INFERENCE_FUNCTIONS[model] = function
+    return function
+
+
+def _video_table(frames: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    columns = [f"prob_{c}" for c in classes]
+    if frames.empty:
+        return pd.DataFrame(columns=["path", "kind", "n_frames", *columns, "pred", "pred_vote", "vote_fraction"])
+    grouped = frames.groupby("path", sort=False)
+    videos = grouped[columns].mean()
+    videos.insert(0, "n_frames", grouped.size())
+    videos.insert(0, "kind", grouped["kind"].first())
+    videos["pred"] = np.asarray(classes)[videos[columns].to_numpy().argmax(axis=1)]
+    # Majority vote, ties broken by the mean probability.
+    vote_counts = frames.pivot_table(index="path", columns="pred", values="frame_index", aggfunc="count",
+                                     fill_value=0).reindex(columns=classes, fill_value=0).reindex(videos.index)
+    tie_break = vote_counts.to_numpy() + 1e-6 * videos[columns].to_numpy()
+    videos["pred_vote"] = np.asarray(classes)[tie_break.argmax(axis=1)]
+    videos["vote_fraction"] = vote_counts.max(axis=1).to_numpy() / videos["n_frames"].to_numpy()
+    return videos.reset_index()

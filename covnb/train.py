@@ -1,0 +1,756 @@
+"""Training recipes, frozen-feature caching and patient-level cross-validation.
+
+Three recipes (:func:`recipe_config`):
+
+* ``"pocovid"``: POCOVID-Net's protocol (Born et al., arXiv:2004.12084; their
+  ``scripts/train_covid19.py``): their head, Adam 1e-4, batch 16, 20 epochs, rotation 10 deg,
+  shifts 0.1, both flips, head + last conv block trainable, no class weights, ReduceLROnPlateau
+  (0.7, 7), early stopping (patience 20) -- but with seeds and an inner patient-level
+  validation split for early stopping instead of the test fold. By default it trains the plain
+  Keras way (every augmented batch through the backbone each epoch).
+* ``"default"`` (covnb): the backbone is frozen, so its features are computed ONCE per frame
+  (and per augmented view, ``aug_views`` views precomputed per frame), cached on disk, and the
+  head is trained on them; class weights; inner patient-level validation for early stopping
+  and model selection; then optionally the last backbone block is fine-tuned on cached
+  features taken at the block's input (Yosinski et al., NeurIPS 2014: "How transferable are
+  features in deep neural networks?").
+* ``"linear_probe"``: frozen pooled features -> standardised, class-weighted logistic
+  regression, C chosen by inner patient-grouped CV: the strong simple baseline.
+
+Every recipe yields a full Keras model (raw RGB in, probabilities out), so a saved model is
+used the same way whatever trained it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+import keras
+
+from covnb import __version__
+from covnb.cache import cache_dir
+from covnb.models import (augmentation_spec, build_model, head_feature_layer, last_block_input_layer,
+                          save_model, set_trainable)
+
+__all__ = [
+    "RECIPES",
+    "IMBALANCE_CHOICES",
+    "TrainConfig",
+    "recipe_config",
+    "CVResult",
+    "FoldData",
+    "compute_features",
+    "class_weights",
+    "fit_fold",
+    "fit_final_model",
+    "run_cross_validation",
+    "run_training",
+    "predict_frames",
+]
+
+RECIPES = ("pocovid", "default", "linear_probe")
+IMBALANCE_CHOICES = ("none", "class_weight", "oversample")
+ENGINES = ("cached", "plain")
+FEATURE_CACHE_VERSION = 1
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every knob of a training run. Build one with :func:`recipe_config`."""
+
+    recipe: str = "default"
+    backbone: str = "efficientnet_lite0"
+    weights: str | None = "imagenet"
+    alpha: float | None = None
+    image_size: int = 224
+    head: str = "gap"
+    dropout: float | None = None
+    augmentation: Any = "default"  # None, "pocovid", "default" or a dict (covnb.models.AUGMENTATIONS)
+    aug_views: int = 4  # cached engine: augmented views precomputed per frame (plus the clean one)
+    engine: str = "cached"  # "cached" (features computed once) or "plain" (keras fit through the backbone)
+    trainable: str = "head"  # first stage: "head" or "last_block" (or "all", plain engine only)
+    epochs: int = 40
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    patience: int = 8
+    reduce_lr: bool = False  # ReduceLROnPlateau(factor 0.7, patience 7), as POCOVID-Net
+    fine_tune_epochs: int = 0  # second stage: last block + head, from the first stage's weights
+    fine_tune_learning_rate: float = 1e-4
+    fine_tune_patience: int = 3
+    imbalance: str = "class_weight"  # "none", "class_weight" or "oversample"
+    validation_fraction: float = 0.2
+    linear_probe_cs: tuple = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.recipe not in RECIPES:
+            raise ValueError(f"Unknown recipe {self.recipe!r}; choose one of {RECIPES}")
+        if self.imbalance not in IMBALANCE_CHOICES:
+            raise ValueError(f"imbalance must be one of {IMBALANCE_CHOICES}, got {self.imbalance!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.engine == "cached" and self.trainable == "all":
+            raise ValueError("trainable='all' cannot use cached features: use engine='plain'")
+        if int(self.epochs) < 1 or int(self.batch_size) < 1:
+            raise ValueError("epochs and batch_size must be positive")
+        self.linear_probe_cs = tuple(float(c) for c in self.linear_probe_cs)
+        augmentation_spec(self.augmentation)  # validates
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "pocovid": dict(head="pocovid", augmentation="pocovid", engine="plain", trainable="last_block", epochs=20,
+                    batch_size=16, learning_rate=1e-4, patience=20, reduce_lr=True, fine_tune_epochs=0,
+                    imbalance="none", dropout=0.5),
+    "default": dict(head="gap", augmentation="default", engine="cached", trainable="head", aug_views=4, epochs=40,
+                    batch_size=32, learning_rate=1e-3, patience=8, fine_tune_epochs=0, imbalance="class_weight"),
+    "linear_probe": dict(head="gap", augmentation=None, engine="cached", trainable="head", aug_views=0,
+                         imbalance="class_weight", dropout=0.0),
+}
+
+
+def recipe_config(recipe: str = "default", **overrides) -> TrainConfig:
+    """The settings of a recipe ("pocovid", "default", "linear_probe"), with overrides."""
+    if recipe not in RECIPES:
+        raise ValueError(f"Unknown recipe {recipe!r}; choose one of {RECIPES}")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ValueError(f"Unknown training settings {sorted(unknown)}; known: {sorted(known)}")
+    return TrainConfig(**{**_RECIPE_DEFAULTS[recipe], **overrides, "recipe": recipe})
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Balanced class weights n / (k * n_c) (scikit-learn's "balanced"); absent classes get 0."""
+    counts = np.bincount(labels, minlength=n_classes).astype(float)
+    weights = np.zeros(n_classes)
+    present = counts > 0
+    weights[present] = len(labels) / (present.sum() * counts[present])
+    return weights
+
+
+def _model_for(config: TrainConfig, n_classes: int, seed: int) -> keras.Model:
+    return build_model(config.backbone, n_classes, config.head, config.image_size, config.weights,
+                       trainable=config.trainable if config.trainable != "all" else "all",
+                       augmentation=config.augmentation, dropout=config.dropout, alpha=config.alpha, seed=seed)
+
+
+def _batched_call(model: keras.Model, x: np.ndarray, batch_size: int = 64, training: bool = False) -> np.ndarray:
+    """``model(x)`` in batches inside one ``tf.function`` (no per-call ``predict`` overhead)."""
+    import tensorflow as tf
+
+    call = tf.function(lambda batch: model(batch, training=training), reduce_retracing=True)
+    outputs = [np.asarray(call(tf.convert_to_tensor(x[i:i + batch_size], dtype=tf.float32)))
+               for i in range(0, len(x), batch_size)]
+    if not outputs:
+        shape = tuple(int(d) for d in model.output.shape[1:])
+        return np.zeros((0,) + shape, np.float32)
+    return np.concatenate(outputs)
+
+
+def predict_frames(model: keras.Model, frames: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Class probabilities of raw RGB frames ``(N, S, S, 3)``, batched in a ``tf.function``."""
+    return _batched_call(model, frames, batch_size)
+
+
+# ----------------------------------------------------------------------------- feature cache
+
+
+def _frames_fingerprint(frames: np.ndarray) -> str:
+    digest = hashlib.sha1(str((frames.shape, str(frames.dtype))).encode())
+    digest.update(np.ascontiguousarray(frames).data)
+    return digest.hexdigest()[:16]
+
+
+def _backbone_fingerprint(model: keras.Model, until: str) -> str:
+    """Hash of the weights of every layer up to ``until`` (the frozen part)."""
+    digest = hashlib.sha1()
+    for layer in model.layers:
+        for weight in layer.weights:
+            digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).data)
+        if layer.name == until:
+            break
+    return digest.hexdigest()[:16]
+
+
+def _weights_key(weights) -> str:
+    if weights is None or weights == "imagenet":
+        return str(weights)
+    path = Path(weights)
+    stat = path.stat()
+    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _feature_key(fingerprint: str, config: TrainConfig, cut: str, view: int) -> str:
+    spec = {"v": FEATURE_CACHE_VERSION, "frames": fingerprint, "backbone": config.backbone,
+            "weights": _weights_key(config.weights), "alpha": config.alpha, "size": int(config.image_size),
+            "head": config.head, "cut": cut, "view": int(view), "seed": int(config.seed),
+            "augmentation": augmentation_spec(config.augmentation) if view > 0 else {}}
+    return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def compute_features(frames: np.ndarray, config: TrainConfig, model: keras.Model | None = None,
+                     cut: str = "head", views: int | None = None, cache: bool = True,
+                     log: Callable[[str], None] | None = print, batch_size: int = 32,
+                     from_last_block: np.ndarray | None = None) -> np.ndarray:
+    """Frozen features of every frame, for view 0 (clean) and ``views`` augmented views.
+
+    ``cut="head"``: pooled features (the ``head_features`` layer); ``cut="last_block"``: the
+    input of the backbone's last block (float16). Returns ``(1 + views, N, ...)``. Features are
+    cached under ``cache_dir("features")`` keyed by the frames' content, backbone, weights, image
+    size, augmentation and view; the backbone is frozen, so they never change.
+    ``from_last_block``: the ``cut="last_block"`` features of the same views, from which pooled
+    features are derived by running only the last block (no second backbone pass).
+    """
+    views = config.aug_views if views is None else int(views)
+    spec = augmentation_spec(config.augmentation)
+    if not spec:
+        views = 0
+    if model is None:
+        keras.utils.set_random_seed(int(config.seed))
+        model = _model_for(config, 2, config.seed)
+    layer = head_feature_layer() if cut == "head" else last_block_input_layer(config.backbone)
+    # The key holds the frozen weights themselves: random (weights=None) or changed backbones never collide.
+    fingerprint = _frames_fingerprint(frames) + _backbone_fingerprint(model, layer)
+    folder = cache_dir("features")
+    results, missing = [None] * (views + 1), []
+    for view in range(views + 1):
+        path = folder / f"{_feature_key(fingerprint, config, layer, view)}.npy"
+        if cache and path.is_file():
+            try:
+                results[view] = np.load(path, mmap_mode=None)
+                continue
+            except (OSError, ValueError):
+                pass
+        missing.append((view, path))
+    if missing:
+        preprocess = f"{config.backbone}_preprocess"
+        augment = keras.Model(model.input, model.get_layer(preprocess).input) if spec else None
+        if from_last_block is not None:
+            # Pooled features from cached last-block inputs: only the (frozen) last block runs.
+            frozen = keras.Model(model.get_layer(last_block_input_layer(config.backbone)).output,
+                                 model.get_layer(layer).output)
+        else:
+            frozen = keras.Model(model.get_layer(preprocess).input, model.get_layer(layer).output)
+        started = time.perf_counter()
+        import tensorflow as tf
+
+        frozen_call = tf.function(lambda b: frozen(b, training=False), reduce_retracing=True)
+        augment_call = tf.function(lambda b: augment(b, training=True), reduce_retracing=True) if augment else None
+        for view, path in missing:
+            if view > 0:
+                keras.utils.set_random_seed(int(config.seed) * 1009 + view)
+            chunks = []
+            source = frames if from_last_block is None else from_last_block[view]
+            step = batch_size if from_last_block is None else 256
+            for i in range(0, len(source), step):
+                batch = tf.convert_to_tensor(source[i:i + step], dtype=tf.float32)
+                if view > 0 and from_last_block is None:
+                    batch = augment_call(batch)
+                chunks.append(np.asarray(frozen_call(batch)))
+            dtype = np.float32 if cut == "head" else np.float16
+            array = (np.concatenate(chunks) if chunks else np.zeros((0,) + tuple(frozen.output.shape[1:]))).astype(dtype)
+            results[view] = array
+            if cache:
+                tmp = path.with_suffix(".tmp.npy")
+                np.save(tmp, array)
+                tmp.replace(path)
+        if log:
+            log(f"features: {len(missing)} view(s) x {len(frames)} frames at '{layer}' computed in "
+                f"{time.perf_counter() - started:.1f} s ({len(missing) * len(frames) / max(time.perf_counter() - started, 1e-9):.0f} frames/s)")
+    elif log:
+        log(f"features: {views + 1} view(s) x {len(frames)} frames at '{layer}' read from cache")
+    return np.stack(results)
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+class _Batches(keras.utils.PyDataset):
+    """Batches of ``views[v, i]`` (a random view per frame each epoch), one-hot labels, weights."""
+
+    def __init__(self, views: np.ndarray, rows: np.ndarray, labels: np.ndarray, n_classes: int,
+                 sample_weights: np.ndarray, batch_size: int, shuffle: bool, seed: int, oversample: bool = False):
+        super().__init__()
+        self.views, self.rows, self.labels = views, np.asarray(rows), np.asarray(labels)
+        self.n_classes, self.weights, self.batch_size = n_classes, np.asarray(sample_weights, np.float32), batch_size
+        self.shuffle, self.oversample = shuffle, oversample
+        self.rng = np.random.default_rng(seed)
+        self._plan()
+
+    def _plan(self):
+        positions = np.arange(len(self.rows))
+        if self.oversample:
+            by_class = [positions[self.labels == c] for c in np.unique(self.labels)]
+            largest = max(len(p) for p in by_class)
+            positions = np.concatenate([self.rng.choice(p, largest, replace=len(p) < largest) if len(p) < largest
+                                        else p for p in by_class])
+        if self.shuffle:
+            positions = self.rng.permutation(positions)
+        self.order = positions
+        n_views = self.views.shape[0]
+        self.view_of = self.rng.integers(0, n_views, len(positions)) if (self.shuffle and n_views > 1) \
+            else np.zeros(len(positions), dtype=int)
+
+    def __len__(self):
+        return max(1, math.ceil(len(self.order) / self.batch_size))
+
+    def __getitem__(self, index):
+        part = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        positions = self.order[part]
+        x = self.views[self.view_of[part], self.rows[positions]].astype(np.float32)
+        y = np.eye(self.n_classes, dtype=np.float32)[self.labels[positions]]
+        return x, y, self.weights[positions]
+
+    def on_epoch_end(self):
+        if self.shuffle:
+            self._plan()
+
+
+class _EpochLine(keras.callbacks.Callback):
+    """One short line per epoch."""
+
+    def __init__(self, log, prefix: str, epochs: int, history: list):
+        super().__init__()
+        self.log, self.prefix, self.epochs, self.history = log, prefix, epochs, history
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        learning_rate = logs.get("learning_rate")
+        if learning_rate is None:
+            try:
+                learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            except Exception:  # noqa: BLE001 - purely informative
+                learning_rate = float("nan")
+        row = {"epoch": epoch + 1, "loss": logs.get("loss"), "val_loss": logs.get("val_loss"),
+               "accuracy": logs.get("accuracy"), "val_accuracy": logs.get("val_accuracy"),
+               "learning_rate": learning_rate, "seconds": time.perf_counter() - self.started}
+        self.history.append(row)
+        if self.log:
+            self.log(f"{self.prefix} epoch {epoch + 1:>2}/{self.epochs} loss {row['loss']:.3f} "
+                     f"val_loss {row['val_loss']:.3f} val_bacc {row['val_accuracy']:.3f} ({row['seconds']:.0f} s)")
+
+
+# ----------------------------------------------------------------------------- one fold
+
+
+@dataclasses.dataclass
+class FoldData:
+    """Inputs of one training run: arrays aligned with frames, and which rows to use."""
+
+    frames: np.ndarray  # (N, S, S, 3) uint8
+    labels: np.ndarray  # (N,) int class index
+    train_rows: np.ndarray  # rows for fitting
+    validation_rows: np.ndarray  # rows for early stopping / model selection (inner split)
+    features: dict | None = None  # {"head": (V, N, D), "last_block": (V, N, h, w, c)} cached features
+
+
+def _sample_weights(labels: np.ndarray, rows: np.ndarray, n_classes: int, imbalance: str) -> np.ndarray:
+    if imbalance == "class_weight":
+        return class_weights(labels[rows], n_classes)[labels[rows]]
+    return np.ones(len(rows), np.float32)
+
+
+def _balanced_weights(labels: np.ndarray, rows: np.ndarray, n_classes: int) -> np.ndarray:
+    return class_weights(labels[rows], n_classes)[labels[rows]]
+
+
+def _fit_stage(model: keras.Model, cut: str | None, data: FoldData, config: TrainConfig, n_classes: int, epochs: int,
+               learning_rate: float, patience: int, seed: int, log, prefix: str) -> list[dict]:
+    """Train ``model`` (or its tail after ``cut``) with early stopping on the inner validation rows."""
+    standardise = None
+    if cut is None:
+        trained, views = model, data.frames[None]
+    else:
+        layer = head_feature_layer() if cut == "head" else last_block_input_layer(config.backbone)
+        trained, views = keras.Model(model.get_layer(layer).output, model.output), data.features[cut]
+        if cut == "head":
+            # Train on standardised pooled features (scale-free optimisation), then fold the
+            # standardisation into the first Dense layer: the saved model is the plain architecture.
+            reference = views[0][data.train_rows].astype(np.float64)
+            mean, std = reference.mean(axis=0), reference.std(axis=0)
+            std = np.maximum(std, 1e-6 * std.max() + 1e-30)  # scale-relative: random backbones give tiny features
+            standardise = (mean, std)
+            views = ((views - mean) / std).astype(np.float32)
+            _fold_standardisation(model, mean, std, inverse=True)
+    train_weights = _sample_weights(data.labels, data.train_rows, n_classes, config.imbalance)
+    train = _Batches(views, data.train_rows, data.labels[data.train_rows], n_classes, train_weights,
+                     config.batch_size, shuffle=True, seed=seed, oversample=config.imbalance == "oversample")
+    # Validation: clean view only, class-balanced so val_loss and val_accuracy are balanced.
+    validation = _Batches(views[:1], data.validation_rows, data.labels[data.validation_rows], n_classes,
+                          _balanced_weights(data.labels, data.validation_rows, n_classes), 64, shuffle=False, seed=seed)
+    trained.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="categorical_crossentropy",
+                    weighted_metrics=["accuracy"])
+    history: list[dict] = []
+    callbacks = [keras.callbacks.EarlyStopping("val_loss", patience=patience, restore_best_weights=True),
+                 _EpochLine(log, prefix, epochs, history)]
+    if config.reduce_lr:
+        callbacks.insert(0, keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.7, patience=7, min_lr=1e-7))
+    trained.fit(train, validation_data=validation, epochs=epochs, callbacks=callbacks, verbose=0)
+    if standardise is not None:
+        _fold_standardisation(model, *standardise)
+    return history
+
+
+def _first_dense_after_features(model: keras.Model) -> keras.layers.Dense:
+    return model.get_layer("head_dense" if "head_dense" in [l.name for l in model.layers] else "logits")
+
+
+def _fold_standardisation(model: keras.Model, mean: np.ndarray, std: np.ndarray, inverse: bool = False) -> None:
+    """Make the first head Dense act on raw features as it did on ``(x - mean) / std``.
+
+    ``W' = W / std``, ``b' = b - (mean / std) @ W``. ``inverse=True`` maps raw-space weights into
+    standardised space (so training starts from the current weights).
+    """
+    dense = _first_dense_after_features(model)
+    kernel, bias = dense.get_weights()
+    if inverse:
+        new_kernel = kernel * std[:, None]
+        new_bias = bias + mean @ kernel
+    else:
+        new_kernel = kernel / std[:, None]
+        new_bias = bias - (mean / std) @ kernel
+    dense.set_weights([new_kernel.astype(np.float32), new_bias.astype(np.float32)])
+
+
+def _fit_linear_probe(model: keras.Model, data: FoldData, config: TrainConfig, groups: np.ndarray, n_classes: int,
+                      seed: int, log, prefix: str) -> list[dict]:
+    """Standardised, class-weighted logistic regression on pooled features, C by grouped CV.
+
+    The fitted probe is written into the model's ``logits`` layer (so the model is complete).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, GroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rows = np.concatenate([data.train_rows, data.validation_rows])  # grouped CV replaces the holdout
+    x, y, g = data.features["head"][0][rows], data.labels[rows], groups[rows]
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression(
+        class_weight="balanced" if config.imbalance != "none" else None, max_iter=2000))
+    n_splits = max(2, min(5, len(np.unique(g))))
+    splits = list(GroupKFold(n_splits=n_splits).split(x, y, g))
+    search = GridSearchCV(pipeline, {"logisticregression__C": list(config.linear_probe_cs)}, cv=splits,
+                          scoring="balanced_accuracy", n_jobs=1)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # tiny inner folds miss classes: expected
+        search.fit(x, y)
+    best = search.best_estimator_
+    scaler, logistic = best.named_steps["standardscaler"], best.named_steps["logisticregression"]
+    coef, intercept = logistic.coef_, logistic.intercept_
+    present = logistic.classes_
+    scale = scaler.scale_
+    kernel = np.zeros((x.shape[1], n_classes), np.float32)
+    bias = np.full(n_classes, -30.0, np.float32)  # classes never seen in training get ~0 probability
+    if len(present) == 2:
+        coef = np.vstack([np.zeros_like(coef[0]), coef[0]])
+        intercept = np.array([0.0, intercept[0]])
+    for k, cls in enumerate(present):
+        kernel[:, cls] = coef[k] / scale
+        bias[cls] = intercept[k] - np.sum(coef[k] * scaler.mean_ / scale)
+    model.get_layer("logits").set_weights([kernel, bias])
+    if log:
+        log(f"{prefix} linear probe: C={search.best_params_['logisticregression__C']:g}, inner grouped CV "
+            f"balanced accuracy {search.best_score_:.3f}")
+    return [{"epoch": 1, "C": search.best_params_["logisticregression__C"], "inner_cv_balanced_accuracy": search.best_score_}]
+
+
+def fit_fold(model: keras.Model, data: FoldData, config: TrainConfig, groups: np.ndarray, n_classes: int,
+             seed: int = 0, log=print, prefix: str = "") -> dict[str, list[dict]]:
+    """Train ``model`` in place on ``data`` with ``config``'s recipe; returns histories per stage."""
+    keras.utils.set_random_seed(int(seed))
+    if config.recipe == "linear_probe":
+        return {"linear_probe": _fit_linear_probe(model, data, config, groups, n_classes, seed, log, prefix)}
+    histories = {}
+    set_trainable(model, config.trainable, config.backbone)
+    if config.engine == "plain":
+        cut = None
+    else:
+        cut = "head" if config.trainable == "head" else "last_block"
+    histories["head" if config.trainable == "head" else config.trainable] = _fit_stage(
+        model, cut, data, config, n_classes, config.epochs, config.learning_rate, config.patience, seed, log,
+        f"{prefix} {'head' if config.trainable == 'head' else config.trainable}")
+    if config.fine_tune_epochs > 0:
+        set_trainable(model, "last_block", config.backbone)
+        histories["fine_tune"] = _fit_stage(
+            model, None if config.engine == "plain" else "last_block", data, config, n_classes,
+            config.fine_tune_epochs, config.fine_tune_learning_rate, config.fine_tune_patience, seed + 1, log,
+            f"{prefix} fine-tune")
+        set_trainable(model, config.trainable, config.backbone)
+    return histories
+
+
+def _predict_rows(model: keras.Model, data: FoldData, rows: np.ndarray, config: TrainConfig) -> np.ndarray:
+    if config.engine == "cached" and data.features is not None:
+        # Same function as the full model on the clean frames, from the cached features.
+        cut = "last_block" if "last_block" in data.features and (config.trainable != "head" or config.fine_tune_epochs > 0) \
+            else "head"
+        if cut in data.features:
+            layer = head_feature_layer() if cut == "head" else last_block_input_layer(config.backbone)
+            tail = keras.Model(model.get_layer(layer).output, model.output)
+            return _batched_call(tail, data.features[cut][0][rows], 256)
+    return _batched_call(model, data.frames[rows], 32)
+
+
+# ----------------------------------------------------------------------------- cross-validation
+
+
+@dataclasses.dataclass
+class CVResult:
+    """Out-of-fold predictions (one row per frame, seed) and what produced them."""
+
+    oof: pd.DataFrame  # seed, fold, sample_id, group, label, frame_index, prob_<class>..., pred
+    classes: list[str]
+    config: TrainConfig
+    histories: pd.DataFrame  # seed, fold, stage, epoch, loss, val_loss, ...
+    folds: pd.DataFrame  # seed, sample_id, group, label, fold, role counts
+    seconds: float
+
+    def summary(self, n_boot: int = 1000) -> dict:
+        """Metrics at frame and video level (see :func:`covnb.evaluate.summarize_cv`)."""
+        from covnb.evaluate import summarize_cv
+
+        return summarize_cv(self.oof, self.classes, n_boot=n_boot)
+
+
+def _needed_cuts(config: TrainConfig) -> list[str]:
+    if config.engine == "plain":
+        return []
+    cuts = ["head"]
+    if config.trainable == "last_block" or config.fine_tune_epochs > 0:
+        cuts.append("last_block")
+    return cuts
+
+
+def _prepare_features(frames: np.ndarray, config: TrainConfig, model: keras.Model, log) -> dict | None:
+    cuts = _needed_cuts(config)
+    if not cuts:
+        return None
+    views = 0 if config.recipe == "linear_probe" else config.aug_views
+    features = {}
+    if "last_block" in cuts:
+        features["last_block"] = compute_features(frames, config, model, cut="last_block", views=views, log=log)
+    head_views = 0 if config.trainable != "head" else views  # only needed for prediction then
+    features["head"] = compute_features(frames, config, model, cut="head", views=head_views, log=log,
+                                        from_last_block=features.get("last_block"))
+    return features
+
+
+def _split_samples(index: pd.DataFrame) -> pd.DataFrame:
+    samples = index.drop_duplicates("sample_id")[["sample_id", "group", "label"]].reset_index(drop=True)
+    return samples
+
+
+def run_cross_validation(frameset, config: TrainConfig | None = None, n_folds: int = 5, seeds=(0,),
+                         folds: pd.Series | None = None, log: Callable[[str], None] | None = print,
+                         classes: list[str] | None = None) -> CVResult:
+    """Patient-grouped stratified K-fold CV of a recipe on a :class:`covnb.frames.FrameSet`.
+
+    For each split seed: folds by patient group (:func:`covnb.splits.patient_folds`); inside
+    each training fold an inner patient-level validation split (never the test fold) serves
+    early stopping and model selection. ``folds`` (fold per sample_id, indexed by sample_id)
+    overrides the split for a single seed. Frozen features are computed once for all folds.
+    """
+    from covnb.splits import inner_validation, patient_folds
+
+    config = config or recipe_config("default")
+    started = time.perf_counter()
+    index = frameset.index.reset_index(drop=True)
+    if len(index) == 0:
+        raise ValueError("No frames to train on")
+    classes = list(classes or sorted(index["label"].unique()))
+    class_of = {c: i for i, c in enumerate(classes)}
+    labels = np.array([class_of[c] for c in np.asarray(index["label"], dtype=str)])
+    groups = np.asarray(index["group"], dtype=str)
+    sample_ids = np.asarray(index["sample_id"], dtype=str)
+    samples = _split_samples(index)
+    n_classes = len(classes)
+    keras.utils.set_random_seed(config.seed)
+    model = _model_for(config, n_classes, config.seed)
+    initial = model.get_weights()
+    features = _prepare_features(frameset.frames, config, model, log)
+    oof_parts, history_rows, fold_rows = [], [], []
+    for seed in seeds:
+        if folds is not None:
+            fold_of = pd.Series(folds).reindex(samples["sample_id"]).to_numpy()
+            if np.isnan(fold_of.astype(float)).any():
+                raise ValueError("folds does not cover every sample_id")
+            fold_of = fold_of.astype(int)
+        else:
+            fold_of = patient_folds(samples, n_folds, seed).to_numpy()
+        sample_fold = dict(zip(samples["sample_id"], fold_of))
+        frame_fold = np.array([sample_fold[s] for s in sample_ids])
+        for fold in sorted(int(f) for f in set(fold_of)):
+            fold_started = time.perf_counter()
+            train_samples = samples[fold_of != fold].reset_index(drop=True)
+            validation_mask = inner_validation(train_samples, config.validation_fraction, seed=seed * 100 + fold)
+            validation_ids = set(train_samples.loc[validation_mask.to_numpy(), "sample_id"])
+            test_rows = np.nonzero(frame_fold == fold)[0]
+            in_train = frame_fold != fold
+            is_validation = np.array([s in validation_ids for s in sample_ids])
+            train_rows = np.nonzero(in_train & ~is_validation)[0]
+            validation_rows = np.nonzero(in_train & is_validation)[0]
+            _check_disjoint(groups, train_rows, validation_rows, test_rows, seed, fold)
+            model.set_weights(initial)
+            data = FoldData(frameset.frames, labels, train_rows, validation_rows, features)
+            prefix = f"seed {seed} fold {fold + 1}/{n_folds if folds is None else len(set(fold_of))}"
+            if log:
+                log(f"{prefix}: train {len(train_rows)} frames ({len(set(groups[train_rows]))} patients), "
+                    f"validation {len(validation_rows)} ({len(set(groups[validation_rows]))}), "
+                    f"test {len(test_rows)} ({len(set(groups[test_rows]))})")
+            histories = fit_fold(model, data, config, groups, n_classes, seed=config.seed + 1000 * seed + fold,
+                                 log=log, prefix=prefix)
+            probs = _predict_rows(model, data, test_rows, config)
+            part = index.iloc[test_rows][["sample_id", "group", "label", "frame_index"]].copy()
+            part.insert(0, "fold", fold)
+            part.insert(0, "seed", seed)
+            for k, name in enumerate(classes):
+                part[f"prob_{name}"] = probs[:, k]
+            part["pred"] = np.asarray(classes)[probs.argmax(axis=1)]
+            oof_parts.append(part)
+            for stage, rows in histories.items():
+                for row in rows:
+                    history_rows.append({"seed": seed, "fold": fold, "stage": stage, **row})
+            for role, rows in (("train", train_rows), ("validation", validation_rows), ("test", test_rows)):
+                for sample in sorted(set(sample_ids[rows])):
+                    fold_rows.append({"seed": seed, "fold": fold, "role": role, "sample_id": sample})
+            if log:
+                from sklearn.metrics import balanced_accuracy_score
+
+                frame_bacc = balanced_accuracy_score(labels[test_rows], probs.argmax(axis=1))
+                log(f"{prefix}: test frame balanced accuracy {frame_bacc:.3f} "
+                    f"({time.perf_counter() - fold_started:.0f} s)")
+    fold_table = pd.DataFrame(fold_rows).merge(samples, on="sample_id", how="left")
+    return CVResult(pd.concat(oof_parts, ignore_index=True), classes, config, pd.DataFrame(history_rows), fold_table,
+                    time.perf_counter() - started)
+
+
+def _check_disjoint(groups, train_rows, validation_rows, test_rows, seed, fold):
+    train_g, validation_g, test_g = set(groups[train_rows]), set(groups[validation_rows]), set(groups[test_rows])
+    if train_g & test_g or validation_g & test_g or train_g & validation_g:
+        raise AssertionError(f"seed {seed} fold {fold}: patient groups shared between train/validation/test")
+
+
+def fit_final_model(frameset, config: TrainConfig | None = None, classes: list[str] | None = None,
+                    log: Callable[[str], None] | None = print) -> tuple[keras.Model, dict]:
+    """Fit ``config``'s recipe on all frames (an inner patient split for early stopping).
+
+    Returns ``(model, histories)``; the model takes raw RGB frames and returns probabilities.
+    """
+    from covnb.splits import inner_validation
+
+    config = config or recipe_config("default")
+    index = frameset.index.reset_index(drop=True)
+    classes = list(classes or sorted(index["label"].unique()))
+    class_of = {c: i for i, c in enumerate(classes)}
+    labels = np.array([class_of[c] for c in np.asarray(index["label"], dtype=str)])
+    groups = np.asarray(index["group"], dtype=str)
+    sample_ids = np.asarray(index["sample_id"], dtype=str)
+    samples = _split_samples(index)
+    keras.utils.set_random_seed(config.seed)
+    model = _model_for(config, len(classes), config.seed)
+    features = _prepare_features(frameset.frames, config, model, log)
+    validation_mask = inner_validation(samples, config.validation_fraction, seed=config.seed)
+    validation_ids = set(samples.loc[validation_mask.to_numpy(), "sample_id"])
+    is_validation = np.array([s in validation_ids for s in sample_ids])
+    data = FoldData(frameset.frames, labels, np.nonzero(~is_validation)[0], np.nonzero(is_validation)[0], features)
+    if log:
+        log(f"final model: train {len(data.train_rows)} frames, validation {len(data.validation_rows)} frames")
+    histories = fit_fold(model, data, config, groups, len(classes), seed=config.seed, log=log, prefix="final")
+    return model, histories
+
+
+# ----------------------------------------------------------------------------- whole run
+
+
+def run_training(data=None, out_dir: str | Path = "covnb-train", config: TrainConfig | None = None,
+                 task: str | None = None, n_folds: int = 5, seeds=(0,), frame_settings=None,
+                 final_model: bool = True, figures: bool = True, n_boot: int = 1000,
+                 log: Callable[[str], None] | None = print) -> dict:
+    """What ``covnb train`` does: data -> frames -> CV -> metrics, OOF CSV, figures -> final model.
+
+    ``data``: a folder (or None for the synthetic phantom), a :class:`covnb.datasets.Dataset`
+    or a sample table. Writes into ``out_dir``: ``metrics.json``, ``oof_predictions.csv``,
+    ``training_history.csv``, ``folds.csv``, figures (``*.png``) and ``model.keras`` +
+    ``model.json``. Returns the metrics dict (with ``paths``).
+    """
+    from covnb.datasets import Dataset, data_fingerprint, default_task, load_dataset, select_task
+    from covnb.evaluate import (plot_confusion_matrices, plot_roc_curves, plot_training_curves, summarize_cv,
+                                video_predictions)
+    from covnb.frames import FrameSettings, extract_frames
+
+    config = config or recipe_config("default")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, pd.DataFrame):
+        samples = data
+        data_root = None
+    else:
+        dataset = data if isinstance(data, Dataset) else load_dataset(data)
+        samples = select_task(dataset.samples, task or default_task(dataset))
+        data_root = str(dataset.root)
+    settings = frame_settings or FrameSettings(image_size=config.image_size)
+    if int(settings.image_size) != int(config.image_size):
+        raise ValueError(f"frame_settings.image_size {settings.image_size} != config.image_size {config.image_size}")
+    frameset = extract_frames(samples, settings, progress=False)
+    if log:
+        log(f"data: {samples['sample_id'].nunique()} files, {samples['group'].nunique()} patients, "
+            f"{len(frameset)} frames, {len(frameset.skipped)} skipped; recipe {config.recipe}, backbone "
+            f"{config.backbone}, {n_folds}-fold CV, seeds {list(seeds)}")
+    classes = sorted(frameset.index["label"].unique())
+    cv = run_cross_validation(frameset, config, n_folds=n_folds, seeds=seeds, log=log, classes=classes)
+    metrics = summarize_cv(cv.oof, classes, n_boot=n_boot)
+    paths = {"oof_predictions": out / "oof_predictions.csv", "training_history": out / "training_history.csv",
+             "folds": out / "folds.csv", "metrics": out / "metrics.json"}
+    cv.oof.to_csv(paths["oof_predictions"], index=False)
+    cv.histories.to_csv(paths["training_history"], index=False)
+    cv.folds.to_csv(paths["folds"], index=False)
+    if figures:
+        import matplotlib.pyplot as plt
+
+        videos = video_predictions(cv.oof, classes, "mean")
+        for name, figure in (("confusion_frames", plot_confusion_matrices(cv.oof, classes)),
+                             ("confusion_videos", plot_confusion_matrices(videos, classes)),
+                             ("roc_videos", plot_roc_curves(videos, classes)),
+                             ("training_curves", plot_training_curves(cv.histories))):
+            paths[name] = out / f"{name}.png"
+            figure.savefig(paths[name], dpi=100, bbox_inches="tight")
+            plt.close(figure)
+    fingerprint = data_fingerprint(samples)
+    result = {"config": config.to_dict(), "classes": classes, "n_folds": n_folds, "seeds": list(seeds),
+              "data_fingerprint": fingerprint, "data_root": data_root, "cv_seconds": cv.seconds, **metrics}
+    if final_model:
+        started = time.perf_counter()
+        model, histories = fit_final_model(frameset, config, classes, log)
+        metadata = {"classes": classes, "image_size": int(config.image_size),
+                    "frame_settings": dataclasses.asdict(settings), "rate_hz": settings.rate_hz,
+                    "max_frames": settings.max_frames, "backbone": config.backbone, "weights": str(config.weights),
+                    "alpha": config.alpha, "preprocessing": "raw RGB 0..255 in; backbone preprocessing inside the model",
+                    "training": config.to_dict(), "cv_metrics": {k: metrics[k] for k in ("video_mean", "frame")
+                                                                  if k in metrics},
+                    "data_fingerprint": fingerprint, "covnb_version": __version__,
+                    "final_history": histories}
+        paths["model"] = save_model(model, out / "model.keras", metadata)
+        result["final_model_seconds"] = time.perf_counter() - started
+    result["paths"] = {k: str(v) for k, v in paths.items()}
+    from covnb.models import _jsonable
+
+    paths["metrics"].write_text(json.dumps(_jsonable(result), indent=2))
+    return result

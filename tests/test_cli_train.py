@@ -1,0 +1,68 @@
+"""`covnb train` and `covnb predict` as a user runs them (tiny sizes, synthetic phantom)."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from badfiles import add_bad_files
+from covnb import cli
+
+TINY = ["--backbone", "mobilenet", "--alpha", "0.25", "--weights", "none", "--image-size", "32", "--folds", "2",
+        "--epochs", "1", "--max-frames", "2"]
+
+
+@pytest.mark.slow
+def test_train_then_predict_on_the_phantom(tmp_path, capsys):
+    out = tmp_path / "model"
+    assert cli.main(["train", "--out", str(out), *TINY]) == 0
+    for name in ("metrics.json", "oof_predictions.csv", "folds.csv", "model.keras", "model.json",
+                 "confusion_videos.png", "roc_videos.png", "training_curves.png"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["classes"] == ["covid", "pneumonia", "regular"]
+    assert all(str(out) in p for p in metrics["paths"].values())
+    assert not list(tmp_path.glob(".model.partial-*"))
+    sidecar = json.loads((out / "model.json").read_text())
+    assert sidecar["image_size"] == 32 and sidecar["backbone"] == "mobilenet"
+    oof = pd.read_csv(out / "oof_predictions.csv")
+    folds = pd.read_csv(out / "folds.csv")
+    tests = folds[folds["role"] == "test"]
+    assert tests.groupby("group")["fold"].nunique().max() == 1  # a patient is tested in one fold only
+    assert set(oof["sample_id"]) <= set(tests["sample_id"])
+
+    from covnb.phantom import phantom_dataset
+
+    videos = phantom_dataset() / "pocus_videos"
+    bad = add_bad_files(tmp_path / "bad", next(videos.rglob("*.mp4")))
+    capsys.readouterr()
+    assert cli.main(["predict", str(out), str(videos), str(bad["corrupt"]), "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    payload = json.loads(captured.out)
+    assert len(payload["videos"]) == len(list(videos.rglob("*.mp4")))
+    assert [e["path"] for e in payload["errors"]] == [str(bad["corrupt"])]
+    assert "skipped" in captured.err
+
+
+def test_failed_training_leaves_earlier_results_intact(tmp_path, monkeypatch):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"earlier": true}')
+
+    def broken(*args, **kwargs):
+        (kwargs["out_dir"] / "metrics.json").write_text("half")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("covnb.train.run_training", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        cli.main(["train", "--out", str(out), *TINY])
+    assert json.loads((out / "metrics.json").read_text()) == {"earlier": True}
+    assert not list(tmp_path.glob(".model.partial-*"))
+
+
+def test_train_and_predict_misuse(tmp_path, capsys):
+    assert cli.main(["train", "--out", str(tmp_path / "m"), "--data", str(tmp_path / "missing")]) == 2
+    assert cli.main(["train", "--out", str(tmp_path / "m"), "--backbone", "nonsense", *TINY[2:]]) == 2
+    assert cli.main(["train", "--out", str(tmp_path / "m"), "--folds", "1"]) == 2
+    assert cli.main(["predict", str(tmp_path / "no-model.keras"), str(tmp_path)]) == 2
+    assert "no such file" in capsys.readouterr().err

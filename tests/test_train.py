@@ -1,0 +1,185 @@
+"""covnb.train: recipes, cached features, patient-level CV without leakage, final model."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+keras = pytest.importorskip("keras")
+
+import covnb.train as train  # noqa: E402
+from covnb.evaluate import summarize_cv  # noqa: E402
+from covnb.frames import FrameSet, FrameSettings  # noqa: E402
+from covnb.train import (_Batches, _fold_standardisation, class_weights, compute_features, fit_final_model,  # noqa: E402
+                         recipe_config, run_cross_validation)
+
+SIZE = 32
+CLASSES = ("covid", "pneumonia", "regular")
+
+
+def synthetic_frameset(n_groups=4, videos=2, frames=4, seed=0):
+    """Frames whose class shows in brightness and in one colour channel; one group = one patient."""
+    rng = np.random.default_rng(seed)
+    arrays, rows = [], []
+    for c, label in enumerate(CLASSES):
+        for g in range(n_groups):
+            for v in range(videos):
+                sample_id = f"{label}_g{g}_v{v}"
+                for f in range(frames):
+                    image = rng.normal(40 + 80 * c, 10, (SIZE, SIZE, 3))
+                    image[: SIZE // 2, :, c] += 60
+                    arrays.append(np.clip(image, 0, 255).astype(np.uint8))
+                    rows.append({"sample_id": sample_id, "path": f"/synthetic/{sample_id}.avi", "label": label,
+                                 "group": f"{label}_g{g}", "kind": "video", "frame_index": f, "time_s": f / 3.0,
+                                 "fps_used": 30.0, "fps_source": "container"})
+    return FrameSet(np.stack(arrays), pd.DataFrame(rows), pd.DataFrame(columns=["path", "reason"]),
+                    FrameSettings(image_size=SIZE))
+
+
+def tiny(recipe, **overrides):
+    return recipe_config(recipe, backbone="mobilenet", alpha=0.25, weights=None, image_size=SIZE, **overrides)
+
+
+@pytest.fixture(scope="module")
+def frameset():
+    return synthetic_frameset()
+
+
+def test_recipes_follow_their_protocols():
+    pocovid = recipe_config("pocovid")
+    assert (pocovid.head, pocovid.learning_rate, pocovid.batch_size, pocovid.epochs) == ("pocovid", 1e-4, 16, 20)
+    assert (pocovid.augmentation, pocovid.trainable, pocovid.imbalance, pocovid.engine) == \
+        ("pocovid", "last_block", "none", "plain")
+    default = recipe_config("default", epochs=3)
+    assert default.epochs == 3 and default.imbalance == "class_weight" and default.engine == "cached"
+    assert recipe_config("linear_probe").augmentation is None
+    with pytest.raises(ValueError, match="recipe"):
+        recipe_config("magic")
+    with pytest.raises(ValueError, match="Unknown training settings"):
+        recipe_config("default", epoch=3)
+    with pytest.raises(ValueError, match="imbalance"):
+        recipe_config("default", imbalance="smote")
+    with pytest.raises(ValueError, match="engine='plain'"):
+        recipe_config("default", trainable="all")
+
+
+def test_class_weights_known_answer():
+    np.testing.assert_allclose(class_weights(np.array([0, 0, 0, 1]), 3), [4 / 6, 2.0, 0.0])
+
+
+def test_oversampling_balances_each_epoch():
+    labels = np.array([0] * 12 + [1] * 3 + [2] * 5)
+    views = np.arange(20, dtype=np.float32).reshape(1, 20, 1)
+    batches = _Batches(views, np.arange(20), labels, 3, np.ones(20), batch_size=7, shuffle=True, seed=0,
+                       oversample=True)
+    seen = np.concatenate([batches[i][1].argmax(axis=1) for i in range(len(batches))])
+    assert np.bincount(seen).tolist() == [12, 12, 12]
+    batches.on_epoch_end()
+    assert len(np.concatenate([batches[i][1] for i in range(len(batches))])) == 36
+
+
+def test_standardisation_folds_exactly_into_the_dense_layer():
+    model = train.build_model("mobilenet", 3, "gap", SIZE, None, alpha=0.25)
+    rng = np.random.default_rng(0)
+    features = rng.normal(5, 3, (6, 256)).astype(np.float32)
+    mean, std = features.mean(axis=0), features.std(axis=0)
+    tail = keras.Model(model.get_layer("head_features").output, model.output)
+    before = np.asarray(tail(features))
+    _fold_standardisation(model, mean, std, inverse=True)
+    standardised = np.asarray(tail((features - mean) / std))
+    _fold_standardisation(model, mean, std)
+    after = np.asarray(tail(features))
+    np.testing.assert_allclose(standardised, before, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(after, before, rtol=1e-3, atol=1e-5)
+
+
+def test_feature_cache_is_reused_and_keyed_by_augmentation(frameset, tmp_path, monkeypatch):
+    monkeypatch.setenv("COVNB_CACHE_DIR", str(tmp_path / "fresh-cache"))
+    config = tiny("default", aug_views=1)
+    messages = []
+    first = compute_features(frameset.frames, config, cut="head", log=messages.append)
+    second = compute_features(frameset.frames, config, cut="head", log=messages.append)
+    assert first.shape == (2, len(frameset), 256)
+    np.testing.assert_array_equal(first, second)
+    assert "computed" in messages[0] and "read from cache" in messages[1]
+    assert np.abs(first[0] - first[1]).max() > 1e-3 * np.abs(first[0]).max()  # augmented view differs
+    other = tiny("default", aug_views=1, augmentation="pocovid")
+    compute_features(frameset.frames, other, cut="head", log=messages.append)
+    assert "computed" in messages[2]
+    clean_only = compute_features(frameset.frames, tiny("linear_probe"), cut="head", log=messages.append)
+    assert clean_only.shape[0] == 1 and "read from cache" in messages[3]  # view 0 is shared
+
+
+def test_cross_validation_never_leaks_patients(frameset, monkeypatch):
+    seen = []
+    real_fit_fold = train.fit_fold
+
+    def spy(model, data, config, groups, n_classes, **kwargs):
+        seen.append((set(groups[data.train_rows]), set(groups[data.validation_rows])))
+        return real_fit_fold(model, data, config, groups, n_classes, **kwargs)
+
+    monkeypatch.setattr(train, "fit_fold", spy)
+    cv = run_cross_validation(frameset, tiny("linear_probe"), n_folds=3, seeds=(0, 1), log=None)
+    # Every frame is predicted exactly once per split seed.
+    assert len(cv.oof) == 2 * len(frameset)
+    assert cv.oof.groupby("seed").size().tolist() == [len(frameset)] * 2
+    # A patient group sits in exactly one test fold per seed.
+    assert (cv.oof.groupby(["seed", "group"])["fold"].nunique() == 1).all()
+    for (seed, fold), rows in cv.folds.groupby(["seed", "fold"]):
+        roles = {role: set(part["group"]) for role, part in rows.groupby("role")}
+        outer_training = roles["train"] | roles["validation"]
+        assert roles["validation"] <= outer_training and roles["validation"]
+        assert not roles["validation"] & roles["test"] and not roles["train"] & roles["test"]
+        assert not roles["train"] & roles["validation"]
+        test_groups = set(cv.oof[(cv.oof.seed == seed) & (cv.oof.fold == fold)]["group"])
+        assert roles["test"] == test_groups
+    # Early stopping / model selection only ever saw groups outside the test fold.
+    assert len(seen) == 6
+    for (train_groups, validation_groups), ((seed, fold), part) in zip(seen, cv.oof.groupby(["seed", "fold"])):
+        assert not (train_groups | validation_groups) & set(part["group"])
+
+
+def test_default_recipe_learns_a_separable_problem(frameset):
+    cv = run_cross_validation(frameset, tiny("default", epochs=10, aug_views=1), n_folds=3, log=None)
+    summary = summarize_cv(cv.oof, cv.classes, n_boot=0)
+    assert summary["video_mean"]["pooled_mean"]["balanced_accuracy"] >= 0.75
+    assert set(cv.histories["stage"]) == {"head"}
+    assert cv.histories.groupby("fold")["epoch"].max().le(10).all()
+
+
+def test_linear_probe_learns_and_final_model_is_a_keras_model(frameset):
+    cv = run_cross_validation(frameset, tiny("linear_probe"), n_folds=3, log=None)
+    assert summarize_cv(cv.oof, cv.classes, n_boot=0)["video_mean"]["pooled_mean"]["balanced_accuracy"] >= 0.75
+    model, histories = fit_final_model(frameset, tiny("linear_probe"), log=None)
+    probs = train.predict_frames(model, frameset.frames.astype(np.float32))
+    truth = pd.Categorical(frameset.index["label"], categories=CLASSES).codes
+    assert (probs.argmax(axis=1) == truth).mean() >= 0.9
+    assert "C" in histories["linear_probe"][0]
+
+
+@pytest.mark.slow
+def test_fine_tuning_and_plain_engine_run(frameset):
+    progress = []
+    cv = run_cross_validation(frameset, tiny("default", epochs=2, aug_views=1, fine_tune_epochs=1), n_folds=3,
+                              log=progress.append)
+    assert set(cv.histories["stage"]) == {"head", "fine_tune"}
+    assert any("fine-tune epoch  1/1" in line for line in progress)
+    plain = run_cross_validation(frameset, tiny("pocovid", epochs=1), n_folds=3, log=None)
+    assert set(plain.histories["stage"]) == {"last_block"} and len(plain.oof) == len(frameset)
+
+
+@pytest.mark.slow
+def test_run_training_writes_everything_and_predict_uses_it(tmp_path):
+    from covnb.predict import predict_paths
+    from covnb.datasets import load_dataset, select_task
+
+    dataset = load_dataset(None)  # the synthetic phantom
+    samples = select_task(dataset.samples, "pocovid3")
+    result = train.run_training(samples, tmp_path / "run", tiny("linear_probe"), n_folds=3,
+                                frame_settings=FrameSettings(image_size=SIZE, max_frames=3), n_boot=20, log=None)
+    for key in ("oof_predictions", "training_history", "folds", "metrics", "model", "confusion_videos", "roc_videos"):
+        assert (tmp_path / "run" / result["paths"][key].rsplit("/", 1)[-1]).is_file()
+    assert 0 <= result["video_mean"]["pooled_mean"]["balanced_accuracy"] <= 1
+    oof = pd.read_csv(result["paths"]["oof_predictions"])
+    assert {"seed", "fold", "sample_id", "group", "label", "prob_covid", "pred"} <= set(oof.columns)
+    predictions = predict_paths(result["paths"]["model"], [samples["path"].iloc[0]])
+    assert len(predictions.videos) == 1 and predictions.videos["n_frames"].iloc[0] <= 3

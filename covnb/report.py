@@ -7,7 +7,9 @@ its ``output_dir`` parameter), and ``manifest.json`` (profile, parameters, seed,
 versions, data fingerprint, per-notebook time and status). Earlier runs are never touched.
 
 Parameters are checked against each notebook's ``parameters`` cell before anything runs:
-papermill itself only warns about unknown names.
+papermill itself only warns about unknown names. A text parameter may contain ``{run_dir}``,
+replaced by the run folder, so a later notebook can use what an earlier one wrote (for example
+``model_path: "{run_dir}/02_transfer_learning/model.keras"``).
 """
 
 from __future__ import annotations
@@ -251,7 +253,7 @@ def run_report(plan: ReportPlan, out: str | Path = "runs", log=print, progress: 
             continue
         output_dir = run_dir / nb.name
         output_dir.mkdir()
-        params = dict(nb.parameters)
+        params = {k: _expand(v, run_dir) for k, v in nb.parameters.items()}
         if "output_dir" in nb.declared:
             params["output_dir"] = str(output_dir)
         if "data_path" in nb.declared:
@@ -284,6 +286,11 @@ def run_report(plan: ReportPlan, out: str | Path = "runs", log=print, progress: 
     _write_json(run_dir / "manifest.json", manifest)
     _write_index(run_dir, manifest)
     return run_dir, manifest
+
+
+def _expand(value, run_dir: Path):
+    """``{run_dir}`` in a text parameter becomes this run's folder (e.g. a model an earlier notebook saved)."""
+    return value.replace("{run_dir}", str(run_dir)) if isinstance(value, str) else value
 
 
 def _write_index(run_dir: Path, manifest: dict) -> None:

@@ -71,9 +71,10 @@ def test_unknown_profile_and_parameters_fail_before_running(profile, capsys):
 
 def test_run_writes_notebooks_html_metrics_manifest_and_never_overwrites(profile, tmp_path):
     out = tmp_path / "runs"
-    plan = plan_report(str(profile["ok"]), overrides={"steps": 5})
+    plan = plan_report(str(profile["ok"]), overrides={"steps": 5, "label": "{run_dir}/good"})
     run_dir, manifest = run_report(plan, out=out, progress=False, log=lambda *_: None)
     assert manifest["status"] == "ok" and manifest["seed"] == 7
+    assert manifest["notebooks"][0]["parameters"]["label"] == f"{run_dir}/good"
     for name in ("good", "second"):
         assert (run_dir / f"{name}.ipynb").is_file() and (run_dir / f"{name}.html").is_file()
         metrics = json.loads((run_dir / name / "metrics.json").read_text())

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from covnb import cam
+from covnb.frames import count_frames
 
 __all__ = ["CamOptionError", "export_cam", "check_options", "INDEX_COLUMNS"]
 
@@ -128,17 +129,7 @@ def _write_mp4(path: Path, frames_rgb: list[np.ndarray], fps: float) -> int:
             writer.write(np.ascontiguousarray(frame[..., ::-1]))
     finally:
         writer.release()
-    capture = cv2.VideoCapture(str(path))
-    decoded = 0
-    try:
-        while True:
-            ok, _ = capture.read()
-            if not ok:
-                break
-            decoded += 1
-    finally:
-        capture.release()
-    return decoded
+    return count_frames(path)
 
 
 def _output_stems(files: list[Path]) -> dict[Path, str]:

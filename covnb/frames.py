@@ -175,7 +175,7 @@ def read_video(path: Path, settings: FrameSettings) -> tuple[np.ndarray, dict]:
     if fps != guess_fps:
         # The container lied or said nothing: count the whole stream, then decode the right frames.
         if not ended:
-            n_read = _count_frames(path)
+            n_read = count_frames(path)
         wanted = sample_indices(n_read, fps, settings.rate_hz, settings.max_frames)
         frames = _decode_indices(path, set(int(i) for i in wanted), settings)
     else:
@@ -188,7 +188,8 @@ def read_video(path: Path, settings: FrameSettings) -> tuple[np.ndarray, dict]:
     return np.stack([frames[i] for i in kept]), info
 
 
-def _count_frames(path: Path) -> int:
+def count_frames(path: str | Path) -> int:
+    """Frames OpenCV can decode from a video (0 for an unreadable file)."""
     cap = cv2.VideoCapture(str(path))
     count = 0
     try:

@@ -39,6 +39,7 @@ import cv2
 import numpy as np
 
 from covnb.cache import cache_dir
+from covnb.frames import count_frames
 
 SYNTHETIC_NOTICE = (
     "SYNTHETIC DATA: these lung-ultrasound clips are a computer-generated phantom made by "
@@ -451,17 +452,7 @@ def _write_video(stem: Path, frames: np.ndarray, fps: float) -> Path:
 def _count_decoded_frames(path: Path) -> int:
     if not path.exists() or path.stat().st_size == 0:
         return -1
-    capture = cv2.VideoCapture(str(path))
-    count = 0
-    try:
-        while True:
-            ok, _ = capture.read()
-            if not ok:
-                break
-            count += 1
-    finally:
-        capture.release()
-    return count
+    return count_frames(path)
 
 
 def _findings(style: dict) -> dict:

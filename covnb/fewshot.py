@@ -561,7 +561,8 @@ def base_novel_split(table: pd.DataFrame, base_fraction: float = 1 / 3, seed: in
 
     if not 0 < base_fraction < 1:
         raise ValueError(f"base_fraction must be in (0, 1), got {base_fraction}")
-    n_splits = max(2, int(round(1 / base_fraction)))
+    smallest_class = int(table.groupby("label")["group"].nunique().min())
+    n_splits = max(2, min(int(round(1 / base_fraction)), smallest_class))
     folds = patient_folds(table[["label", "group"]].reset_index(drop=True), n_splits=n_splits, seed=seed)
     return folds.to_numpy() == 0
 

@@ -31,6 +31,8 @@ def patient_folds(samples: pd.DataFrame, n_splits: int = 5, seed: int = 0) -> pd
         raise ValueError(f"need at least 2 folds, got {n_splits}")
     if n_groups < n_splits:
         raise ValueError(f"{n_groups} patient groups cannot fill {n_splits} folds")
+    if samples["label"].value_counts().max() < n_splits:
+        raise ValueError(f"every label has fewer than {n_splits} samples: use fewer folds")
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     folds = np.full(len(samples), -1, dtype=int)
     for fold, (_, test) in enumerate(splitter.split(samples, samples["label"], samples["group"])):

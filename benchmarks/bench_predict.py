@@ -51,6 +51,7 @@ def main(argv=None):
     loaded = load_model(model_path)
     frames = np.concatenate([read_frames(p, settings)[0] for p in paths]).astype("float32")
     size = args.image_size
+    model = loaded[0]  # the same (saved and reloaded) model on both sides
     call = tf.function(lambda x: model(x, training=False),
                        input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)])
     call(tf.constant(frames[: args.batch_size]))  # trace once

@@ -11,6 +11,11 @@ Heads:
   -> Flatten -> Dense(64) -> BatchNorm -> ReLU -> Dropout(0.5) -> Dense -> softmax.
 * ``"gap"``: GlobalAveragePooling2D -> Dropout -> Dense -> softmax, the architecture of class
   activation maps (CAM, Zhou et al., CVPR 2016): the Dense weights weigh the last feature maps.
+* ``"multiscale"``: global average pools of several depths of the backbone
+  (:data:`MULTISCALE_TAPS`: the last stages and the top layer), concatenated -> Dropout -> Dense
+  -> softmax. Mid-level features transfer better than the ImageNet-specific last layer to a
+  distant domain (Yosinski et al., NeurIPS 2014; multi-layer pooled features as in Zheng et al.,
+  "Good practice in CNN feature transfer", arXiv:1604.00133). Grad-CAM works; classic CAM does not.
 
 Both heads start with a parameter-free pooling whose output is the layer ``head_features``:
 :mod:`covnb.train` caches frozen features there (or at the input of the backbone's last block,
@@ -35,6 +40,7 @@ __all__ = [
     "HEADS",
     "AUGMENTATIONS",
     "LAST_BLOCK_INPUT",
+    "MULTISCALE_TAPS",
     "TRAINABLE_CHOICES",
     "build_model",
     "augmentation_spec",
@@ -47,7 +53,7 @@ __all__ = [
     "ModelFileError",
 ]
 
-HEADS = ("pocovid", "gap")
+HEADS = ("pocovid", "gap", "multiscale")
 TRAINABLE_CHOICES = ("head", "last_block", "all")
 
 #: Augmentations: rotation (degrees), shift (fraction of the size), flips, zoom, contrast.
@@ -73,6 +79,17 @@ LAST_BLOCK_INPUT = {
     "mobilenet": "conv_pw_12_relu",
     "mobilenet_v2": "block_15_add",
     "efficientnet_lite0": "block6d_add",
+}
+
+#: Layers pooled by the "multiscale" head, shallow to deep (the backbone's output layer is always
+#: appended). EfficientNet-Lite0: the outputs of stages 4-7 (80, 112, 192, 320 channels) + the
+#: 1280-channel top: 2024 features.
+MULTISCALE_TAPS = {
+    "efficientnet_lite0": ("block4c_add", "block5c_add", "block6d_add", "block7a_project_bn"),
+    "mobilenet": ("conv_pw_5_relu", "conv_pw_11_relu"),
+    "mobilenet_v2": ("block_9_add", "block_12_add", "block_15_add", "block_16_project_BN"),
+    "vgg16": ("block3_conv3", "block4_conv3"),
+    "resnet50": ("conv3_block4_out", "conv4_block6_out"),
 }
 
 
@@ -133,12 +150,12 @@ def build_model(
 ) -> keras.Model:
     """A flat classifier: raw RGB ``(S, S, 3)`` in 0..255 -> ``probs`` (softmax over ``n_classes``).
 
-    ``head``: "pocovid" or "gap" (see module doc). ``trainable``: "head" (backbone frozen),
+    ``head``: "pocovid", "gap" or "multiscale" (see module doc). ``trainable``: "head" (backbone frozen),
     "last_block" (head + layers after :data:`LAST_BLOCK_INPUT`) or "all"; BatchNorm layers of the
     backbone always stay frozen (inference statistics), as usual for small data sets.
     ``augmentation``: None, "pocovid", "default" or a dict (:data:`AUGMENTATIONS`), applied by
     Keras preprocessing layers before the backbone, in training only. ``dropout`` defaults to
-    0.5 ("pocovid", as POCOVID-Net) and 0.2 ("gap").
+    0.5 ("pocovid", as POCOVID-Net) and 0.2 ("gap", "multiscale").
     """
     from covnb.backbones import build_backbone
 
@@ -161,6 +178,16 @@ def build_model(
         x = keras.layers.Dense(dense_units, name="head_dense")(x)
         x = keras.layers.BatchNormalization(name="head_bn")(x)
         x = keras.layers.ReLU(name="head_relu")(x)
+        x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
+    elif head == "multiscale":
+        if backbone not in MULTISCALE_TAPS:
+            raise ValueError(f"No multiscale taps known for backbone {backbone!r}; known: {sorted(MULTISCALE_TAPS)}. "
+                             "Use head='gap'.")
+        graph = keras.Model(inputs, features)
+        pooled = [keras.layers.GlobalAveragePooling2D(name=f"head_pool_{tap}")(graph.get_layer(tap).output)
+                  for tap in MULTISCALE_TAPS[backbone]]
+        pooled.append(keras.layers.GlobalAveragePooling2D(name="head_pool_top")(features))
+        x = keras.layers.Concatenate(name="head_features")(pooled)
         x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
     else:
         x = keras.layers.GlobalAveragePooling2D(name="head_features")(features)

@@ -2,7 +2,8 @@
 
 Frames are taken exactly as in training (:mod:`covnb.frames`, with the frame rate, frame
 count, size, crop and CLAHE stored in the model's sidecar JSON). Frames of several files are
-batched together and the model is called inside one ``tf.function`` (``model.predict`` adds tens
+batched together and the model is called inside one ``tf.function``; the next files are decoded
+in a worker thread while the model runs (``model.predict`` adds tens
 of milliseconds per call). A file that cannot be read is reported in ``errors``; the others
 are still predicted. Video level: mean frame probability (and the majority vote), the two
 rules of POCOVID-Net (Born et al., arXiv:2004.12084).
@@ -119,17 +120,17 @@ def predict_paths(model_path, paths, batch_size: int = 32, use_cache: bool = Fal
             outputs.append(np.asarray(call(tf.constant(batch, dtype=tf.float32))))
             pending.clear()
 
+    read = (lambda path: cache.get(path, settings)) if cache else (lambda path: read_frames(path, settings))
     buffered = 0
-    for path in files:
-        try:
-            frames, info = cache.get(path, settings) if cache else read_frames(path, settings)
-        except (FrameError, OSError, cv2.error, ValueError) as error:
+    for path, result, error in _read_ahead(files, read, (FrameError, OSError, cv2.error, ValueError)):
+        if error is not None:
             message = str(error)
             reason = message.split(": ", 1)[-1] if message.startswith(str(path)) else message
             errors.append({"path": str(path), "reason": reason})
             if log:
                 log(f"skipped {path}: {reason}")
             continue
+        frames, info = result
         kind = "image" if info.get("fps_source") == "image" else "video"
         for frame_index, time_s in zip(info["frame_index"], info["time_s"]):
             frame_rows.append({"path": str(path), "kind": kind, "frame_index": int(frame_index),
@@ -153,6 +154,33 @@ def predict_paths(model_path, paths, batch_size: int = 32, use_cache: bool = Fal
     video_table = _video_table(frame_table, classes)
     error_table = pd.DataFrame(errors, columns=["path", "reason"])
     return Predictions(frame_table, video_table, error_table, classes)
+
+
+def _read_ahead(files, read, expected_errors, depth: int = 2):
+    """Yield ``(path, read(path), None)`` or ``(path, None, error)`` in order, decoding up to
+    ``depth`` files ahead in a worker thread while the caller runs the model (OpenCV decoding and
+    TensorFlow both release the GIL, so the two overlap on separate cores)."""
+    import collections
+    from concurrent.futures import ThreadPoolExecutor
+
+    queue = collections.deque()
+    remaining = iter(files)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="covnb-decode") as pool:
+        for path in remaining:
+            queue.append((path, pool.submit(read, path)))
+            if len(queue) >= depth:
+                break
+        while queue:
+            path, future = queue.popleft()
+            following = next(remaining, None)
+            if following is not None:
+                queue.append((following, pool.submit(read, following)))
+            try:
+                result = future.result()
+            except expected_errors as error:
+                yield path, None, error
+                continue
+            yield path, result, None
 
 
 _INFERENCE_FUNCTIONS: "weakref.WeakKeyDictionary" = None

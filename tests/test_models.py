@@ -115,3 +115,22 @@ def test_load_errors_name_the_file(tmp_path):
     (tmp_path / "x.json").write_text("{not json")
     with pytest.raises(ModelFileError, match="x.json"):
         load_model(bad_json)
+
+
+def test_multiscale_head_pools_every_tap_and_stays_flat():
+    from covnb.models import MULTISCALE_TAPS
+
+    model = build_model("mobilenet", 3, "multiscale", SIZE, None, alpha=0.25, seed=0)
+    assert not any(isinstance(layer, keras.Model) for layer in model.layers)
+    taps = MULTISCALE_TAPS["mobilenet"]
+    channels = sum(int(model.get_layer(tap).output.shape[-1]) for tap in taps) + 256  # + conv_pw_13_relu
+    assert model.get_layer("head_features").output.shape[-1] == channels == 64 + 128 + 256
+    # The pooled features are exactly the global averages of the tapped layers, in order.
+    x = frames(2)
+    probe = keras.Model(model.input, [model.get_layer(t).output for t in (*taps, "conv_pw_13_relu")]
+                        + [model.get_layer("head_features").output])
+    *maps, pooled = probe(x)
+    expected = np.concatenate([np.asarray(m).mean(axis=(1, 2)) for m in maps], axis=1)
+    np.testing.assert_allclose(np.asarray(pooled), expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="multiscale"):
+        build_model("inception_v3", 3, "multiscale", 75, None)

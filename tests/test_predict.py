@@ -105,3 +105,21 @@ def test_only_bad_files_gives_empty_tables(media, saved_model):
     path, model = saved_model
     result = predict_paths((model, {"classes": CLASSES, "image_size": SIZE}), [media / "corrupt.mp4"])
     assert result.frames.empty and result.videos.empty and len(result.errors) == 1
+
+
+def test_read_ahead_keeps_file_order_and_reports_expected_errors():
+    from covnb.predict import _read_ahead
+
+    def read(path):
+        if path == "bad":
+            raise ValueError("bad: not a video")
+        if path == "bug":
+            raise KeyError(path)
+        return path.upper()
+
+    out = list(_read_ahead(["a", "bad", "c", "d", "e"], read, (ValueError,), depth=2))
+    assert [(path, result) for path, result, _ in out] == [("a", "A"), ("bad", None), ("c", "C"), ("d", "D"),
+                                                          ("e", "E")]
+    assert isinstance(out[1][2], ValueError) and all(error is None for path, _, error in out if path != "bad")
+    with pytest.raises(KeyError):  # an unexpected error is a bug: it propagates
+        list(_read_ahead(["a", "bug"], read, (ValueError,)))

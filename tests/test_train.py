@@ -94,7 +94,7 @@ def test_standardisation_folds_exactly_into_the_dense_layer():
 
 def test_feature_cache_is_reused_and_keyed_by_augmentation(frameset, tmp_path, monkeypatch):
     monkeypatch.setenv("COVNB_CACHE_DIR", str(tmp_path / "fresh-cache"))
-    config = tiny("default", aug_views=1)
+    config = tiny("default", aug_views=1, head="gap")  # same head as the linear probe below
     messages = []
     first = compute_features(frameset.frames, config, cut="head", log=messages.append)
     second = compute_features(frameset.frames, config, cut="head", log=messages.append)
@@ -102,7 +102,7 @@ def test_feature_cache_is_reused_and_keyed_by_augmentation(frameset, tmp_path, m
     np.testing.assert_array_equal(first, second)
     assert "computed" in messages[0] and "read from cache" in messages[1]
     assert np.abs(first[0] - first[1]).max() > 1e-3 * np.abs(first[0]).max()  # augmented view differs
-    other = tiny("default", aug_views=1, augmentation="pocovid")
+    other = tiny("default", aug_views=1, head="gap", augmentation="pocovid")
     compute_features(frameset.frames, other, cut="head", log=messages.append)
     assert "computed" in messages[2]
     clean_only = compute_features(frameset.frames, tiny("linear_probe"), cut="head", log=messages.append)
@@ -139,7 +139,20 @@ def test_cross_validation_never_leaks_patients(frameset, monkeypatch):
 
 
 def test_default_recipe_learns_a_separable_problem(frameset):
-    cv = run_cross_validation(frameset, tiny("default", epochs=10, aug_views=1), n_folds=3, log=None)
+    progress = []
+    cv = run_cross_validation(frameset, tiny("default", aug_views=1), n_folds=3, log=progress.append)
+    summary = summarize_cv(cv.oof, cv.classes, n_boot=0)
+    assert summary["video_mean"]["pooled_mean"]["balanced_accuracy"] >= 0.75
+    assert set(cv.histories["stage"]) == {"linear_probe"}
+    # One example per training (+ inner validation) video, per view (clean + 1 augmented).
+    fitted = cv.folds[cv.folds["role"] != "test"].groupby("fold")["sample_id"].nunique().tolist()
+    lines = [line for line in progress if "logistic head" in line]
+    assert [f" on {n} videos x 2 view(s)" in line for n, line in zip(fitted, lines)] == [True] * 3
+
+
+def test_keras_head_solver_learns_a_separable_problem(frameset):
+    cv = run_cross_validation(frameset, tiny("default", solver="keras", train_unit="frame", epochs=10, aug_views=1),
+                              n_folds=3, log=None)
     summary = summarize_cv(cv.oof, cv.classes, n_boot=0)
     assert summary["video_mean"]["pooled_mean"]["balanced_accuracy"] >= 0.75
     assert set(cv.histories["stage"]) == {"head"}
@@ -183,3 +196,43 @@ def test_run_training_writes_everything_and_predict_uses_it(tmp_path):
     assert {"seed", "fold", "sample_id", "group", "label", "prob_covid", "pred"} <= set(oof.columns)
     predictions = predict_paths(result["paths"]["model"], [samples["path"].iloc[0]])
     assert len(predictions.videos) == 1 and predictions.videos["n_frames"].iloc[0] <= 3
+
+
+def test_video_means_known_answer():
+    views = np.arange(2 * 5 * 2, dtype=np.float32).reshape(2, 5, 2)
+    means, labels = train._video_means(views, np.array([0, 1, 2, 4]), np.array([0, 0, 1, 1, 1]),
+                                       np.array(["a", "a", "b", "c", "b"]))
+    np.testing.assert_allclose(means[0], [[1, 2], [6, 7]])  # a: rows 0, 1; b: rows 2, 4 (row 3 not asked)
+    np.testing.assert_allclose(means[1], [[11, 12], [16, 17]])
+    np.testing.assert_array_equal(labels, [0, 1])
+
+
+def test_default_head_falls_back_to_gap_when_multiscale_cannot_apply():
+    assert recipe_config("default").head == "multiscale"
+    fine_tune = recipe_config("default", fine_tune_epochs=2)
+    assert (fine_tune.head, fine_tune.solver, fine_tune.train_unit) == ("gap", "keras", "frame")
+    with pytest.raises(ValueError, match="solver='logistic'"):
+        recipe_config("default", solver="logistic", head="gap", fine_tune_epochs=2)
+    assert recipe_config("default", backbone="inception_v3").head == "gap"
+    with pytest.raises(ValueError, match="multiscale"):
+        recipe_config("default", head="multiscale", fine_tune_epochs=2)
+    with pytest.raises(ValueError, match="train_unit"):
+        recipe_config("default", train_unit="patient")
+
+
+def test_video_unit_trains_on_one_example_per_video(frameset, monkeypatch):
+    seen = []
+    original = train._video_means
+
+    def spy(views, rows, labels, videos):
+        means, video_labels = original(views, rows, labels, videos)
+        seen.append((len(set(videos[rows])), means.shape[1], len(video_labels)))
+        return means, video_labels
+
+    monkeypatch.setattr(train, "_video_means", spy)
+    cv = run_cross_validation(frameset, tiny("default", solver="keras", epochs=30, aug_views=1, train_unit="video",
+                                             batch_size=4),
+                              n_folds=3, log=None)
+    assert summarize_cv(cv.oof, cv.classes, n_boot=0)["video_mean"]["pooled_mean"]["balanced_accuracy"] >= 0.75
+    assert len(cv.oof) == len(frameset)
+    assert len(seen) == 6 and all(videos == n == k for videos, n, k in seen)  # train + validation, 3 folds

@@ -50,10 +50,12 @@ def main(argv=None):
     dataset = load_dataset(args.data)
     samples = select_task(dataset.samples, default_task(dataset))
     if args.max_files and len(samples) > args.max_files:
-        groups = samples.drop_duplicates("group").groupby("label", group_keys=False).apply(
-            lambda part: part.sample(frac=1, random_state=args.seed))
+        # Whole patients, taken round-robin over the labels (each label's patients shuffled), so
+        # the subset keeps every class.
+        shuffled = samples.drop_duplicates("group").sample(frac=1, random_state=args.seed)
+        shuffled = shuffled.assign(turn=shuffled.groupby("label").cumcount()).sort_values("turn", kind="stable")
         keep, count = [], 0
-        for group in groups["group"]:  # whole patients, interleaved by label
+        for group in shuffled["group"]:
             keep.append(group)
             count += int((samples["group"] == group).sum())
             if count >= args.max_files:

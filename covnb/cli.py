@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--weights", default="imagenet", help="imagenet, none, or a local weights file")
     train.add_argument("--alpha", type=float, default=None, help="width multiplier (mobilenet)")
     train.add_argument("--folds", type=int, default=5)
-    train.add_argument("--epochs", type=int, default=None, help="head epochs (default: the preset's)")
+    train.add_argument("--epochs", type=int, default=None, help="epochs of a Keras-trained head (pocovid preset; the default preset fits a logistic head)")
     train.add_argument("--fine-tune-epochs", type=int, default=None, help="then fine-tune the last block")
     train.add_argument("--imbalance", default=None, choices=["none", "class_weight", "oversample"])
     train.add_argument("--image-size", type=int, default=224)

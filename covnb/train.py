@@ -672,6 +672,19 @@ def _split_samples(index: pd.DataFrame) -> pd.DataFrame:
     return samples
 
 
+def _encode_frames(frameset, classes=None):
+    """Frame table, class list, integer labels, groups, sample ids and the per-sample table."""
+    index = frameset.index.reset_index(drop=True)
+    if len(index) == 0:
+        raise ValueError("No frames to train on")
+    classes = list(classes or sorted(index["label"].unique()))
+    class_of = {c: i for i, c in enumerate(classes)}
+    labels = np.array([class_of[c] for c in np.asarray(index["label"], dtype=str)])
+    groups = np.asarray(index["group"], dtype=str)
+    sample_ids = np.asarray(index["sample_id"], dtype=str)
+    return index, classes, labels, groups, sample_ids, _split_samples(index)
+
+
 def run_cross_validation(frameset, config: TrainConfig | None = None, n_folds: int = 5, seeds=(0,),
                          folds: pd.Series | None = None, log: Callable[[str], None] | None = print,
                          classes: list[str] | None = None) -> CVResult:
@@ -686,15 +699,7 @@ def run_cross_validation(frameset, config: TrainConfig | None = None, n_folds: i
 
     config = config or recipe_config("default")
     started = time.perf_counter()
-    index = frameset.index.reset_index(drop=True)
-    if len(index) == 0:
-        raise ValueError("No frames to train on")
-    classes = list(classes or sorted(index["label"].unique()))
-    class_of = {c: i for i, c in enumerate(classes)}
-    labels = np.array([class_of[c] for c in np.asarray(index["label"], dtype=str)])
-    groups = np.asarray(index["group"], dtype=str)
-    sample_ids = np.asarray(index["sample_id"], dtype=str)
-    samples = _split_samples(index)
+    index, classes, labels, groups, sample_ids, samples = _encode_frames(frameset, classes)
     n_classes = len(classes)
     keras.utils.set_random_seed(config.seed)
     model = _model_for(config, n_classes, config.seed)
@@ -771,13 +776,7 @@ def fit_final_model(frameset, config: TrainConfig | None = None, classes: list[s
     from covnb.splits import inner_validation
 
     config = config or recipe_config("default")
-    index = frameset.index.reset_index(drop=True)
-    classes = list(classes or sorted(index["label"].unique()))
-    class_of = {c: i for i, c in enumerate(classes)}
-    labels = np.array([class_of[c] for c in np.asarray(index["label"], dtype=str)])
-    groups = np.asarray(index["group"], dtype=str)
-    sample_ids = np.asarray(index["sample_id"], dtype=str)
-    samples = _split_samples(index)
+    index, classes, labels, groups, sample_ids, samples = _encode_frames(frameset, classes)
     keras.utils.set_random_seed(config.seed)
     model = _model_for(config, len(classes), config.seed)
     features = _prepare_features(frameset.frames, config, model, log)

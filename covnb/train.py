@@ -63,8 +63,8 @@ import keras
 
 from covnb import __version__
 from covnb.cache import cache_dir
-from covnb.models import (augmentation_spec, build_model, head_feature_layer, last_block_input_layer,
-                          save_model, set_trainable)
+from covnb.models import (POOLED_TAP_HEADS, augmentation_spec, build_model, head_feature_layer,
+                          last_block_input_layer, save_model, set_trainable)
 
 __all__ = [
     "RECIPES",
@@ -102,7 +102,8 @@ class TrainConfig:
     head: str = "gap"
     dropout: float | None = None
     augmentation: Any = "default"  # None, "pocovid", "default" or a dict (covnb.models.AUGMENTATIONS)
-    aug_views: int = 4  # cached engine: augmented views precomputed per frame (plus the clean one)
+    aug_views: int = 4  # cached engine: random augmented views precomputed per frame (plus the clean one)
+    mirror_view: bool = False  # cached engine: one more view, the exact left-right mirror of each frame
     engine: str = "cached"  # "cached" (features computed once) or "plain" (keras fit through the backbone)
     trainable: str = "head"  # first stage: "head" or "last_block" (or "all", plain engine only)
     epochs: int = 40
@@ -141,8 +142,9 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be positive")
         self.linear_probe_cs = tuple(float(c) for c in self.linear_probe_cs)
         augmentation_spec(self.augmentation)  # validates
-        if self.head == "multiscale" and self.engine == "cached" and (self.trainable != "head" or self.fine_tune_epochs > 0):
-            raise ValueError("the 'multiscale' head pools layers before the backbone's last block, so the last block "
+        if self.head in POOLED_TAP_HEADS and self.engine == "cached" and (self.trainable != "head"
+                                                                         or self.fine_tune_epochs > 0):
+            raise ValueError(f"the {self.head!r} head pools layers before the backbone's last block, so the last block "
                              "cannot be fine-tuned on cached features: use head='gap' (or engine='plain')")
 
     def to_dict(self) -> dict:
@@ -153,7 +155,8 @@ _RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
     "pocovid": dict(head="pocovid", augmentation="pocovid", engine="plain", trainable="last_block", epochs=20,
                     batch_size=16, learning_rate=1e-4, patience=20, reduce_lr=True, fine_tune_epochs=0,
                     imbalance="none", dropout=0.5),
-    "default": dict(head="multiscale", augmentation="default", engine="cached", trainable="head", aug_views=4, epochs=40,
+    "default": dict(head="midlevel", augmentation="default", engine="cached", trainable="head", aug_views=0,
+                    mirror_view=True, epochs=40,
                     batch_size=32, learning_rate=1e-3, patience=8, fine_tune_epochs=0, imbalance="class_weight",
                     solver="logistic", train_unit="video"),
     "linear_probe": dict(head="gap", augmentation=None, engine="cached", trainable="head", aug_views=0,
@@ -177,10 +180,9 @@ def recipe_config(recipe: str = "default", **overrides) -> TrainConfig:
         raise ValueError(f"Unknown training settings {sorted(unknown)}; known: {sorted(known)}")
     settings = {**_RECIPE_DEFAULTS[recipe], **overrides, "recipe": recipe}
     fine_tunes = int(settings.get("fine_tune_epochs") or 0) > 0 or settings.get("trainable", "head") != "head"
-    from covnb.models import MULTISCALE_TAPS
-
-    unknown_taps = settings.get("backbone", "efficientnet_lite0") not in MULTISCALE_TAPS
-    if "head" not in overrides and settings.get("head") == "multiscale" and (fine_tunes or unknown_taps):
+    head = settings.get("head")
+    unknown_taps = head in POOLED_TAP_HEADS and settings.get("backbone", "efficientnet_lite0") not in POOLED_TAP_HEADS[head]
+    if "head" not in overrides and head in POOLED_TAP_HEADS and (fine_tunes or unknown_taps):
         settings["head"] = "gap"
     if "solver" not in overrides and settings.get("solver") == "logistic" and fine_tunes and recipe == "default":
         settings["solver"] = "keras"  # fine-tuning needs the Keras head (Adam, early stopping on inner validation)
@@ -253,31 +255,41 @@ def _weights_key(weights) -> str:
     return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def _feature_key(fingerprint: str, config: TrainConfig, cut: str, view: int) -> str:
+def _feature_key(fingerprint: str, config: TrainConfig, cut: str, view: int, kind: str = "augment") -> str:
     spec = {"v": FEATURE_CACHE_VERSION, "frames": fingerprint, "backbone": config.backbone,
             "weights": _weights_key(config.weights), "alpha": config.alpha, "size": int(config.image_size),
             "head": config.head, "cut": cut, "view": int(view), "seed": int(config.seed),
-            "augmentation": augmentation_spec(config.augmentation) if view > 0 else {}}
+            "augmentation": augmentation_spec(config.augmentation) if kind == "augment" and view > 0 else {}}
+    if kind == "mirror":
+        spec["kind"] = "mirror"
     return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def view_kinds(config: TrainConfig, views: int | None = None) -> list[str]:
+    """What each cached view is: ``"clean"`` first, then ``"mirror"`` (``config.mirror_view``),
+    then ``views`` (default ``config.aug_views``) random ``"augment"`` views (none without augmentation)."""
+    views = config.aug_views if views is None else int(views)
+    if not augmentation_spec(config.augmentation):
+        views = 0
+    return ["clean"] + (["mirror"] if config.mirror_view else []) + ["augment"] * views
 
 
 def compute_features(frames: np.ndarray, config: TrainConfig, model: keras.Model | None = None,
                      cut: str = "head", views: int | None = None, cache: bool = True,
                      log: Callable[[str], None] | None = print, batch_size: int = 32,
                      from_last_block: np.ndarray | None = None) -> np.ndarray:
-    """Frozen features of every frame, for view 0 (clean) and ``views`` augmented views.
+    """Frozen features of every frame, for the views of :func:`view_kinds`: view 0 clean, then
+    a horizontal mirror (``config.mirror_view``), then ``views`` random augmented views.
 
     ``cut="head"``: pooled features (the ``head_features`` layer); ``cut="last_block"``: the
-    input of the backbone's last block (float16). Returns ``(1 + views, N, ...)``. Features are
+    input of the backbone's last block (float16). Returns ``(n_views, N, ...)``. Features are
     cached under ``cache_dir("features")`` keyed by the frames' content, backbone, weights, image
     size, augmentation and view; the backbone is frozen, so they never change.
     ``from_last_block``: the ``cut="last_block"`` features of the same views, from which pooled
     features are derived by running only the last block (no second backbone pass).
     """
-    views = config.aug_views if views is None else int(views)
-    spec = augmentation_spec(config.augmentation)
-    if not spec:
-        views = 0
+    kinds = view_kinds(config, views)
+    spec = augmentation_spec(config.augmentation) if "augment" in kinds else {}
     if model is None:
         keras.utils.set_random_seed(int(config.seed))
         model = _model_for(config, 2, config.seed)
@@ -285,9 +297,9 @@ def compute_features(frames: np.ndarray, config: TrainConfig, model: keras.Model
     # The key holds the frozen weights themselves: random (weights=None) or changed backbones never collide.
     fingerprint = _frames_fingerprint(frames) + _backbone_fingerprint(model, layer)
     folder = cache_dir("features")
-    results, missing = [None] * (views + 1), []
-    for view in range(views + 1):
-        path = folder / f"{_feature_key(fingerprint, config, layer, view)}.npy"
+    results, missing = [None] * len(kinds), []
+    for view, kind in enumerate(kinds):
+        path = folder / f"{_feature_key(fingerprint, config, layer, view, kind)}.npy"
         if cache and path.is_file():
             try:
                 results[view] = np.load(path, mmap_mode=None)
@@ -310,14 +322,18 @@ def compute_features(frames: np.ndarray, config: TrainConfig, model: keras.Model
         frozen_call = tf.function(lambda b: frozen(b, training=False), reduce_retracing=True)
         augment_call = tf.function(lambda b: augment(b, training=True), reduce_retracing=True) if augment else None
         for view, path in missing:
-            if view > 0:
+            kind = kinds[view]
+            if kind == "augment":
                 keras.utils.set_random_seed(int(config.seed) * 1009 + view)
             chunks = []
             source = frames if from_last_block is None else from_last_block[view]
             step = batch_size if from_last_block is None else 256
             for i in range(0, len(source), step):
-                batch = tf.convert_to_tensor(source[i:i + step], dtype=tf.float32)
-                if view > 0 and from_last_block is None:
+                chunk = source[i:i + step]
+                if kind == "mirror" and from_last_block is None:
+                    chunk = chunk[:, :, ::-1]  # exact left-right mirror of the frame
+                batch = tf.convert_to_tensor(chunk, dtype=tf.float32)
+                if kind == "augment" and from_last_block is None:
                     batch = augment_call(batch)
                 chunks.append(np.asarray(frozen_call(batch)))
             dtype = np.float32 if cut == "head" else np.float16
@@ -331,7 +347,7 @@ def compute_features(frames: np.ndarray, config: TrainConfig, model: keras.Model
             log(f"features: {len(missing)} view(s) x {len(frames)} frames at '{layer}' computed in "
                 f"{time.perf_counter() - started:.1f} s ({len(missing) * len(frames) / max(time.perf_counter() - started, 1e-9):.0f} frames/s)")
     elif log:
-        log(f"features: {views + 1} view(s) x {len(frames)} frames at '{layer}' read from cache")
+        log(f"features: {len(kinds)} view(s) x {len(frames)} frames at '{layer}' read from cache")
     return np.stack(results)
 
 

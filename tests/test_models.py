@@ -134,3 +134,23 @@ def test_multiscale_head_pools_every_tap_and_stays_flat():
     np.testing.assert_allclose(np.asarray(pooled), expected, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="multiscale"):
         build_model("inception_v3", 3, "multiscale", 75, None)
+
+
+def test_midlevel_head_pools_average_and_max_of_each_tap_and_drops_the_top():
+    from covnb.models import MIDLEVEL_TAPS
+
+    model = build_model("mobilenet", 3, "midlevel", SIZE, None, alpha=0.25, seed=0)
+    assert not any(isinstance(layer, keras.Model) for layer in model.layers)
+    taps = MIDLEVEL_TAPS["mobilenet"]
+    names = [layer.name for layer in model.layers]
+    assert "conv_pw_13_relu" not in names  # layers after the deepest tap are not part of the model
+    channels = sum(int(model.get_layer(tap).output.shape[-1]) for tap in taps)
+    assert model.get_layer("head_features").output.shape[-1] == 2 * channels
+    x = frames(2)
+    probe = keras.Model(model.input, [model.get_layer(t).output for t in taps] + [model.get_layer("head_features").output])
+    *maps, pooled = probe(x)
+    expected = np.concatenate([np.concatenate([np.asarray(m).mean(axis=(1, 2)), np.asarray(m).max(axis=(1, 2))], axis=1)
+                               for m in maps], axis=1)
+    np.testing.assert_allclose(np.asarray(pooled), expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="midlevel"):
+        build_model("inception_v3", 3, "midlevel", 75, None)

@@ -94,7 +94,7 @@ def test_standardisation_folds_exactly_into_the_dense_layer():
 
 def test_feature_cache_is_reused_and_keyed_by_augmentation(frameset, tmp_path, monkeypatch):
     monkeypatch.setenv("COVNB_CACHE_DIR", str(tmp_path / "fresh-cache"))
-    config = tiny("default", aug_views=1, head="gap")  # same head as the linear probe below
+    config = tiny("default", aug_views=1, mirror_view=False, head="gap")  # same head as the linear probe below
     messages = []
     first = compute_features(frameset.frames, config, cut="head", log=messages.append)
     second = compute_features(frameset.frames, config, cut="head", log=messages.append)
@@ -102,11 +102,26 @@ def test_feature_cache_is_reused_and_keyed_by_augmentation(frameset, tmp_path, m
     np.testing.assert_array_equal(first, second)
     assert "computed" in messages[0] and "read from cache" in messages[1]
     assert np.abs(first[0] - first[1]).max() > 1e-3 * np.abs(first[0]).max()  # augmented view differs
-    other = tiny("default", aug_views=1, head="gap", augmentation="pocovid")
+    other = tiny("default", aug_views=1, mirror_view=False, head="gap", augmentation="pocovid")
     compute_features(frameset.frames, other, cut="head", log=messages.append)
     assert "computed" in messages[2]
     clean_only = compute_features(frameset.frames, tiny("linear_probe"), cut="head", log=messages.append)
     assert clean_only.shape[0] == 1 and "read from cache" in messages[3]  # view 0 is shared
+
+
+def test_mirror_view_is_the_features_of_the_mirrored_frames(frameset, tmp_path, monkeypatch):
+    monkeypatch.setenv("COVNB_CACHE_DIR", str(tmp_path / "mirror-cache"))
+    config = tiny("default", aug_views=1, mirror_view=True, head="gap")
+    assert train.view_kinds(config) == ["clean", "mirror", "augment"]
+    views = compute_features(frameset.frames, config, cut="head", log=None)
+    assert views.shape[0] == 3
+    mirrored = np.ascontiguousarray(frameset.frames[:, :, ::-1])
+    as_clean = compute_features(mirrored, tiny("linear_probe"), cut="head", log=None)
+    np.testing.assert_allclose(views[1], as_clean[0], rtol=1e-4, atol=1e-5)
+    assert np.abs(views[1] - views[0]).max() > 1e-3 * np.abs(views[0]).max()
+    # The default recipe: mid-level pooled taps, the mirror view, no random views.
+    default = recipe_config("default")
+    assert (default.head, default.mirror_view, train.view_kinds(default)) == ("midlevel", True, ["clean", "mirror"])
 
 
 def test_cross_validation_never_leaks_patients(frameset, monkeypatch):
@@ -144,10 +159,10 @@ def test_default_recipe_learns_a_separable_problem(frameset):
     summary = summarize_cv(cv.oof, cv.classes, n_boot=0)
     assert summary["video_mean"]["pooled_mean"]["balanced_accuracy"] >= 0.75
     assert set(cv.histories["stage"]) == {"linear_probe"}
-    # One example per training (+ inner validation) video, per view (clean + 1 augmented).
+    # One example per training (+ inner validation) video, per view (clean + mirror + 1 augmented).
     fitted = cv.folds[cv.folds["role"] != "test"].groupby("fold")["sample_id"].nunique().tolist()
     lines = [line for line in progress if "logistic head" in line]
-    assert [f" on {n} videos x 2 view(s)" in line for n, line in zip(fitted, lines)] == [True] * 3
+    assert [f" on {n} videos x 3 view(s)" in line for n, line in zip(fitted, lines)] == [True] * 3
 
 
 def test_keras_head_solver_learns_a_separable_problem(frameset):
@@ -207,8 +222,9 @@ def test_video_means_known_answer():
     np.testing.assert_array_equal(labels, [0, 1])
 
 
-def test_default_head_falls_back_to_gap_when_multiscale_cannot_apply():
-    assert recipe_config("default").head == "multiscale"
+def test_default_head_falls_back_to_gap_when_pooled_taps_cannot_apply():
+    assert recipe_config("default").head == "midlevel"
+    assert recipe_config("default", backbone="mobilenet_v2").head == "midlevel"
     fine_tune = recipe_config("default", fine_tune_epochs=2)
     assert (fine_tune.head, fine_tune.solver, fine_tune.train_unit) == ("gap", "keras", "frame")
     with pytest.raises(ValueError, match="solver='logistic'"):
@@ -216,6 +232,8 @@ def test_default_head_falls_back_to_gap_when_multiscale_cannot_apply():
     assert recipe_config("default", backbone="inception_v3").head == "gap"
     with pytest.raises(ValueError, match="multiscale"):
         recipe_config("default", head="multiscale", fine_tune_epochs=2)
+    with pytest.raises(ValueError, match="midlevel"):
+        recipe_config("default", head="midlevel", trainable="last_block")
     with pytest.raises(ValueError, match="train_unit"):
         recipe_config("default", train_unit="patient")
 

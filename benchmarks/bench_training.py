@@ -1,9 +1,11 @@
 """Benchmark: covnb's cached-feature training vs a plain Keras fit through the frozen backbone.
 
-Same data, same patient folds, same head (multiscale) and augmentation, side by side:
+Same data, same patient folds, same head (the default recipe's "midlevel" head) and
+augmentation, side by side:
 
-* covnb ``default`` recipe: frozen features computed once per frame and per augmented view,
-  logistic head on per-video mean features (C by inner patient-grouped CV);
+* covnb ``default`` recipe: frozen features computed once per frame and per cached view (clean
+  and mirrored, plus ``--aug-views`` random views), logistic head on per-video mean features (C
+  by inner patient-grouped CV);
 * covnb cached engine with the Keras head: the same frozen features, a Keras head trained for
   ``--epochs`` epochs (the same optimiser, epochs and early stopping as the plain fit below);
 * the plain Keras way (engine "plain", as POCOVID-Net trains): every augmented batch goes
@@ -35,7 +37,8 @@ def main(argv=None):
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--aug-views", type=int, default=4)
+    parser.add_argument("--aug-views", type=int, default=None,
+                        help="random augmented views cached per frame (default: the recipe's, 0)")
     parser.add_argument("--max-files", type=int, default=0, help="stratified subset of files (0: all)")
     parser.add_argument("--max-frames", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
@@ -69,13 +72,14 @@ def main(argv=None):
     print(f"data: {len(unique)} files, {unique['group'].nunique()} patients, {len(frameset)} frames at "
           f"{args.image_size} px; {args.folds} folds, {args.epochs} epochs, backbone {args.backbone}")
 
+    views = {} if args.aug_views is None else {"aug_views": args.aug_views}
     common = dict(backbone=args.backbone, weights=None if args.weights == "none" else args.weights,
                   image_size=args.image_size, epochs=args.epochs, patience=args.epochs, seed=args.seed)
     keras_head = dict(solver="keras", train_unit="frame")
     methods = (("covnb default (cached features, logistic video head)",
-                recipe_config("default", aug_views=args.aug_views, **common)),
+                recipe_config("default", **views, **common)),
                (f"covnb cached features, Keras head, {args.epochs} epochs",
-                recipe_config("default", engine="cached", aug_views=args.aug_views, **keras_head, **common)),
+                recipe_config("default", engine="cached", **views, **keras_head, **common)),
                (f"plain Keras fit through the backbone, {args.epochs} epochs",
                 recipe_config("default", engine="plain", **keras_head, **common)))
     from covnb.cache import cache_dir

@@ -199,10 +199,12 @@ def cmd_train(args) -> int:
     dataset = _load(args.data, args.layout)
     overrides = {"backbone": args.backbone, "weights": _weights_arg(args.weights), "image_size": args.image_size,
                  "seed": args.seeds_list[0]}
-    for name in ("epochs", "fine_tune_epochs", "imbalance", "alpha"):
+    for name in ("epochs", "fine_tune_epochs", "imbalance", "alpha", "head", "aug_views"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
+    if args.no_mirror:
+        overrides["mirror_view"] = False
     try:
         config = recipe_config(args.preset, **overrides)
         settings = FrameSettings(rate_hz=args.rate_hz, max_frames=args.max_frames, image_size=args.image_size)
@@ -219,7 +221,7 @@ def cmd_train(args) -> int:
     try:
         result = run_training(dataset, out_dir=staging, config=config, task=None if args.task == "auto" else args.task,
                               n_folds=args.folds, seeds=args.seeds_list, frame_settings=settings,
-                              final_model=not args.no_final_model)
+                              final_model=not args.no_final_model, baseline=not args.no_baseline)
     except WeightsUnavailableError as error:
         shutil.rmtree(staging, ignore_errors=True)
         raise UsageError(str(error)) from error
@@ -238,12 +240,31 @@ def cmd_train(args) -> int:
     metrics = json.loads(metrics_path.read_text())
     metrics["paths"] = {k: str(out / Path(v).name) for k, v in metrics.get("paths", {}).items()}
     metrics_path.write_text(json.dumps(metrics, indent=2))
-    video = metrics.get("video_mean", {}).get("pooled", {})
-    if video:
-        print(f"video level (mean probability), pooled out-of-fold: balanced accuracy "
-              f"{video.get('balanced_accuracy', float('nan')):.3f}")
+    for line in _train_summary_lines(metrics):
+        print(line)
     print(f"wrote {out}")
     return EXIT_OK
+
+
+def _train_summary_lines(metrics: dict) -> list[str]:
+    """The headline figures of a training run: video level, pooled out-of-fold, mean over split seeds."""
+    lines = []
+    nan = float("nan")
+    for name, entry in (("recipe " + str(metrics.get("config", {}).get("recipe", "?")), metrics),
+                        ("baseline linear probe", metrics.get("baseline") or {})):
+        video = (entry.get("video_mean") or {}).get("pooled_mean")
+        if not video:
+            continue
+        spread = (entry.get("video_mean") or {}).get("pooled_std", {})
+        focus = next((c for c in metrics.get("classes", []) if c == "covid"), None)
+        text = (f"{name}: video balanced accuracy {video.get('balanced_accuracy', nan):.3f} "
+                f"+- {spread.get('balanced_accuracy', nan):.3f} over split seeds, macro ROC-AUC "
+                f"{video.get('macro_auc', nan):.3f}")
+        if focus:
+            text += (f", {focus} sensitivity {video.get(focus + '_sensitivity', nan):.2f} "
+                     f"specificity {video.get(focus + '_specificity', nan):.2f}")
+        lines.append(text)
+    return lines
 
 
 # ----------------------------------------------------------------------------- predict
@@ -341,6 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=None, help="epochs of a Keras-trained head (pocovid preset; the default preset fits a logistic head)")
     train.add_argument("--fine-tune-epochs", type=int, default=None, help="then fine-tune the last block")
     train.add_argument("--imbalance", default=None, choices=["none", "class_weight", "oversample"])
+    train.add_argument("--head", default=None, choices=["gap", "midlevel", "multiscale", "pocovid"],
+                       help="classifier head (default: the preset's; default preset: midlevel)")
+    train.add_argument("--aug-views", type=int, default=None,
+                       help="random augmented views cached per frame (default preset: 0)")
+    train.add_argument("--no-mirror", action="store_true", help="no mirrored view of each frame (default preset)")
     train.add_argument("--image-size", type=int, default=224)
     train.add_argument("--rate-hz", type=float, default=3.0)
     train.add_argument("--max-frames", type=int, default=30)
@@ -349,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--task", default="auto", choices=["auto", "pocovid3", "pocus4", "covid_vs_other", "all"])
     train.add_argument("--layout", default="auto", choices=["auto", "pocus", "csv", "folders"])
     train.add_argument("--no-final-model", action="store_true", help="cross-validation only")
+    train.add_argument("--no-baseline", action="store_true",
+                       help="skip the linear-probe baseline reported beside the recipe (same folds)")
     train.set_defaults(func=cmd_train)
 
     predict = commands.add_parser("predict", help="per-frame and per-video class probabilities from a saved model")

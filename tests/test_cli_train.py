@@ -21,6 +21,16 @@ def test_train_then_predict_on_the_phantom(tmp_path, capsys):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["classes"] == ["covid", "pneumonia", "regular"]
+    assert metrics["config"]["head"] == "midlevel" and metrics["config"]["mirror_view"] is True
+    # The linear-probe baseline is reported beside the recipe, on the same folds.
+    baseline = metrics["baseline"]
+    assert baseline["recipe"] == "linear_probe" and baseline["config"]["head"] == "gap"
+    assert baseline["video_balanced_accuracy_difference"] == pytest.approx(
+        metrics["video_mean"]["pooled_mean"]["balanced_accuracy"]
+        - baseline["video_mean"]["pooled_mean"]["balanced_accuracy"])
+    baseline_oof = pd.read_csv(out / "baseline_oof_predictions.csv")
+    printed = capsys.readouterr().out
+    assert "recipe default: video balanced accuracy" in printed and "baseline linear probe:" in printed
     assert all(str(out) in p for p in metrics["paths"].values())
     assert not list(tmp_path.glob(".model.partial-*"))
     sidecar = json.loads((out / "model.json").read_text())
@@ -30,6 +40,9 @@ def test_train_then_predict_on_the_phantom(tmp_path, capsys):
     tests = folds[folds["role"] == "test"]
     assert tests.groupby("group")["fold"].nunique().max() == 1  # a patient is tested in one fold only
     assert set(oof["sample_id"]) <= set(tests["sample_id"])
+    same_folds = oof.drop_duplicates("sample_id").set_index("sample_id")["fold"]
+    assert (baseline_oof.drop_duplicates("sample_id").set_index("sample_id")["fold"].reindex(same_folds.index)
+            == same_folds).all()
 
     from covnb.phantom import phantom_dataset
 

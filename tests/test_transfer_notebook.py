@@ -12,7 +12,7 @@ import pytest
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "02_transfer_learning.ipynb"
 PARAMETERS = {"data_path": None, "dataset_kind": "auto", "task": "auto", "backbone": "efficientnet_lite0",
               "weights": "imagenet", "alpha": None, "image_size": 224, "rate_hz": 3.0, "max_frames": 30, "seed": 0,
-              "n_folds": 5, "n_seeds": 1, "recipe": "default", "epochs": 40, "aug_views": 4, "fine_tune_epochs": 0,
+              "n_folds": 5, "n_seeds": 1, "recipe": "default", "epochs": 40, "aug_views": 0, "mirror_view": True, "fine_tune_epochs": 0,
               "compare_imbalance": True, "compare_leaky_split": True, "projection": "tsne", "n_boot": 1000,
               "output_dir": "."}
 # Random-weight MobileNet 0.25 at 32 px: every code path in seconds (the numbers mean nothing).
@@ -59,7 +59,8 @@ def test_notebook_on_the_phantom_at_tiny_settings(tmp_path):
     assert metrics["synthetic"] is True and metrics["data"]["classes"] == classes
     assert {"headline", "honest", "leaky_split", "split_audit", "recipes", "imbalance", "frozen_features", "model",
             "timings", "figures"} <= set(metrics)
-    assert {row["recipe"] for row in metrics["recipes"]} == {"linear probe", "covnb default"}
+    assert {row["recipe"] for row in metrics["recipes"]} == {"linear probe", "linear probe, middle layers",
+                                                             "covnb default"}
     assert metrics["recipe"] == "covnb default"
     assert set(metrics["imbalance"]) == {"none", "class_weight", "oversample"}
     assert set(metrics["honest"]) == {"frame", "video_mean", "video_vote"}

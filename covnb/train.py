@@ -54,6 +54,7 @@ import hashlib
 import json
 import math
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable
 
@@ -210,17 +211,37 @@ def _model_for(config: TrainConfig, n_classes: int, seed: int) -> keras.Model:
                        augmentation=config.augmentation, dropout=config.dropout, alpha=config.alpha, seed=seed)
 
 
+_CALLS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_TAILS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def _batched_call(model: keras.Model, x: np.ndarray, batch_size: int = 64, training: bool = False) -> np.ndarray:
-    """``model(x)`` in batches inside one ``tf.function`` (no per-call ``predict`` overhead)."""
+    """``model(x)`` in batches inside one ``tf.function`` (no per-call ``predict`` overhead).
+
+    The function is traced once per model (any batch size), not once per call.
+    """
     import tensorflow as tf
 
-    call = tf.function(lambda batch: model(batch, training=training), reduce_retracing=True)
+    per_model = _CALLS.setdefault(model, {})
+    if training not in per_model:
+        spec = tf.TensorSpec((None,) + tuple(model.input.shape[1:]), tf.float32)
+        owner = weakref.ref(model)  # no strong reference from the cache's value back to its key
+        per_model[training] = tf.function(lambda batch: owner()(batch, training=training), input_signature=[spec])
+    call = per_model[training]
     outputs = [np.asarray(call(tf.convert_to_tensor(x[i:i + batch_size], dtype=tf.float32)))
                for i in range(0, len(x), batch_size)]
     if not outputs:
         shape = tuple(int(d) for d in model.output.shape[1:])
         return np.zeros((0,) + shape, np.float32)
     return np.concatenate(outputs)
+
+
+def _tail(model: keras.Model, layer: str) -> keras.Model:
+    """The part of ``model`` after ``layer`` (sharing its weights), built once per model."""
+    per_model = _TAILS.setdefault(model, {})
+    if layer not in per_model:
+        per_model[layer] = keras.Model(model.get_layer(layer).output, model.output)
+    return per_model[layer]
 
 
 def predict_frames(model: keras.Model, frames: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -636,8 +657,7 @@ def _predict_rows(model: keras.Model, data: FoldData, rows: np.ndarray, config: 
             else "head"
         if cut in data.features:
             layer = head_feature_layer() if cut == "head" else last_block_input_layer(config.backbone)
-            tail = keras.Model(model.get_layer(layer).output, model.output)
-            return _batched_call(tail, data.features[cut][0][rows], 256)
+            return _batched_call(_tail(model, layer), data.features[cut][0][rows], 256)
     return _batched_call(model, data.frames[rows], 32)
 
 

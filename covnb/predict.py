@@ -3,9 +3,10 @@
 Frames are taken exactly as in training (:mod:`covnb.frames`, with the frame rate, frame
 count, size, crop and CLAHE stored in the model's sidecar JSON). Frames of several files are
 batched together and the model is called inside one ``tf.function``; the next files are decoded
-in worker threads while the model runs (``model.predict`` adds tens of milliseconds per call). A file that cannot be read is reported in ``errors``; the others
-are still predicted. Video level: mean frame probability (and the majority vote), the two
-rules of POCOVID-Net (Born et al., arXiv:2004.12084).
+in worker threads while the model runs (``model.predict`` adds tens of milliseconds per call).
+A file that cannot be read is reported in ``errors``; the others are still predicted. Video
+level: mean frame probability (and the majority vote), the two rules of POCOVID-Net (Born et
+al., arXiv:2004.12084).
 """
 
 from __future__ import annotations

@@ -254,3 +254,22 @@ def test_video_unit_trains_on_one_example_per_video(frameset, monkeypatch):
     assert summarize_cv(cv.oof, cv.classes, n_boot=0)["video_mean"]["pooled_mean"]["balanced_accuracy"] >= 0.75
     assert len(cv.oof) == len(frameset)
     assert len(seen) == 6 and all(videos == n == k for videos, n, k in seen)  # train + validation, 3 folds
+
+
+@pytest.mark.slow
+def test_default_recipe_on_real_ultrasound_beats_chance_and_covers_every_frame(pocus_root):
+    """Real POCUS frames (whole patients, 6 per class), EfficientNet-Lite0 ImageNet at 128 px."""
+    from covnb.datasets import load_dataset, select_task
+    from covnb.frames import extract_frames
+
+    samples = select_task(load_dataset(pocus_root).samples, "pocovid3")
+    patients = samples.drop_duplicates("group").groupby("label").head(6)["group"]
+    subset = samples[samples["group"].isin(set(patients))].reset_index(drop=True)
+    frameset = extract_frames(subset, FrameSettings(image_size=128, max_frames=4), progress=False)
+    config = recipe_config("default", image_size=128)
+    assert (config.backbone, config.weights, config.head) == ("efficientnet_lite0", "imagenet", "midlevel")
+    cv = run_cross_validation(frameset, config, n_folds=3, seeds=(0,), log=None)
+    assert len(cv.oof) == len(frameset) and cv.oof["frame_index"].notna().all()
+    assert (cv.oof.groupby("group")["fold"].nunique() == 1).all()
+    video = summarize_cv(cv.oof, cv.classes, n_boot=0)["video_mean"]["pooled_mean"]
+    assert video["balanced_accuracy"] > 0.5  # chance is 1/3

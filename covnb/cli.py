@@ -203,8 +203,15 @@ def cmd_train(args) -> int:
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
-    if args.no_mirror:
-        overrides["mirror_view"] = False
+    if args.mirror is not None:
+        overrides["mirror_view"] = args.mirror
+    elif args.preset == "default":
+        from covnb.train import mirror_is_plausible
+
+        overrides["mirror_view"] = mirror_is_plausible(dataset.samples)
+        if not overrides["mirror_view"]:
+            print("chest X-ray / CT data: no mirrored view (a mirrored chest puts the heart on the right); "
+                  "--mirror forces it", file=sys.stderr)
     try:
         config = recipe_config(args.preset, **overrides)
         settings = FrameSettings(rate_hz=args.rate_hz, max_frames=args.max_frames, image_size=args.image_size)
@@ -366,7 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="classifier head (default: the preset's; default preset: midlevel)")
     train.add_argument("--aug-views", type=int, default=None,
                        help="random augmented views cached per frame (default preset: 0)")
-    train.add_argument("--no-mirror", action="store_true", help="no mirrored view of each frame (default preset)")
+    train.add_argument("--mirror", dest="mirror", action="store_true", default=None,
+                       help="cache a left-right mirrored view of every frame (default preset: on, except for "
+                            "chest X-ray / CT)")
+    train.add_argument("--no-mirror", dest="mirror", action="store_false", help="no mirrored view")
     train.add_argument("--image-size", type=int, default=224)
     train.add_argument("--rate-hz", type=float, default=3.0)
     train.add_argument("--max-frames", type=int, default=30)

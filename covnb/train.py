@@ -166,6 +166,23 @@ _RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Modalities whose left-right mirror is not a plausible image: a mirrored chest radiograph or CT
+#: slice puts the heart on the right. An ultrasound probe has no fixed left or right.
+UNMIRRORABLE_MODALITIES = ("X-ray", "CT")
+
+
+def mirror_is_plausible(samples: pd.DataFrame) -> bool:
+    """Whether the default recipe's mirrored view suits these samples (no chest X-ray or CT among them).
+
+    Measured on the chest X-ray / CT data (COVID-19 vs other, 3 split seeds): balanced accuracy
+    0.645 without the mirrored view, 0.621 with it; on POCUS the mirror helps (0.780 -> 0.789).
+    """
+    if "modality" not in samples:
+        return True
+    modalities = {str(m).lower() for m in samples["modality"].dropna().unique()}
+    return not modalities & {m.lower() for m in UNMIRRORABLE_MODALITIES}
+
+
 def recipe_config(recipe: str = "default", **overrides) -> TrainConfig:
     """The settings of a recipe ("pocovid", "default", "linear_probe"), with overrides.
 

@@ -124,6 +124,13 @@ def test_mirror_view_is_the_features_of_the_mirrored_frames(frameset, tmp_path, 
     assert (default.head, default.mirror_view, train.view_kinds(default)) == ("midlevel", True, ["clean", "mirror"])
 
 
+def test_mirror_is_left_out_for_chest_images_only():
+    ultrasound = pd.DataFrame({"modality": ["ultrasound"] * 3})
+    chest = pd.DataFrame({"modality": ["X-ray", "CT", "X-ray"]})
+    assert train.mirror_is_plausible(ultrasound) and not train.mirror_is_plausible(chest)
+    assert train.mirror_is_plausible(pd.DataFrame({"label": ["a"]}))  # no modality column: images of unknown kind
+
+
 def test_cross_validation_never_leaks_patients(frameset, monkeypatch):
     seen = []
     real_fit_fold = train.fit_fold

@@ -12,7 +12,7 @@ import pytest
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "02_transfer_learning.ipynb"
 PARAMETERS = {"data_path": None, "dataset_kind": "auto", "task": "auto", "backbone": "efficientnet_lite0",
               "weights": "imagenet", "alpha": None, "image_size": 224, "rate_hz": 3.0, "max_frames": 30, "seed": 0,
-              "n_folds": 5, "n_seeds": 1, "recipe": "default", "epochs": 40, "aug_views": 0, "mirror_view": True, "fine_tune_epochs": 0,
+              "n_folds": 5, "n_seeds": 1, "recipe": "default", "epochs": 40, "aug_views": 0, "mirror_view": "auto", "fine_tune_epochs": 0,
               "compare_imbalance": True, "compare_leaky_split": True, "projection": "tsne", "n_boot": 1000,
               "output_dir": "."}
 # Random-weight MobileNet 0.25 at 32 px: every code path in seconds (the numbers mean nothing).

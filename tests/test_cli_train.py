@@ -79,3 +79,16 @@ def test_train_and_predict_misuse(tmp_path, capsys):
     assert cli.main(["train", "--out", str(tmp_path / "m"), "--folds", "1"]) == 2
     assert cli.main(["predict", str(tmp_path / "no-model.keras"), str(tmp_path)]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_leaves_the_mirror_out_for_chest_x_rays(cxr_root, tmp_path, capsys):
+    out = tmp_path / "cxr"
+    assert cli.main(["train", "--data", str(cxr_root), "--out", str(out), *TINY, "--no-final-model",
+                     "--no-baseline"]) == 0
+    assert "no mirrored view" in capsys.readouterr().err
+    assert json.loads((out / "metrics.json").read_text())["config"]["mirror_view"] is False
+    forced = tmp_path / "forced"
+    assert cli.main(["train", "--data", str(cxr_root), "--out", str(forced), *TINY, "--no-final-model",
+                     "--no-baseline", "--mirror"]) == 0
+    assert json.loads((forced / "metrics.json").read_text())["config"]["mirror_view"] is True

@@ -31,6 +31,8 @@ import pandas as pd
 
 import keras
 
+from covnb.frames import sector_mask  # noqa: F401 - part of this module's API (heat inside the sector)
+
 __all__ = [
     "METHODS",
     "CamResult",
@@ -650,39 +652,6 @@ def cam_peaks(model: keras.Model | None, frames, index: pd.DataFrame | None = No
     columns = ["sample", "frame", "label", "class", "class_index", "prob", "peak_x", "peak_y", "inside"]
     table = pd.DataFrame(rows)
     return table[[column for column in columns if column in table]]
-
-
-def sector_mask(frame, threshold: int = 10, hull: bool = True, open_size: int = 5) -> np.ndarray:
-    """Boolean mask of the ultrasound sector (the non-black foreground) of a frame.
-
-    Pixels brighter than ``threshold`` (on the max over RGB, and over time for a stack (T, H, W, 3)),
-    opened to cut thin text and ruler links, keep the largest connected component, then fill
-    it: convex hull (``hull=True``, the fan of a convex probe) or holes only.
-    """
-    array = np.asarray(frame)
-    if array.ndim == 4:
-        array = array.max(axis=0)
-    if array.ndim == 3:
-        array = array.max(axis=-1)
-    if array.ndim != 2:
-        raise ValueError(f"frame must be (H, W), (H, W, 3) or (T, H, W, 3); got shape {np.asarray(frame).shape}.")
-    binary = (array > threshold).astype(np.uint8)
-    if open_size > 1:
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (open_size, open_size))
-        opened = cv2.morphologyEx(binary, cv2.MORPH_OPEN, kernel)
-        binary = opened if opened.any() else binary
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    if count <= 1:
-        return np.zeros(array.shape, bool)
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    component = (labels == largest).astype(np.uint8)
-    contours, _ = cv2.findContours(component, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    filled = np.zeros_like(component)
-    if hull:
-        cv2.fillPoly(filled, [cv2.convexHull(np.concatenate(contours))], 1)
-    else:
-        cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
-    return filled.astype(bool)
 
 
 def heat_inside_fraction(heatmap, mask) -> float:

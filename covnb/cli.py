@@ -214,7 +214,8 @@ def cmd_train(args) -> int:
                   "--mirror forces it", file=sys.stderr)
     try:
         config = recipe_config(args.preset, **overrides)
-        settings = FrameSettings(rate_hz=args.rate_hz, max_frames=args.max_frames, image_size=args.image_size)
+        settings = FrameSettings(rate_hz=args.rate_hz, max_frames=args.max_frames, image_size=args.image_size,
+                                 mask_sector=args.mask_sector)
     except ValueError as error:
         raise UsageError(str(error)) from error
     from covnb.backbones import BACKBONES, WeightsUnavailableError
@@ -380,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--image-size", type=int, default=224)
     train.add_argument("--rate-hz", type=float, default=3.0)
     train.add_argument("--max-frames", type=int, default=30)
+    train.add_argument("--mask-sector", action="store_true",
+                       help="black out what lies outside the ultrasound sector (text, logos, rulers) in training and "
+                            "in predict: checks that a model does not read the source off the screen")
     train.add_argument("--seed", type=int, default=None, help="one split/training seed (default 0)")
     train.add_argument("--seeds", default=None, help="several split seeds, e.g. 0,1,2 (mean over them)")
     train.add_argument("--task", default="auto", choices=["auto", "pocovid3", "pocus4", "covid_vs_other", "all"])

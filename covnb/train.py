@@ -37,6 +37,10 @@ Three recipes (:func:`recipe_config`):
     on video-mean features instead of averaging frame probabilities (0.719), sector crop,
     log-probability averaging, patient-balanced weights.
 
+  With everything outside the ultrasound sector blacked out (``FrameSettings(mask_sector=True)``,
+  text, logos and rulers gone): 0.803 on seeds 0-2, 0.773 on seeds 10-14 (COVID sensitivity
+  0.65): part of the gain may come from the screen around the image.
+
   These choices come from comparing cross-validated numbers of about 25 variants on split
   seeds 0-2, a selection on the test folds; split seeds 10-14 were kept aside and confirm the
   gain (0.789, numbers above). Inner patient-grouped CV chooses C only.

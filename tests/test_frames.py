@@ -106,3 +106,22 @@ def test_extract_frames_skips_bad_files_and_uses_cache_dir(pocus_subset, tmp_pat
     gone.unlink()
     again = extract_frames(samples, FrameSettings(image_size=32, max_frames=3), progress=False)
     assert list(again.skipped["path"]) == [str(gone)] and "not found" in again.skipped["reason"].iloc[0]
+
+
+def test_mask_outside_sector_blacks_out_text_and_keeps_the_fan():
+    from covnb.frames import mask_outside_sector
+
+    frames = np.zeros((2, 64, 64, 3), np.uint8)
+    yy, xx = np.mgrid[:64, :64]
+    fan = ((yy - 4) ** 2 + (xx - 32) ** 2 < 55 ** 2) & (np.abs(xx - 32) < (yy - 4) * 0.9 + 2) & (yy > 6)
+    frames[:, fan] = 120
+    frames[:, 58:62, 1:4] = 255  # a "logo" in the bottom-left corner, away from the fan
+    assert not fan[58:62, 1:4].any()
+    masked = mask_outside_sector(frames)
+    assert masked[:, 58:62, 1:4].max() == 0
+    kept = (masked[:, fan] == frames[:, fan]).all(axis=-1).mean()
+    assert kept > 0.99  # the fan stays (the mask's opening may trim a pixel or two at its apex)
+    empty = np.zeros((1, 16, 16, 3), np.uint8)
+    np.testing.assert_array_equal(mask_outside_sector(empty), empty)  # no fan found: unchanged
+    settings = FrameSettings(mask_sector=True)
+    assert settings.key() != FrameSettings().key()  # cached separately

@@ -258,13 +258,13 @@ def _train_summary_lines(metrics: dict) -> list[str]:
     """The headline figures of a training run: video level, pooled out-of-fold, mean over split seeds."""
     lines = []
     nan = float("nan")
+    focus = "covid" if "covid" in metrics.get("classes", []) else None
     for name, entry in (("recipe " + str(metrics.get("config", {}).get("recipe", "?")), metrics),
                         ("baseline linear probe", metrics.get("baseline") or {})):
         video = (entry.get("video_mean") or {}).get("pooled_mean")
         if not video:
             continue
         spread = (entry.get("video_mean") or {}).get("pooled_std", {})
-        focus = next((c for c in metrics.get("classes", []) if c == "covid"), None)
         text = (f"{name}: video balanced accuracy {video.get('balanced_accuracy', nan):.3f} "
                 f"+- {spread.get('balanced_accuracy', nan):.3f} over split seeds, macro ROC-AUC "
                 f"{video.get('macro_auc', nan):.3f}")

@@ -298,11 +298,11 @@ def _weights_key(weights) -> str:
     return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def _feature_key(fingerprint: str, config: TrainConfig, cut: str, view: int, kind: str = "augment") -> str:
+def _feature_key(fingerprint: str, config: TrainConfig, cut: str, view: int, kind: str) -> str:
     spec = {"v": FEATURE_CACHE_VERSION, "frames": fingerprint, "backbone": config.backbone,
             "weights": _weights_key(config.weights), "alpha": config.alpha, "size": int(config.image_size),
             "head": config.head, "cut": cut, "view": int(view), "seed": int(config.seed),
-            "augmentation": augmentation_spec(config.augmentation) if kind == "augment" and view > 0 else {}}
+            "augmentation": augmentation_spec(config.augmentation) if kind == "augment" else {}}
     if kind == "mirror":
         spec["kind"] = "mirror"
     return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
@@ -853,29 +853,27 @@ def fit_final_model(frameset, config: TrainConfig | None = None, classes: list[s
 # ----------------------------------------------------------------------------- whole run
 
 
-def _baseline(frameset, config: TrainConfig, classes, n_folds: int, seeds, metrics: dict, n_boot: int, log) -> dict:
-    """The linear probe on the same backbone, folds and seeds, and its paired difference to ``config``."""
+def _baseline(frameset, config: TrainConfig, classes, n_folds: int, seeds, metrics: dict, n_boot: int,
+              log) -> tuple[dict, pd.DataFrame]:
+    """The linear probe on the same backbone, folds and seeds: its summary (with the paired
+    difference to ``config``) and its out-of-fold predictions."""
     from covnb.evaluate import summarize_cv
 
     probe = recipe_config("linear_probe", backbone=config.backbone, weights=config.weights, alpha=config.alpha,
                           image_size=config.image_size, seed=config.seed)
     cv = run_cross_validation(frameset, probe, n_folds=n_folds, seeds=seeds, log=None, classes=classes)
     summary = summarize_cv(cv.oof, classes, n_boot=n_boot)
-    entry = {"recipe": "linear_probe", "config": probe.to_dict(), "cv_seconds": cv.seconds, "oof": cv.oof}
+    entry = {"recipe": "linear_probe", "config": probe.to_dict(), "cv_seconds": cv.seconds}
     for level in ("frame", "video_mean"):
-        entry[level] = {k: summary[level][k] for k in ("folds_mean", "folds_std", "pooled_mean", "pooled_std")
-                        if k in summary[level]}
-        if "bootstrap_95ci" in summary[level]:
-            entry[level]["bootstrap_95ci"] = summary[level]["bootstrap_95ci"]
+        entry[level] = {k: summary[level][k] for k in ("folds_mean", "folds_std", "pooled_mean", "pooled_std",
+                                                        "bootstrap_95ci") if k in summary[level]}
     ours = metrics["video_mean"]["pooled_mean"]["balanced_accuracy"]
     theirs = summary["video_mean"]["pooled_mean"]["balanced_accuracy"]
     entry["video_balanced_accuracy_difference"] = ours - theirs
     if log:
         log(f"baseline (linear probe, same folds): video balanced accuracy {theirs:.3f} vs {ours:.3f} for "
             f"recipe {config.recipe} ({ours - theirs:+.3f})")
-    return entry
-
-
+    return entry, cv.oof
 
 
 def run_training(data=None, out_dir: str | Path = "covnb-train", config: TrainConfig | None = None,
@@ -938,9 +936,9 @@ def run_training(data=None, out_dir: str | Path = "covnb-train", config: TrainCo
     result = {"config": config.to_dict(), "classes": classes, "n_folds": n_folds, "seeds": list(seeds),
               "data_fingerprint": fingerprint, "data_root": data_root, "cv_seconds": cv.seconds, **metrics}
     if baseline and config.recipe != "linear_probe":
-        result["baseline"] = _baseline(frameset, config, classes, n_folds, seeds, metrics, n_boot, log)
+        result["baseline"], baseline_oof = _baseline(frameset, config, classes, n_folds, seeds, metrics, n_boot, log)
         paths["baseline_oof_predictions"] = out / "baseline_oof_predictions.csv"
-        result["baseline"].pop("oof").to_csv(paths["baseline_oof_predictions"], index=False)
+        baseline_oof.to_csv(paths["baseline_oof_predictions"], index=False)
     if final_model:
         started = time.perf_counter()
         model, histories = fit_final_model(frameset, config, classes, log)

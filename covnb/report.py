@@ -228,7 +228,8 @@ def run_report(plan: ReportPlan, out: str | Path = "runs", log=print, progress: 
     import papermill
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    run_dir = new_run_dir(Path(out), plan.profile)
+    # papermill runs each kernel inside its notebook's output folder: every path handed on must be absolute
+    run_dir = new_run_dir(Path(out).expanduser().resolve(), plan.profile)
     started = time.time()
     manifest = {
         "profile": plan.profile, "profile_file": str(plan.profile_path), "description": plan.description,
@@ -253,7 +254,7 @@ def run_report(plan: ReportPlan, out: str | Path = "runs", log=print, progress: 
             continue
         output_dir = run_dir / nb.name
         output_dir.mkdir()
-        params = {k: _expand(v, run_dir) for k, v in nb.parameters.items()}
+        params = {k: _expand(v, run_dir, k) for k, v in nb.parameters.items()}
         if "output_dir" in nb.declared:
             params["output_dir"] = str(output_dir)
         if "data_path" in nb.declared:
@@ -288,9 +289,15 @@ def run_report(plan: ReportPlan, out: str | Path = "runs", log=print, progress: 
     return run_dir, manifest
 
 
-def _expand(value, run_dir: Path):
-    """``{run_dir}`` in a text parameter becomes this run's folder (e.g. a model an earlier notebook saved)."""
-    return value.replace("{run_dir}", str(run_dir)) if isinstance(value, str) else value
+def _expand(value, run_dir: Path, name: str = ""):
+    """``{run_dir}`` in a text parameter becomes this run's folder (e.g. a model an earlier notebook saved);
+    a relative ``*_path`` / ``*_dir`` parameter is made absolute against the caller's working directory."""
+    if not isinstance(value, str):
+        return value
+    value = value.replace("{run_dir}", str(run_dir))
+    if value and name.endswith(("_path", "_dir")) and not Path(value).expanduser().is_absolute():
+        value = str(Path(value).expanduser().resolve())
+    return value
 
 
 def _write_index(run_dir: Path, manifest: dict) -> None:

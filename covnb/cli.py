@@ -43,6 +43,10 @@ def _load(path: str | None, layout: str):
 
 def _print_summary(summary: dict) -> None:
     print(f"{summary['root']} ({summary['layout']} layout): {summary['samples']} samples in {summary['groups']} patient groups")
+    print(f"  {'layout':<19} {summary['layout']}: {summary.get('layout_reason') or '?'}")
+    print(f"  {'grouping':<19} {summary.get('grouping') or '?'}")
+    for merge in summary.get("merges", []):
+        print(f"  {'merged groups':<19} {', '.join(merge['groups'])}: {merge['reason']}")
     for title, key in (("label", "by_label"), ("patients per label", "groups_by_label"), ("kind", "by_kind"),
                        ("probe / view", "by_probe"), ("modality", "by_modality"), ("source", "by_source"),
                        ("licence", "by_licence")):
@@ -73,7 +77,7 @@ def cmd_data_summary(args) -> int:
 def cmd_split(args) -> int:
     import pandas as pd
 
-    from covnb.datasets import default_task, select_task
+    from covnb.datasets import check_usable, default_task, select_task
     from covnb.splits import LeakageError, audit_split, fold_table, inner_validation, patient_folds
 
     if args.folds < 2:
@@ -83,6 +87,12 @@ def cmd_split(args) -> int:
     dataset = _load(args.path, args.layout)
     task = default_task(dataset) if args.task == "auto" else args.task
     samples = select_task(dataset.samples, task=task, viral=args.viral)
+    check_usable(samples, dataset.skipped, what="a split")
+    print(f"grouping: {dataset.grouping}; {len(dataset.merges)} merge(s) of groups sharing identical files")
+    for merge in dataset.merges:
+        print(f"  merged {', '.join(merge['groups'])}: {merge['reason']}")
+    for item in dataset.skipped.itertuples():
+        print(f"skipped {item.path}: {item.reason}", file=sys.stderr)
     try:
         folds = patient_folds(samples, n_splits=args.folds, seed=args.seed)
     except ValueError as error:
@@ -150,14 +160,12 @@ def cmd_cam(args) -> int:
         if value is not None and not 0.0 <= value <= 1.0:
             raise UsageError(f"{name} must be within 0..1, got {value}")
     try:
-        index = export_cam(model_path, args.paths, args.out, method=args.method, layer=args.layer,
+        model_and_metadata = _load_model_arg(model_path, args)
+        index = export_cam(model_and_metadata, args.paths, args.out, method=args.method, layer=args.layer,
                            class_name=args.class_name, threshold=args.threshold, alpha=args.alpha,
                            top_k=args.top_k, colormap=args.colormap, mp4=not args.no_mp4, log=print)
-    except CamOptionError as error:
+    except (CamOptionError, ModelFileError) as error:
         raise UsageError(str(error)) from error
-    except ModelFileError as error:
-        print(f"covnb: error: {error}", file=sys.stderr)
-        return EXIT_FAILED
     failed = index[index["status"] == "error"]
     for row in failed.itertuples():
         print(f"covnb: failed: {row.source}: {row.error}", file=sys.stderr)
@@ -189,7 +197,6 @@ def _seeds_arg(text: str) -> list[int]:
 def cmd_train(args) -> int:
     """Cross-validate a recipe, then fit and save the final model; results land in --out only on success."""
     import shutil
-    import tempfile
 
     from covnb.frames import FrameSettings
     from covnb.train import recipe_config
@@ -223,9 +230,10 @@ def cmd_train(args) -> int:
 
     if args.backbone not in BACKBONES:
         raise UsageError(f"unknown backbone {args.backbone!r}; choose one of {', '.join(BACKBONES)}")
+    from covnb.cache import OWNER_FILE, staging_folder
+
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    staging = staging_folder(out)  # also removes .partial-* folders of interrupted runs
     try:
         result = run_training(dataset, out_dir=staging, config=config, task=None if args.task == "auto" else args.task,
                               n_folds=args.folds, seeds=args.seeds_list, frame_settings=settings,
@@ -237,6 +245,7 @@ def cmd_train(args) -> int:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     out.mkdir(parents=True, exist_ok=True)
+    (staging / OWNER_FILE).unlink(missing_ok=True)
     for item in staging.iterdir():
         target = out / item.name
         if target.is_dir():
@@ -278,14 +287,43 @@ def _train_summary_lines(metrics: dict) -> list[str]:
 # ----------------------------------------------------------------------------- predict
 
 
+def _add_model_settings_args(parser) -> None:
+    """--classes / --sidecar: explicit settings for a model whose sidecar JSON is missing."""
+    parser.add_argument("--classes", default=None, metavar="NAMES",
+                        help="class names of the model's outputs, comma-separated: needed only when its sidecar "
+                             ".json is missing (frames are then taken at 3 Hz, 30 frames, unmasked)")
+    parser.add_argument("--sidecar", default=None, metavar="FILE",
+                        help="a sidecar JSON to use for the model (replaces the one beside it)")
+
+
+def _load_model_arg(model_path, args):
+    """``(model, metadata)`` of a saved model, with --classes / --sidecar when given."""
+    from covnb.models import load_model
+
+    metadata = None
+    if getattr(args, "sidecar", None):
+        sidecar = _existing_path(args.sidecar)
+        try:
+            metadata = json.loads(sidecar.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise UsageError(f"{sidecar}: not a readable JSON sidecar ({error})") from error
+        if not isinstance(metadata, dict):
+            raise UsageError(f"{sidecar}: the sidecar must be a JSON object")
+    if getattr(args, "classes", None):
+        metadata = {**(metadata or {}), "classes": [c.strip() for c in args.classes.split(",")]}
+    return load_model(model_path, metadata=metadata)
+
+
 def cmd_predict(args) -> int:
     from covnb.models import ModelFileError
-    from covnb.predict import predict_paths
+    from covnb.predict import OutputInsideInputError, predict_paths, refuse_output_inside_inputs
 
     _existing_path(args.model)  # a missing input file is reported and skipped, not fatal
     try:
-        predictions = predict_paths(args.model, args.paths, batch_size=args.batch_size)
-    except ModelFileError as error:
+        if args.out:
+            refuse_output_inside_inputs(args.out, [p for p in args.paths if Path(p).exists()])
+        predictions = predict_paths(_load_model_arg(args.model, args), args.paths, batch_size=args.batch_size)
+    except (ModelFileError, OutputInsideInputError) as error:
         raise UsageError(str(error)) from error
     if args.format == "json":
         text = predictions.to_json(args.out)
@@ -294,7 +332,7 @@ def cmd_predict(args) -> int:
     else:
         if args.out:
             videos, frames = predictions.to_csv(args.out)
-            print(f"wrote {videos} and {frames}")
+            print(f"wrote {videos}, {frames} and {videos.with_name(videos.stem + '_skipped' + videos.suffix)}")
         else:
             table = predictions.frames if args.frames else predictions.videos
             print(table.to_csv(index=False), end="")
@@ -342,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
                         help="override a notebook parameter (repeatable)")
     report.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_no_cache_arg(report)
     report.set_defaults(func=cmd_report)
 
     cam_parser = commands.add_parser("cam", help="heatmap overlays (PNG) and videos (MP4) of a saved model's explanations")
@@ -357,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     cam_parser.add_argument("--colormap", default="jet", help="matplotlib colormap (default jet)")
     cam_parser.add_argument("--top-k", type=int, default=3, help="overlay PNGs per video: its most telling frames")
     cam_parser.add_argument("--no-mp4", action="store_true", help="no heatmap video per input video")
+    _add_model_settings_args(cam_parser)
     cam_parser.set_defaults(func=cmd_cam)
 
     train = commands.add_parser("train", help="patient-level cross-validation of a recipe, then a final model")
@@ -391,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-final-model", action="store_true", help="cross-validation only")
     train.add_argument("--no-baseline", action="store_true",
                        help="skip the linear-probe baseline reported beside the recipe (same folds)")
+    _add_no_cache_arg(train)
     train.set_defaults(func=cmd_train)
 
     predict = commands.add_parser("predict", help="per-frame and per-video class probabilities from a saved model")
@@ -400,13 +441,30 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", default=None, help="file to write (CSV: also <name>_frames.csv); default stdout")
     predict.add_argument("--frames", action="store_true", help="stdout CSV: one row per frame instead of per file")
     predict.add_argument("--batch-size", type=int, default=32)
+    _add_model_settings_args(predict)
     predict.set_defaults(func=cmd_predict)
     return parser
+
+
+def _bad_input_errors() -> tuple:
+    from covnb.cache import CacheError
+    from covnb.datasets import DataError
+    from covnb.models import ModelFileError
+
+    return DataError, ModelFileError, CacheError
+
+
+def _add_no_cache_arg(parser) -> None:
+    parser.add_argument("--no-cache", action="store_true",
+                        help="decode frames and compute features without reading or writing the cache "
+                             "(same as COVNB_NO_CACHE=1)")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "no_cache", False):
+        os.environ["COVNB_NO_CACHE"] = "1"  # also reaches the report's notebook kernels
     if getattr(args, "command", None) == "train":
         if args.seed is not None and args.seeds is not None:
             parser.error("give --seed or --seeds, not both")
@@ -419,6 +477,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("covnb: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # bad data, model or cache: a message, never a traceback
+        if not isinstance(error, _bad_input_errors()):
+            raise
+        print(f"covnb: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from covnb.cache import cache_dir
-from covnb.datasets import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, file_sha1
+from covnb.datasets import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, check_image_header, check_video_header,
+                            file_sha1)
 
 ASSUMED_FPS = 30.0
 PLAUSIBLE_FPS = (1.0, 240.0)
@@ -201,6 +201,10 @@ def read_video(path: Path, settings: FrameSettings) -> tuple[np.ndarray, dict]:
     if not cap.isOpened():
         raise FrameError(f"{path}: not a readable video")
     try:
+        try:
+            check_video_header(cap)
+        except ValueError as error:
+            raise FrameError(f"{path}: {error}") from None
         reported = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         guess_fps = reported if PLAUSIBLE_FPS[0] <= reported <= PLAUSIBLE_FPS[1] else ASSUMED_FPS
         guess = set(int(i) for i in sample_indices(2**62, guess_fps, settings.rate_hz, settings.max_frames))
@@ -266,7 +270,11 @@ def _decode_indices(path: Path, wanted: set[int], settings: FrameSettings) -> di
 
 
 def read_image(path: Path, settings: FrameSettings) -> tuple[np.ndarray, dict]:
-    """One prepared frame from an image file."""
+    """One prepared frame from an image file (its header is checked against the pixel limit first)."""
+    try:
+        check_image_header(path)
+    except ValueError as error:
+        raise FrameError(f"{path}: {error}") from None
     image = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise FrameError(f"{path}: not a decodable image")
@@ -302,15 +310,26 @@ class FrameCache:
     """Decoded frames on disk, keyed by file content (SHA-1) and extraction settings.
 
     The folder is ``cache_dir("frames")`` unless given; ``$COVNB_CACHE_DIR`` moves it.
-    Content hashes are remembered per (path, size, mtime) within the process.
+    Content hashes are remembered per (path, size, mtime) within the process. The cache is a
+    speed-up only: an entry that cannot be read or does not fit the settings is a miss (decoded
+    again and replaced), and a folder that cannot be created or written means decoding without
+    caching (one warning naming the folder), never a lost file.
     """
 
     def __init__(self, folder: str | Path | None = None):
-        self.folder = Path(folder) if folder else cache_dir("frames")
-        self.folder.mkdir(parents=True, exist_ok=True)
+        from covnb.cache import cache_root, warn_cache_unwritable
+
+        self.folder = Path(folder) if folder else cache_root() / "frames"
+        self.writable = True
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            self.writable = False
+            warn_cache_unwritable(self.folder, error)
         self._hashes: dict[tuple, str] = {}
         self.hits = 0
         self.misses = 0
+        self.replaced = 0
 
     def content_hash(self, path: Path) -> str:
         stat = path.stat()
@@ -324,25 +343,47 @@ class FrameCache:
         sub = self.folder / stem[:2]
         return sub / f"{stem}.npy", sub / f"{stem}.json"
 
+    def _read(self, array_path: Path, info_path: Path, settings: FrameSettings):
+        """The cached entry, or None when it is missing, unreadable or does not fit the settings."""
+        if not (array_path.is_file() and info_path.is_file()):
+            return None
+        try:
+            frames = np.load(array_path, allow_pickle=False)
+            info = json.loads(info_path.read_text())
+        except (OSError, ValueError, EOFError):  # 0-byte, truncated, garbled: a miss
+            self.replaced += 1
+            return None
+        size = int(settings.image_size)
+        if not (isinstance(frames, np.ndarray) and frames.dtype == np.uint8 and frames.ndim == 4
+                and frames.shape[1:] == (size, size, 3) and len(frames) >= 1 and isinstance(info, dict)
+                and isinstance(info.get("frame_index"), list) and len(info["frame_index"]) == len(frames)
+                and isinstance(info.get("time_s"), list) and len(info["time_s"]) == len(frames)):
+            self.replaced += 1
+            return None
+        return frames, info
+
     def get(self, path: str | Path, settings: FrameSettings = FrameSettings()) -> tuple[np.ndarray, dict]:
         """Frames from the cache, decoding and storing them on a miss."""
+        from covnb.cache import warn_cache_unwritable
+
         path = Path(path)
         if not path.is_file():
             raise FrameError(f"{path}: file not found")
         array_path, info_path = self._paths(path, settings)
-        if array_path.is_file() and info_path.is_file():
-            try:
-                frames = np.load(array_path, allow_pickle=False)
-                info = json.loads(info_path.read_text())
-                self.hits += 1
-                return frames, info
-            except (OSError, ValueError):
-                pass  # a damaged entry is decoded again and overwritten
+        cached = self._read(array_path, info_path, settings)
+        if cached is not None:
+            self.hits += 1
+            return cached
         frames, info = read_frames(path, settings)
         self.misses += 1
-        array_path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(array_path, lambda handle: np.save(handle, frames, allow_pickle=False))
-        _atomic_write(info_path, lambda handle: handle.write(json.dumps(_jsonable(info)).encode()))
+        if self.writable:
+            try:
+                array_path.parent.mkdir(parents=True, exist_ok=True)
+                _atomic_write(array_path, lambda handle: np.save(handle, frames, allow_pickle=False))
+                _atomic_write(info_path, lambda handle: handle.write(json.dumps(_jsonable(info)).encode()))
+            except OSError as error:  # read-only or full cache: keep the decoded frames, warn once
+                self.writable = False
+                warn_cache_unwritable(self.folder, error)
         return frames, info
 
 
@@ -385,7 +426,9 @@ def extract_frames(samples: pd.DataFrame, settings: FrameSettings = FrameSetting
 
     A file that fails to decode is skipped with its reason; the run goes on.
     """
-    frame_cache = cache if isinstance(cache, FrameCache) else (FrameCache() if cache else None)
+    from covnb.cache import cache_enabled
+
+    frame_cache = cache if isinstance(cache, FrameCache) else (FrameCache() if cache and cache_enabled() else None)
     chunks, rows, skipped = [], [], []
     iterator = samples.to_dict("records")
     if progress:

@@ -576,8 +576,13 @@ def _resolve_data_argument(parser, args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    _resolve_data_argument(parser, args)
+    try:  # argparse exits on misuse; covnb's entry point returns its exit code (2) instead
+        args = parser.parse_args(argv)
+        _resolve_data_argument(parser, args)
+        if getattr(args, "command", None) == "train" and args.seed is not None and args.seeds is not None:
+            parser.error("give --seed or --seeds, not both")
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     from covnb import quiet
 
     if args.verbose:
@@ -586,8 +591,6 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "no_cache", False):
         os.environ["COVNB_NO_CACHE"] = "1"  # also reaches the report's notebook kernels
     if getattr(args, "command", None) == "train":
-        if args.seed is not None and args.seeds is not None:
-            parser.error("give --seed or --seeds, not both")
         args.seeds_list = _seeds_arg(args.seeds) if args.seeds else [args.seed if args.seed is not None else 0]
     try:
         code = args.func(args)

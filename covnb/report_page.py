@@ -95,6 +95,7 @@ KEY_FIGURES: dict[str, tuple[str, ...]] = {
     "04_cam_explorer": ("gallery.png", "heat_inside_sector.png", "methods_side_by_side.png"),
 }
 KEY_FIGURES_FALLBACK = 3
+PER_NOTEBOOK_PARAMETERS = ("output_dir",)
 
 
 # ----------------------------------------------------------------------------- headline numbers
@@ -323,6 +324,17 @@ def _skipped(entries) -> list[tuple[str, str]]:
     return rows
 
 
+def _shared_parameters(records) -> list[tuple[str, str]]:
+    """Parameters with one value in every notebook that has them (the profile's shared ones), as text."""
+    values: dict[str, set] = {}
+    for record in records:
+        parameters = record.get("parameters") if isinstance(record, dict) else None
+        for name, value in (parameters if isinstance(parameters, dict) else {}).items():
+            values.setdefault(str(name), set()).add(json.dumps(value, default=str, sort_keys=True))
+    return [(name, next(iter(texts))) for name, texts in values.items()
+            if len(texts) == 1 and name not in PER_NOTEBOOK_PARAMETERS]
+
+
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(loader=jinja2.PackageLoader("covnb", "templates"),
                               autoescape=True, undefined=jinja2.StrictUndefined,
@@ -351,6 +363,7 @@ def render_index(run_dir: str | Path, manifest: dict) -> str:
         "data": {"path": data.get("path"), "synthetic": data.get("synthetic"), "layout": data.get("layout"), "fingerprint": data.get("fingerprint"),
                  "samples": data.get("samples"), "groups": data.get("groups"), "error": data.get("error")},
         "skipped": _skipped(data.get("skipped")),
+        "shared_parameters": _shared_parameters(manifest.get("notebooks") or []),
         "versions": [(str(k), "" if v is None else str(v)) for k, v in versions.items()],
         "cards": cards, "counts": counts,
         "manifest_link": _link(run_dir, "manifest.json"),

@@ -7,6 +7,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import cv2
+import nbformat
 import numpy as np
 import pytest
 
@@ -245,3 +246,43 @@ def test_mathjax_is_copied_once_small_and_without_unused_parts(tmp_path):
     before = (folder / "MathJax.js").stat().st_mtime_ns
     assert copy_mathjax(tmp_path) == url and (folder / "MathJax.js").stat().st_mtime_ns == before
     assert [p.name for p in tmp_path.iterdir()] == [MATHJAX_FOLDER]
+
+
+def test_shared_parameters_are_listed_once(run):
+    run_dir, manifest = run
+    manifest["notebooks"][1]["parameters"]["image_size"] = 224
+    page = parse(render_index(run_dir, manifest))
+    assert "Parameters" in page.text and "seed 0" in page.text
+    assert "image_size 64" not in page.text.split("Parameters")[-1]  # differs between notebooks: not shared
+
+
+FIGURE_BODY = ("import json, pathlib\n"
+               "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n"
+               "figure, axis = plt.subplots(figsize=(2, 2))\naxis.plot([0, 1], [0, steps])\n"
+               "figure.savefig(pathlib.Path(output_dir, 'curve.png'))\n"
+               "pathlib.Path(output_dir, 'metrics.json').write_text(json.dumps({'accuracy': 0.75, 'steps': steps}))\n")
+
+
+def test_a_report_run_writes_the_page_and_offline_math(tmp_path, monkeypatch):
+    from test_report import GOOD_PARAMS, make_notebook
+
+    from covnb.report import plan_report, run_report
+
+    notebook = make_notebook(tmp_path / "maths.ipynb", FIGURE_BODY, GOOD_PARAMS)
+    nb = nbformat.read(str(notebook), as_version=4)
+    nb.cells[0].source = "# Maths\nThe weight $\\alpha_k^c$ of map $A_k$:\n$$L = \\sum_k \\alpha_k^c A_k$$"
+    nbformat.write(nb, str(notebook))
+    profile = tmp_path / "maths.yaml"
+    profile.write_text(f"name: maths\ndata: {tmp_path}\ntimeout: 120\nnotebooks:\n  - path: {notebook}\n")
+    monkeypatch.chdir(tmp_path)
+    run_dir, manifest = run_report(plan_report(str(profile)), out="runs", progress=False, log=lambda *_: None)
+    assert manifest["status"] == "ok"
+    page = parse((run_dir / "index.html").read_text())
+    assert page.sections == {"maths": "ok"} and dict(page.numbers) == {"accuracy": "0.75", "steps": "3"}
+    assert page.images == ["maths/curve.png"]
+    assert all((run_dir / unquote(urlsplit(link).path)).is_file() for link in page.links if not link.startswith("#"))
+    notebook_page = (run_dir / "maths.html").read_text()
+    if mathjax_source() is not None:
+        assert 'src="mathjax/MathJax.js?config=' in notebook_page and "mathjax/2.7" not in notebook_page
+        assert (run_dir / MATHJAX_FOLDER / "MathJax.js").is_file()
+    assert "$A_k$" in notebook_page  # left for MathJax to typeset in the browser (tests/test_browser.py)

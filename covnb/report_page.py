@@ -159,7 +159,7 @@ def _interval(tree, spec: Headline, captured, value) -> tuple[float, float] | No
     found = _lookup(tree, spec.ci, captured)
     if isinstance(found, dict) and _is_number(found.get("low")) and _is_number(found.get("high")):
         return float(found["low"]), float(found["high"])
-    if _is_number(found) and _is_number(value) and math.isfinite(found) and found >= 0:
+    if _is_number(found) and _is_number(value) and math.isfinite(found) and math.isfinite(value) and found >= 0:
         return float(value) - float(found), float(value) + float(found)
     return None
 
@@ -191,7 +191,7 @@ def _entry(label: str, key: str, value, *, interval=None, std=None, note="") -> 
     return {"label": label, "key": key, "value": value, "text": format_number(value),
             "interval": None if interval is None else (format_number(interval[0]), format_number(interval[1])),
             "interval_values": interval, "std": None if std is None else format_number(std),
-            "note": note, "flag": isinstance(value, bool)}
+            "note": note}
 
 
 def headline_numbers(metrics, notebook: str) -> list[dict]:

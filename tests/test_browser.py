@@ -1,5 +1,11 @@
-"""The CAM explorer in a real browser: JupyterLab on 127.0.0.1, headless Debian Chromium driven
-by Playwright, run the notebook, move the frame slider, and check that the image changes.
+"""covnb in a real browser (headless Debian Chromium driven by Playwright).
+
+- The CAM explorer: JupyterLab on 127.0.0.1, run the notebook, move the frame slider, and check
+  that the image changes.
+- The report a user opens: ``covnb report --profile smoke`` with a relative ``--out``, then its
+  index.html and a notebook page opened from disk with every network request refused: no broken
+  image, math typeset by the MathJax inside the run folder, screenshots of both kept in
+  ``$COVNB_SCREENSHOT_DIR`` (default /tmp/covnb_screens).
 
 Skips cleanly when /usr/bin/chromium or Playwright is missing (``.ci/run`` installs chromium).
 Recipe: /work/shared/docs/conventions.md, "Browser tests".
@@ -27,6 +33,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SCREENSHOT_COPY = Path("/tmp/covnb_browser.png")
+SCREENSHOT_DIR = Path(os.environ.get("COVNB_SCREENSHOT_DIR", "/tmp/covnb_screens"))
+LAPTOP = {"width": 1366, "height": 900}
 
 SETUP_CELL = '''
 %matplotlib inline
@@ -232,3 +240,97 @@ def test_explorer_in_jupyterlab_with_chromium(jupyter_lab, tmp_path):
             browser.close()
     assert screenshot.stat().st_size > 10_000
     shutil.copyfile(screenshot, SCREENSHOT_COPY)
+
+
+# ----------------------------------------------------------------------------- the report pages
+
+IMAGES_JS = "() => [...document.images].map(i => ({src: i.src.slice(0, 120), ok: i.complete && i.naturalWidth > 0}))"
+RAW_MATH_JS = """() => [...document.querySelectorAll('.jp-MarkdownCell .jp-RenderedMarkdown')]
+    .flatMap(cell => cell.innerText.match(/\\$[^$\\n]+\\$/g) || [])"""
+MATH_READY_JS = ("() => window.MathJax && MathJax.Hub && MathJax.Hub.queue && MathJax.Hub.queue.pending === 0"
+                 " && document.querySelectorAll('.MathJax, .MathJax_Display').length > 0")
+
+
+@pytest.fixture(scope="module")
+def smoke_report(tmp_path_factory):
+    """``covnb report --profile smoke --out runs`` as a user types it, from a folder of their own."""
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install -y chromium)")
+    pytest.importorskip("playwright.sync_api")
+    from covnb.cli import main
+
+    home = tmp_path_factory.mktemp("user")
+    before = Path.cwd()
+    os.chdir(home)
+    try:
+        code = main(["report", "--profile", "smoke", "--out", "runs", "--no-progress"])
+    finally:
+        os.chdir(before)
+    (run_dir,) = [p for p in (home / "runs").iterdir() if p.is_dir()]
+    return code, run_dir
+
+
+def _offline(page) -> list:
+    """Refuse every request that is not a file of the run folder; returns the list of refused URLs."""
+    refused = []
+
+    def route(route_):
+        if route_.request.url.startswith("file:"):
+            route_.continue_()
+        else:
+            refused.append(route_.request.url)
+            route_.abort()
+
+    page.route("**/*", route)
+    return refused
+
+
+def _assert_images_render(page) -> int:
+    page.wait_for_function("() => [...document.images].every(i => i.complete)", timeout=60_000)
+    images = page.evaluate(IMAGES_JS)
+    broken = [image["src"] for image in images if not image["ok"]]
+    assert broken == [], f"broken images: {broken}"
+    return len(images)
+
+
+def test_report_index_and_notebook_page_render_offline(smoke_report, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    code, run_dir = smoke_report
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert code == 0 and manifest["status"] == "ok"
+    math_page = run_dir / "04_cam_explorer.html"
+    assert "mathjax/MathJax.js" in math_page.read_text() and (run_dir / "mathjax" / "MathJax.js").is_file()
+    shots = {"index": tmp_path / "index.png", "notebook": tmp_path / "notebook.png"}
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=LAPTOP)
+            _offline(page)
+            page.goto((run_dir / "index.html").as_uri(), wait_until="load")
+            assert page.locator("section[data-notebook]").count() == len(manifest["notebooks"])
+            assert page.locator("section[data-status='ok']").count() == len(manifest["notebooks"])
+            assert page.locator("#synthetic-warning").is_visible()
+            assert page.locator(".number").count() >= 4 * 3  # headline numbers of every notebook
+            assert page.locator("section[data-notebook] .figures:not(.small) img").count() >= 4 * 2
+            assert _assert_images_render(page) >= 8
+            # the page fits a laptop screen: nothing wider than the window
+            assert page.evaluate("() => document.documentElement.scrollWidth") <= LAPTOP["width"]
+            page.screenshot(path=str(shots["index"]), full_page=True)
+
+            page.goto(math_page.as_uri(), wait_until="load")
+            page.wait_for_function(MATH_READY_JS, timeout=60_000)
+            assert page.evaluate(RAW_MATH_JS) == []
+            assert page.locator(".MathJax").count() >= 3
+            fonts = page.evaluate("() => [...document.fonts].filter(f => f.status === 'loaded').map(f => f.family)")
+            assert any(family.startswith("STIXMathJax") for family in fonts), fonts  # MathJax's own fonts
+            _assert_images_render(page)
+            page.evaluate("() => { document.querySelector('.MathJax').closest('.jp-Cell').scrollIntoView();"
+                          " window.scrollBy(0, -40); }")
+            page.screenshot(path=str(shots["notebook"]))
+        finally:
+            browser.close()
+    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+    for name, shot in shots.items():
+        assert shot.stat().st_size > 20_000
+        shutil.copyfile(shot, SCREENSHOT_DIR / f"{name}.png")

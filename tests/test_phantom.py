@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import cv2
@@ -373,3 +374,128 @@ def test_phantom_dataset_is_cached(tmp_path, monkeypatch):
         phantom_dataset(seed=5, **small)
     with pytest.raises(TypeError, match="unexpected keyword"):
         phantom_dataset(seed=4, frames=3)
+
+
+# ----------------------------------------------------------------- what makes the phantom teach
+
+
+def test_sources_correlate_with_class_as_designed():
+    """One site sends most pneumonia, two most healthy lungs, COVID-19 comes from several small ones."""
+    patients = phantom.plan_patients(n_patients_per_class=20, seed=0)
+    by_class = {label: [p["source"] for p in patients if p["drawn"] == label] for label in ("covid", "pneumonia", "regular")}
+    share = {label: {s: sources.count(s) / len(sources) for s in set(sources)} for label, sources in by_class.items()}
+    assert share["pneumonia"]["site-A"] >= 0.75
+    assert share["regular"]["site-A"] + share["regular"]["site-B"] >= 0.85
+    assert len(share["covid"]) >= 4 and max(share["covid"].values()) <= 0.4
+    assert "site-A" not in share["covid"] and "site-B" not in share["covid"]
+    # whole patients, as close to the designed shares as rounding allows
+    for label, sources in by_class.items():
+        weights = {s: c.get(label, 0.0) for s, c in phantom.PHANTOM_SOURCES.items()}
+        for source, weight in weights.items():
+            assert abs(sources.count(source) - 20 * weight / sum(weights.values())) < 1
+
+
+def test_borderline_and_label_noise_rates_as_set():
+    patients = phantom.plan_patients(n_patients_per_class=10, seed=1, label_noise=0.1, borderline_fraction=0.3)
+    assert len(patients) == 30
+    noisy = [p for p in patients if p["noisy"]]
+    assert len(noisy) == 3 and all(p["label"] != p["drawn"] for p in noisy)
+    assert all(p["label"] == p["drawn"] for p in patients if not p["noisy"])
+    for label in ("covid", "pneumonia", "regular"):
+        assert sum(p["borderline"] for p in patients if p["drawn"] == label) == 3
+    names = [p["name"] for p in patients]
+    assert len(set(names)) == 30
+    assert all(p["name"].startswith(phantom.FILE_PREFIXES[p["label"]] + "_") for p in patients)
+    clean = phantom.plan_patients(n_patients_per_class=10, seed=1)
+    assert not any(p["noisy"] or p["borderline"] for p in clean)
+
+
+def test_borderline_findings_are_faint():
+    for seed in range(5):
+        full = sample_patient_style("covid", np.random.default_rng(seed))
+        faint = sample_patient_style("covid", np.random.default_rng(seed), borderline=True)
+        assert max(line["strength"] for line in faint["b_lines"]) < min(line["strength"] for line in full["b_lines"])
+        assert len(faint["b_lines"]) <= 2 and faint["pleura_irregularity"] < full["pleura_irregularity"]
+        small = sample_patient_style("pneumonia", np.random.default_rng(seed), borderline=True)["consolidation"]
+        large = sample_patient_style("pneumonia", np.random.default_rng(seed))["consolidation"]
+        assert small["half_width"] < 0.5 * large["half_width"] and small["height"] < 0.5 * large["height"]
+        assert len(sample_patient_style("regular", np.random.default_rng(seed), borderline=True)["b_lines"]) == 1
+
+
+def test_per_patient_appearance_differs_more_than_videos_of_a_patient():
+    """Scanner settings (gain, time-gain curve, dynamic range, grain) are the patient's."""
+    keys = ("gain", "tgc", "dynamic_range", "speckle_grain", "noise_floor")
+    styles = [sample_patient_style("regular", np.random.default_rng([4, p])) for p in range(6)]
+    for key in keys:
+        assert len({json.dumps(style[key]) for style in styles}) == 6, key
+    brightness_same, brightness_other = [], []
+    for p, style in enumerate(styles):
+        means = [make_clip("regular", np.random.default_rng([4, p, v]), n_frames=2, size=64,
+                           patient_style=style).astype(float).mean() for v in range(2)]
+        brightness_same.append(abs(means[0] - means[1]))
+        brightness_other.append(means[0])
+    assert max(brightness_same) < 0.5 * (max(brightness_other) - min(brightness_other))
+
+
+def test_screens_differ_by_source_and_leave_the_fan_alone():
+    from covnb.frames import sector_mask
+
+    clip = make_clip("regular", np.random.default_rng(0), n_frames=3, size=SIZE)
+    screens = {source: phantom.render_screen(clip, source, np.random.default_rng(1)) for source in phantom.SCREEN_DESIGNS}
+    for source, screen in screens.items():
+        assert screen.shape == (3, SIZE, SIZE, 3) and screen.dtype == np.uint8
+        fan = sector_mask(screen)
+        outside = screen.max(axis=(0, 3))[~fan]
+        assert (outside > 100).sum() > 20, source  # text, ruler, bar, border or logo outside the fan
+        assert fan.sum() > 0.25 * SIZE * SIZE, source
+    names = list(screens)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert np.abs(screens[a].astype(int) - screens[b].astype(int)).mean() > 2, (a, b)
+
+
+@pytest.fixture(scope="module")
+def teaching_set(tmp_path_factory):
+    return write_phantom_dataset(tmp_path_factory.mktemp("teach") / "set", n_patients_per_class=5,
+                                 videos_per_patient=1, images_per_class=1, n_frames=2, size=64, seed=2,
+                                 label_noise=0.2, borderline_fraction=0.4)
+
+
+def test_loaded_phantom_has_meaningful_sources_and_noisy_labels(teaching_set):
+    from covnb.datasets import load_dataset
+
+    samples = load_dataset(teaching_set).samples
+    assert set(samples["source"]) <= set(phantom.PHANTOM_SOURCES) and samples["source"].nunique() >= 4
+    assert samples.groupby("group")["source"].nunique().max() == 1  # one site per patient
+    assert all(group.split(":", 1)[0] == source for group, source in zip(samples["group"], samples["source"]))
+    rows = _read_metadata(teaching_set)
+    comments = {r["Patient ID / Name"]: r["Comments first medical doctor (MD1)"] for r in rows}
+    assert sum("label noise" in c for c in comments.values()) == 3  # round(0.2 * 15)
+    assert sum("borderline" in c for c in comments.values()) == 6  # round(0.4 * 5) per class
+    for row in rows:  # the label always agrees with the file name, whatever was drawn
+        assert row["Label"] == {"Cov": "COVID-19", "Pneu": "Bacterial pneumonia", "Reg": "regular"}[row["Filename"].split("_")[0]]
+
+
+def test_same_seed_same_plan_and_metadata(tmp_path, teaching_set):
+    kwargs = dict(n_patients_per_class=5, videos_per_patient=1, images_per_class=1, n_frames=2, size=64,
+                  label_noise=0.2, borderline_fraction=0.4)
+    again = write_phantom_dataset(tmp_path / "again", seed=2, **kwargs)
+    assert _read_metadata(again) == _read_metadata(teaching_set)
+    first = sorted(p.name for p in (again / "pocus_videos" / "convex").iterdir())[0]
+    np.testing.assert_array_equal(_decoded_frames(again / "pocus_videos" / "convex" / first)[0],
+                                  _decoded_frames(teaching_set / "pocus_videos" / "convex" / first)[0])
+    other = phantom.plan_patients(n_patients_per_class=5, seed=3, label_noise=0.2, borderline_fraction=0.4)
+    assert [p["source"] for p in other] != [p["source"] for p in
+                                           phantom.plan_patients(n_patients_per_class=5, seed=2, label_noise=0.2,
+                                                                 borderline_fraction=0.4)]
+
+
+def test_changed_generator_is_a_new_cache_entry(tmp_path, monkeypatch):
+    monkeypatch.setenv("COVNB_CACHE_DIR", str(tmp_path))
+    small = dict(n_patients_per_class=1, videos_per_patient=1, images_per_class=0, n_frames=2, size=64)
+    first = phantom_dataset(**small)
+    phantom._generator_fingerprint.cache_clear()
+    monkeypatch.setattr(phantom, "_generator_fingerprint", lambda: "edited-drawing-code")
+    second = phantom_dataset(**small)
+    assert second != first and (second / "dataset_metadata.csv").is_file()
+    assert phantom_dataset(label_noise=0.5, **small) != second

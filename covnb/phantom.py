@@ -703,7 +703,7 @@ def write_phantom_dataset(
     n_patients_per_class: int = 12,
     videos_per_patient: int = 2,
     images_per_class: int = 2,
-    n_frames: int = 20,
+    n_frames: int = 10,
     fps: float = 10,
     size: int = 160,
     seed: int = 0,

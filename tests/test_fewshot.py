@@ -234,14 +234,21 @@ def test_notebook_runs_on_phantom(tmp_path):
     out_dir = tmp_path / "out"
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "out.ipynb"), kernel_name="python3",
-                               parameters=dict(image_size=64, max_frames=4, n_episodes=60, shots=[1, 2, 5],
+                               parameters=dict(image_size=64, max_frames=4, n_episodes=60, shots=[1, 2, 5, 20],
                                                protonet_steps=40, learning_curve_repeats=1,
                                                output_dir=str(out_dir)),
                                progress_bar=False, execution_timeout=600)
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert metrics["synthetic"] is True
     assert metrics["n_episodes"] == 60
-    assert metrics["shot_curve_notes"]  # the phantom's 4 patients per class stop the K curve early
+    assert metrics["shot_curve_notes"]  # the phantom's 12 patients per class stop the K curve before 20
+    assert {5} <= {row["k_shot"] for row in metrics["shot_curve_held_out"]}  # the 5-shot point exists
+    assert metrics["summary"]["five_shot_held_out"] and metrics["summary"]["five_shot_all_patients"]
+    # the prose states this run's numbers: every finding quotes at least one of them
+    assert len(metrics["findings"]) == 3
+    leak = metrics["leak_demo"]
+    leaky, honest = (leak[k]["mean"] for k in leak if k != "k_shot")
+    assert f"{leaky:.2f}" in metrics["findings"][0] and f"{honest:.2f}" in metrics["findings"][0]
     assert list(out_dir.glob("*.png"))
     with pytest.raises(Exception):
         papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "bad.ipynb"), kernel_name="python3",

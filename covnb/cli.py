@@ -401,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--frames", action="store_true", help="stdout CSV: one row per frame instead of per file")
     predict.add_argument("--batch-size", type=int, default=32)
     predict.set_defaults(func=cmd_predict)
+    __import__("covnb.weights").weights.add_cli(commands)  # covnb weights list / fetch / verify
     return parser
 
 

@@ -559,7 +559,8 @@ def _cmd_list(args) -> int:
     if args.format == "json":
         print(table.to_json(orient="records", indent=2))
     else:
-        print(table.drop(columns=["licence"] if args.short else []).to_string(index=False))
+        shown = table.drop(columns=["licence"] if args.short else []).astype(object)
+        print(shown.where(shown.notna(), "-").to_string(index=False))
     return 0
 
 

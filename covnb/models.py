@@ -91,6 +91,8 @@ LAST_BLOCK_INPUT = {
     "mobilenet": "conv_pw_12_relu",
     "mobilenet_v2": "block_15_add",
     "efficientnet_lite0": "block6d_add",
+    "efficientnet_lite1": "block6e_add",
+    "efficientnet_lite2": "block6e_add",
 }
 
 #: Layers pooled by the "multiscale" head, shallow to deep (the backbone's output layer is always
@@ -98,6 +100,8 @@ LAST_BLOCK_INPUT = {
 #: 1280-channel top: 2024 features.
 MULTISCALE_TAPS = {
     "efficientnet_lite0": ("block4c_add", "block5c_add", "block6d_add", "block7a_project_bn"),
+    "efficientnet_lite1": ("block4d_add", "block5d_add", "block6e_add", "block7a_project_bn"),
+    "efficientnet_lite2": ("block4d_add", "block5d_add", "block6e_add", "block7a_project_bn"),
     "mobilenet": ("conv_pw_5_relu", "conv_pw_11_relu"),
     "mobilenet_v2": ("block_9_add", "block_12_add", "block_15_add", "block_16_project_BN"),
     "vgg16": ("block3_conv3", "block4_conv3"),
@@ -111,6 +115,8 @@ MULTISCALE_TAPS = {
 #: video balanced accuracy 0.789 vs 0.711 for the "multiscale" taps (see :mod:`covnb.train`).
 MIDLEVEL_TAPS = {
     "efficientnet_lite0": ("block4a_expand_activation", "block5a_expand_activation", "block6a_expand_activation"),
+    "efficientnet_lite1": ("block4a_expand_activation", "block5a_expand_activation", "block6a_expand_activation"),
+    "efficientnet_lite2": ("block4a_expand_activation", "block5a_expand_activation", "block6a_expand_activation"),
     "mobilenet": ("conv_pw_5_relu", "conv_pw_8_relu", "conv_pw_11_relu"),
     "mobilenet_v2": ("block_6_expand_relu", "block_10_expand_relu", "block_13_expand_relu"),
     "vgg16": ("block3_conv3", "block4_conv3", "block5_conv1"),

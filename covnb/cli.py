@@ -215,7 +215,7 @@ def cmd_train(args) -> int:
     try:
         config = recipe_config(args.preset, **overrides)
         settings = FrameSettings(rate_hz=args.rate_hz, max_frames=args.max_frames, image_size=args.image_size,
-                                 mask_sector=args.mask_sector)
+                                 mask_sector=args.mask_sector, canonical=args.canonical)
     except ValueError as error:
         raise UsageError(str(error)) from error
     from covnb.backbones import BACKBONES, WeightsUnavailableError
@@ -306,6 +306,13 @@ def cmd_predict(args) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
+def cmd_audit(args) -> int:
+    """Shortcut audit of a data folder (covnb.audit)."""
+    from covnb.audit import cmd_audit as run_audit_command
+
+    return run_audit_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from covnb import __version__
 
@@ -384,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--mask-sector", action="store_true",
                        help="black out what lies outside the ultrasound sector (text, logos, rulers) in training and "
                             "in predict: checks that a model does not read the source off the screen")
+    train.add_argument("--canonical", default="off", choices=["off", "crop", "crop+inpaint", "crop+inpaint+gray"],
+                       help="canonical inputs (covnb.canonical): crop every video to its ultrasound image, inpaint "
+                            "burned-in overlays, optionally gray; stored in model.json, applied by predict and cam")
     train.add_argument("--seed", type=int, default=None, help="one split/training seed (default 0)")
     train.add_argument("--seeds", default=None, help="several split seeds, e.g. 0,1,2 (mean over them)")
     train.add_argument("--task", default="auto", choices=["auto", "pocovid3", "pocus4", "covid_vs_other", "all"])
@@ -401,6 +411,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--frames", action="store_true", help="stdout CSV: one row per frame instead of per file")
     predict.add_argument("--batch-size", type=int, default=32)
     predict.set_defaults(func=cmd_predict)
+
+    audit = commands.add_parser("audit", help="shortcut audit: source x class, source probe per input treatment, "
+                                              "CAM heat inside vs outside the ultrasound image")
+    audit.add_argument("path", help="data folder, or 'phantom' for the embedded synthetic data")
+    audit.add_argument("--model", default=None, help="saved model to explain (default: fit the default recipe here)")
+    audit.add_argument("--layout", default="auto", choices=["auto", "pocus", "csv", "folders"])
+    audit.add_argument("--task", default="auto", choices=["auto", "pocovid3", "pocus4", "covid_vs_other", "all"])
+    audit.add_argument("--frames-per-video", type=int, default=5, help="frames explained per video (default 5)")
+    audit.add_argument("--seed", type=int, default=0)
+    audit.add_argument("--json", action="store_true", help="print JSON instead of text")
+    audit.set_defaults(func=cmd_audit)
     return parser
 
 

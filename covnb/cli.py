@@ -236,7 +236,7 @@ def cmd_train(args) -> int:
     try:
         config = recipe_config(args.preset, **overrides)
         settings = FrameSettings(rate_hz=args.rate_hz, max_frames=args.max_frames, image_size=args.image_size,
-                                 mask_sector=args.mask_sector)
+                                 mask_sector=args.mask_sector, canonical=args.canonical)
     except ValueError as error:
         raise UsageError(str(error)) from error
     from covnb.backbones import BACKBONES, WeightsUnavailableError
@@ -402,6 +402,13 @@ def _add_data_argument(parser, default_text: str) -> None:
     parser.add_argument("--data", dest="data_option", default=None, metavar="PATH", help=argparse.SUPPRESS)
 
 
+def cmd_audit(args) -> int:
+    """Shortcut audit of a data folder (covnb.audit)."""
+    from covnb.audit import cmd_audit as run_audit_command
+
+    return run_audit_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from covnb import __version__
 
@@ -522,6 +529,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--mask-sector", action="store_true",
                        help="black out what lies outside the ultrasound sector (text, logos, rulers) in training and "
                             "in predict: checks that a model does not read the source off the screen")
+    train.add_argument("--canonical", default="off", choices=["off", "crop", "crop+inpaint", "crop+inpaint+gray"],
+                       help="canonical inputs (covnb.canonical): crop every video to its ultrasound image, inpaint "
+                            "burned-in overlays, optionally gray; stored in model.json, applied by predict and cam")
     train.add_argument("--seed", type=int, default=None, help="one split/training seed (default 0)")
     train.add_argument("--seeds", default=None, help="several split seeds, e.g. 0,1,2 (mean over them)")
     train.add_argument("--n-boot", type=int, default=1000,
@@ -549,6 +559,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_settings_args(predict)
     predict.set_defaults(func=cmd_predict)
     __import__("covnb.weights").weights.add_cli(commands)  # covnb weights list / fetch / verify
+
+    audit = _command(commands, "audit", "shortcut audit: source x class, source probe per input treatment, CAM heat "
+                                        "inside vs outside the ultrasound image",
+                     "How much a model could score by recognising the source instead of the lung: the source x class "
+                     "table, a probe that predicts the source from frozen features (patient-grouped CV) for each "
+                     "input treatment, and the share of CAM heat inside vs outside the ultrasound image.",
+                     "covnb audit phantom\ncovnb audit path/to/pocus --json\n"
+                     "covnb audit path/to/pocus --model runs/pocus/model.keras")
+    audit.add_argument("path", metavar="DATA", help=DATA_HELP)
+    audit.add_argument("--model", default=None, help="saved model to explain (default: fit the default recipe here)")
+    audit.add_argument("--layout", default="auto", choices=LAYOUT_CHOICES, help=LAYOUT_HELP)
+    audit.add_argument("--task", default="auto", choices=TASK_CHOICES, help=TASK_HELP)
+    audit.add_argument("--frames-per-video", type=int, default=5, help="frames explained per video")
+    audit.add_argument("--seed", type=int, default=0, help="seed of the probe's folds and of the fitted model")
+    audit.add_argument("--json", action="store_true", help="print JSON instead of text")
+    audit.set_defaults(func=cmd_audit)
     return parser
 
 

@@ -15,6 +15,7 @@ the extraction settings, so a second extraction only reads small ``.npy`` files.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -45,6 +46,7 @@ class FrameSettings:
     clahe: bool = False
     clahe_clip: float = 2.0
     mask_sector: bool = False  # black out what lies outside the ultrasound sector (text, logos, rulers)
+    canonical: str = "off"  # covnb.canonical.CANONICAL_MODES: crop to the ultrasound image, inpaint overlays, gray
 
     def __post_init__(self):
         if not self.rate_hz > 0:
@@ -57,9 +59,15 @@ class FrameSettings:
             top, bottom, left, right = self.crop
             if not (0 <= top < bottom <= 1 and 0 <= left < right <= 1):
                 raise ValueError(f"crop must be fractions (top, bottom, left, right) with top<bottom, left<right: {self.crop}")
+        from covnb.canonical import check_mode
+
+        check_mode(self.canonical)
 
     def key(self) -> str:
-        text = json.dumps({"v": CACHE_VERSION, **asdict(self)}, sort_keys=True)
+        fields = asdict(self)
+        if fields["canonical"] == "off":
+            del fields["canonical"]  # the keys of caches made before the field existed stay valid
+        text = json.dumps({"v": CACHE_VERSION, **fields}, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
@@ -145,7 +153,26 @@ def mask_outside_sector(frames: np.ndarray) -> np.ndarray:
 
 def prepare_frame(frame: np.ndarray, settings: FrameSettings) -> np.ndarray:
     """RGB, crop, CLAHE, square resize: one decoded frame ready for a model."""
-    rgb = to_rgb(frame)
+    return finish_frame(to_rgb(frame), settings)
+
+
+def _decoded(frame: np.ndarray, settings: FrameSettings) -> np.ndarray:
+    """A decoded frame as the readers keep it: prepared, or only RGB when the canonical step
+    (:mod:`covnb.canonical`) must first see the whole video at its own resolution."""
+    return to_rgb(frame) if settings.canonical != "off" else prepare_frame(frame, settings)
+
+
+def canonical_frames(raw_rgb: np.ndarray, settings: FrameSettings) -> np.ndarray:
+    """Canonical inputs of one video's RGB frames (region found once from all of them), then
+    crop, CLAHE and resize as :func:`prepare_frame`."""
+    from covnb.canonical import canonicalize
+
+    crops, _ = canonicalize(raw_rgb, settings.canonical)
+    return np.stack([finish_frame(crop, settings) for crop in crops])
+
+
+def finish_frame(rgb: np.ndarray, settings: FrameSettings) -> np.ndarray:
+    """Crop, CLAHE, square resize of an RGB frame."""
     if settings.crop is not None:
         rgb = crop_fraction(rgb, settings.crop)
     if settings.clahe:
@@ -216,7 +243,7 @@ def read_video(path: Path, settings: FrameSettings) -> tuple[np.ndarray, dict]:
             if index in guess:
                 ok, frame = cap.retrieve()
                 if ok and frame is not None:
-                    frames[index] = prepare_frame(frame, settings)
+                    frames[index] = _decoded(frame, settings)
         ended = len(stamps) <= last_guess
     finally:
         cap.release()
@@ -262,7 +289,7 @@ def _decode_indices(path: Path, wanted: set[int], settings: FrameSettings) -> di
             if index in wanted:
                 ok, frame = cap.retrieve()
                 if ok and frame is not None:
-                    frames[index] = prepare_frame(frame, settings)
+                    frames[index] = _decoded(frame, settings)
             index += 1
     finally:
         cap.release()
@@ -280,13 +307,19 @@ def read_image(path: Path, settings: FrameSettings) -> tuple[np.ndarray, dict]:
         raise FrameError(f"{path}: not a decodable image")
     if image.dtype != np.uint8:
         image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-    return prepare_frame(image, settings)[None], {"fps_used": np.nan, "fps_source": "image", "frame_index": [0],
+    return _decoded(image, settings)[None], {"fps_used": np.nan, "fps_source": "image", "frame_index": [0],
                                                    "time_s": [0.0], "frames_read": 1}
 
 
-def read_frames(path: str | Path, settings: FrameSettings = FrameSettings()) -> tuple[np.ndarray, dict]:
-    """Frames (T, S, S, 3) uint8 RGB of a video or image, and sampling info. No cache."""
+def read_frames(path: str | Path, settings: FrameSettings = FrameSettings(), *,
+                raw: bool = False) -> tuple[np.ndarray, dict]:
+    """Frames (T, S, S, 3) uint8 RGB of a video or image, and sampling info. No cache.
+
+    ``raw=True``: the sampled frames as decoded (RGB, own size), before any preparation.
+    """
     path = Path(path)
+    if raw:
+        settings = dataclasses.replace(settings, canonical="crop", mask_sector=False)
     if not path.is_file():
         raise FrameError(f"{path}: file not found")
     if path.stat().st_size == 0:
@@ -298,6 +331,10 @@ def read_frames(path: str | Path, settings: FrameSettings = FrameSettings()) -> 
         frames, info = read_image(path, settings)
     else:
         raise FrameError(f"{path}: unsupported file type {ext or '(no extension)'}")
+    if raw:
+        return frames, info
+    if settings.canonical != "off":
+        frames = canonical_frames(frames, settings)
     if settings.mask_sector:
         frames = mask_outside_sector(frames)
     return frames, info

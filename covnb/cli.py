@@ -87,7 +87,7 @@ def cmd_split(args) -> int:
     import pandas as pd
 
     from covnb.datasets import check_usable, default_task, select_task
-    from covnb.splits import LeakageError, audit_split, fold_table, inner_validation, patient_folds
+    from covnb.splits import LeakageError, audit_sources, audit_split, cv_folds, fold_table, inner_validation
 
     if args.folds < 2:
         raise UsageError(f"--folds must be at least 2, got {args.folds}")
@@ -103,13 +103,16 @@ def cmd_split(args) -> int:
     for item in dataset.skipped.itertuples():
         print(f"skipped {item.path}: {item.reason}", file=sys.stderr)
     try:
-        folds = patient_folds(samples, n_splits=args.folds, seed=args.seed)
+        folds = cv_folds(samples, group_by=args.group_by, n_splits=args.folds, seed=args.seed)
     except ValueError as error:
         raise UsageError(str(error)) from error
-    table = samples[["sample_id", "path", "label", "group", "kind"]].assign(fold=folds.values)
+    n_folds = int(folds.max()) + 1
+    columns = ["sample_id", "path", "label", "group", "source", "kind"] if "source" in samples else \
+        ["sample_id", "path", "label", "group", "kind"]
+    table = samples[columns].assign(fold=folds.values)
     if args.inner_validation is not None:
         table["inner_validation_for_fold"] = ""
-        for fold in range(args.folds):
+        for fold in range(n_folds):
             train = samples[folds.values != fold]
             mask = inner_validation(train, fraction=args.inner_validation, seed=args.seed)
             chosen = train.index[mask.values]
@@ -120,13 +123,22 @@ def cmd_split(args) -> int:
     except LeakageError as error:
         print(str(error), file=sys.stderr)
         return EXIT_FAILED
+    source_problems = audit_sources(samples, folds.values) if folds.attrs.get("protocol") == "source" else []
+    if source_problems:
+        print("source audit FAILED: " + "; ".join(source_problems), file=sys.stderr)
+        return EXIT_FAILED
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     table.to_csv(tmp, index=False)
     os.replace(tmp, out)
-    print(f"task {task}: {len(table)} samples, {samples['group'].nunique()} patient groups, {args.folds} folds (seed {args.seed})")
+    print(f"task {task}: {len(table)} samples, {samples['group'].nunique()} patient groups, {n_folds} folds (seed {args.seed}), "
+          f"grouped by {folds.attrs.get('protocol', args.group_by)}")
     print(fold_table(samples, folds).to_string())
+    for fold, sources in folds.attrs.get("held_out", {}).items():
+        print(f"  fold {fold}: covid files only from source(s) {', '.join(sources)}, absent from its training data")
+    for note in folds.attrs.get("notes", []):
+        print(f"  note: {note}")
     print(report.describe())
     print(f"wrote {out}")
     return EXIT_OK
@@ -220,17 +232,21 @@ def cmd_train(args) -> int:
     dataset = _load(args.data, args.layout)
     overrides = {"backbone": args.backbone, "weights": _weights_arg(args.weights), "image_size": args.image_size,
                  "seed": args.seeds_list[0]}
-    for name in ("epochs", "fine_tune_epochs", "imbalance", "alpha", "head", "aug_views"):
+    for name in ("epochs", "fine_tune_epochs", "imbalance", "alpha", "head", "aug_views", "device_views"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
     if args.mirror is not None:
         overrides["mirror_view"] = args.mirror
-    elif args.preset == "default":
-        from covnb.train import mirror_is_plausible
+    elif args.preset in ("default", "auto"):
+        from covnb.train import SELECTION_CANDIDATES, mirror_is_plausible
 
-        overrides["mirror_view"] = mirror_is_plausible(dataset.samples)
-        if not overrides["mirror_view"]:
+        if args.preset == "default":
+            overrides["mirror_view"] = mirror_is_plausible(dataset.samples)
+        else:
+            overrides["select"] = tuple(name for name, settings in SELECTION_CANDIDATES.items()
+                                        if mirror_is_plausible(dataset.samples) or not settings["mirror_view"])
+        if not mirror_is_plausible(dataset.samples):
             print("chest X-ray / CT data: no mirrored view (a mirrored chest puts the heart on the right); "
                   "--mirror forces it", file=sys.stderr)
     try:
@@ -252,7 +268,9 @@ def cmd_train(args) -> int:
         result = run_training(dataset, out_dir=staging, config=config, task=None if args.task == "auto" else args.task,
                               n_folds=args.folds, seeds=args.seeds_list, frame_settings=settings,
                               final_model=not args.no_final_model, baseline=not args.no_baseline,
-                              n_boot=args.n_boot)
+                              n_boot=args.n_boot,
+                              protocols={"both": ("source", "patient"), "source": ("source",),
+                                         "patient": ("patient",)}[args.group_by])
     except WeightsUnavailableError as error:
         shutil.rmtree(staging, ignore_errors=True)
         raise UsageError(str(error)) from error
@@ -279,12 +297,28 @@ def cmd_train(args) -> int:
 
 
 def _train_summary_lines(metrics: dict) -> list[str]:
-    """The headline figures of a training run: video level, pooled out-of-fold, mean over split seeds."""
+    """The headline figures of a training run: video level, pooled out-of-fold, mean over split seeds;
+    source-held-out first (the headline), patient-grouped beside it."""
+    lines = []
+    for key, title in (("source_held_out", "source-held-out (COVID-19 sources never seen in training)"),
+                       ("patient_cv", "patient-grouped CV")):
+        block = metrics.get(key)
+        if not block:
+            continue
+        if block.get("available") is False:
+            lines.append(f"{title}: not run: {'; '.join(block.get('notes', [])[:1])}")
+            continue
+        lines.append(f"{title}{' [headline]' if metrics.get('headline') == key else ''}:")
+        lines += ["  " + line for line in _protocol_summary_lines(metrics, block)]
+    return lines or _protocol_summary_lines(metrics, metrics)
+
+
+def _protocol_summary_lines(metrics: dict, block: dict) -> list[str]:
     lines = []
     nan = float("nan")
     focus = "covid" if "covid" in metrics.get("classes", []) else None
-    for name, entry in (("recipe " + str(metrics.get("config", {}).get("recipe", "?")), metrics),
-                        ("baseline linear probe", metrics.get("baseline") or {})):
+    for name, entry in (("recipe " + str(metrics.get("config", {}).get("recipe", "?")), block),
+                        ("baseline linear probe", block.get("baseline") or {})):
         video = (entry.get("video_mean") or {}).get("pooled_mean")
         if not video:
             continue
@@ -296,6 +330,20 @@ def _train_summary_lines(metrics: dict) -> list[str]:
             text += (f", {focus} sensitivity {video.get(focus + '_sensitivity', nan):.2f} "
                      f"specificity {video.get(focus + '_specificity', nan):.2f}")
         lines.append(text)
+        for kind, values in (entry.get("by_kind") or {}).items():
+            if len(entry.get("by_kind")) > 1:
+                lines.append(f"    {kind}s ({values['files']} files): balanced accuracy "
+                             f"{values.get('balanced_accuracy', nan):.3f}"
+                             + (f", {focus} sensitivity {values.get(focus + '_sensitivity', nan):.2f} "
+                                f"({values.get(focus + '_files', 0)} files)" if focus else ""))
+    if block.get("selected"):
+        lines.append("chosen by the inner CV (folds): " + ", ".join(f"{k} {v}" for k, v in block["selected"].items()))
+    if focus and block.get("group_by") == "source":
+        held = [row for row in block.get("by_source", []) if row["label"] == focus]
+        lines.append(f"{focus} share found per held-out source: " + ", ".join(
+            f"{row['source']} {row['share_correct']:.2f} ({row['files']})" for row in held))
+    for note in block.get("notes", [])[:6]:
+        lines.append(f"note: {note}")
     return lines
 
 
@@ -451,6 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--layout", default="auto", choices=LAYOUT_CHOICES, help=LAYOUT_HELP)
     split.add_argument("--task", default="auto", choices=TASK_CHOICES, help=TASK_HELP)
     split.add_argument("--viral", default="drop", choices=["drop", "merge"], help="pocovid3: drop viral or merge into pneumonia")
+    split.add_argument("--group-by", default="patient", choices=["patient", "source"],
+                       help="patient: patient-grouped stratified folds; source: each COVID-19 source held out whole "
+                            "(its files never in that fold's training data), other classes patient-grouped")
     split.add_argument("--inner-validation", type=float, default=None, metavar="FRACTION",
                        help="also mark an inner validation part (by patient) of each training fold")
     split.set_defaults(func=cmd_split)
@@ -504,8 +555,13 @@ def build_parser() -> argparse.ArgumentParser:
                      "covnb train path/to/pocus --out runs/pocovid --preset pocovid --no-final-model")
     _add_data_argument(train, "the embedded synthetic phantom")
     train.add_argument("--out", required=True, help="folder for metrics.json, OOF predictions, figures, model.keras")
-    train.add_argument("--preset", default="default", choices=["default", "pocovid", "linear_probe"],
-                       help="recipe: covnb's default, POCOVID-Net's protocol, or the linear-probe baseline")
+    train.add_argument("--preset", default="default", choices=["default", "pocovid", "linear_probe", "auto"],
+                       help="recipe: covnb's default, POCOVID-Net's protocol, the linear-probe baseline, or auto: the "
+                            "candidate recipes of covnb.train.SELECTION_CANDIDATES, chosen inside every training fold "
+                            "by a nested source-aware CV (and for the final model)")
+    train.add_argument("--group-by", default="both", choices=["both", "source", "patient"],
+                       help="cross-validation: both (source-held-out as the headline, patient-grouped beside it), "
+                            "source (COVID-19 sources held out whole) or patient (patient-grouped only)")
     train.add_argument("--backbone", default="efficientnet_lite0", choices=_LazyChoices(_backbone_names),
                        metavar="NAME", help="ImageNet backbone, one of: %(choices)s")
     train.add_argument("--weights", default="imagenet", help="imagenet, none, or a local weights file")
@@ -519,6 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="classifier head (default: the preset's; default preset: midlevel)")
     train.add_argument("--aug-views", type=int, default=None,
                        help="random augmented views cached per frame (default preset: 0)")
+    train.add_argument("--device-views", type=int, default=None,
+                       help="views per frame rendered as another device might (gain, gamma, speckle, blur, JPEG, "
+                            "resolution, depth crop), cached like the mirror (default 0)")
     train.add_argument("--mirror", dest="mirror", action="store_true", default=None,
                        help="cache a left-right mirrored view of every frame (default preset: on, except for "
                             "chest X-ray / CT)")

@@ -483,7 +483,8 @@ def extract_frames(samples: pd.DataFrame, settings: FrameSettings = FrameSetting
         chunks.append(frames)
         for position, (frame_index, time_s) in enumerate(zip(info["frame_index"], info["time_s"])):
             rows.append({"sample_id": sample["sample_id"], "path": str(path), "label": sample["label"],
-                         "group": sample["group"], "kind": sample.get("kind", ""), "frame_index": int(frame_index),
+                         "group": sample["group"], "kind": sample.get("kind", ""), "source": sample.get("source", "unknown"),
+                         "frame_index": int(frame_index),
                          "time_s": float(time_s), "fps_used": info.get("fps_used"), "fps_source": info.get("fps_source")})
     size = int(settings.image_size)
     frames = np.concatenate(chunks) if chunks else np.zeros((0, size, size, 3), np.uint8)

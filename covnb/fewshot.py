@@ -23,8 +23,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -32,7 +30,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from covnb.cache import cache_dir
+from covnb.cache import read_cached_array, usable_cache_dir, write_cached_array
 
 __all__ = [
     "EMBEDDING_CACHE_VERSION",
@@ -91,18 +89,6 @@ def _embedding_key(frames: np.ndarray, backbone: str, image_size: int, weights, 
     return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    """Write ``array`` to ``path`` through a temporary file and a rename (never half a file)."""
-    fd, tmp = tempfile.mkstemp(suffix=".npy", dir=path.parent)
-    os.close(fd)
-    try:
-        np.save(tmp, array)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def compute_embeddings(frame_set_or_frames, backbone: str = "efficientnet_lite0", image_size: int = 224,
                        weights="imagenet", batch_size: int = 32, pooling: str = "avg", cache: bool = True,
                        log: Callable[[str], None] | None = None) -> np.ndarray:
@@ -118,16 +104,14 @@ def compute_embeddings(frame_set_or_frames, backbone: str = "efficientnet_lite0"
                          "extract frames with FrameSettings(image_size=...) at the backbone's size")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    path = cache_dir("embeddings") / f"{_embedding_key(frames, backbone, image_size, weights, pooling)}.npy"
-    if cache and path.is_file():
-        try:
-            embeddings = np.load(path)
-            if embeddings.shape[0] == len(frames):
-                if log:
-                    log(f"embeddings: {len(frames)} frames read from cache {path.name}")
-                return embeddings
-        except (OSError, ValueError):
-            pass  # unreadable cache file: recompute
+    folder = usable_cache_dir("embeddings") if cache else None
+    path = (folder or Path(".")) / f"{_embedding_key(frames, backbone, image_size, weights, pooling)}.npy"
+    if folder is not None:
+        embeddings = read_cached_array(path, rows=len(frames))
+        if embeddings is not None:
+            if log:
+                log(f"embeddings: {len(frames)} frames read from cache {path.name}")
+            return embeddings
     import tensorflow as tf
 
     from covnb.backbones import feature_extractor
@@ -139,8 +123,8 @@ def compute_embeddings(frame_set_or_frames, backbone: str = "efficientnet_lite0"
               for i in range(0, len(frames), int(batch_size))]
     dim = int(model.output.shape[-1])
     embeddings = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, dim), np.float32)
-    if cache:
-        _atomic_save(path, embeddings)
+    if folder is not None:
+        write_cached_array(path, embeddings)
     if log:
         seconds = time.perf_counter() - started
         log(f"embeddings: {len(frames)} frames through {backbone} at {image_size}px in {seconds:.1f} s "

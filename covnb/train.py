@@ -68,7 +68,7 @@ import pandas as pd
 import keras
 
 from covnb import __version__
-from covnb.cache import cache_dir
+from covnb.cache import read_cached_array, usable_cache_dir, write_cached_array
 from covnb.models import (POOLED_TAP_HEADS, augmentation_spec, build_model, head_feature_layer,
                           last_block_input_layer, save_model, set_trainable)
 
@@ -402,16 +402,15 @@ def compute_features(frames: np.ndarray, config: TrainConfig, model: keras.Model
     layer = head_feature_layer() if cut == "head" else last_block_input_layer(config.backbone)
     # The key holds the frozen weights themselves: random (weights=None) or changed backbones never collide.
     fingerprint = _frames_fingerprint(frames) + _backbone_fingerprint(model, layer)
-    folder = cache_dir("features")
+    folder = usable_cache_dir("features") if cache else None
+    cache = folder is not None
     results, missing = [None] * len(kinds), []
     for view, kind in enumerate(kinds):
-        path = folder / f"{_feature_key(fingerprint, config, layer, view, kind)}.npy"
-        if cache and path.is_file():
-            try:
-                results[view] = np.load(path, mmap_mode=None)
+        path = (folder or Path(".")) / f"{_feature_key(fingerprint, config, layer, view, kind)}.npy"
+        if cache:
+            results[view] = read_cached_array(path, rows=len(frames))
+            if results[view] is not None:
                 continue
-            except (OSError, ValueError):
-                pass
         missing.append((view, path))
     if missing:
         preprocess = f"{config.backbone}_preprocess"
@@ -448,9 +447,7 @@ def compute_features(frames: np.ndarray, config: TrainConfig, model: keras.Model
             array = (np.concatenate(chunks) if chunks else np.zeros((0,) + tuple(frozen.output.shape[1:]))).astype(dtype)
             results[view] = array
             if cache:
-                tmp = path.with_suffix(".tmp.npy")
-                np.save(tmp, array)
-                tmp.replace(path)
+                cache = write_cached_array(path, array)
         if log:
             log(f"features: {len(missing)} view(s) x {len(frames)} frames at '{layer}' computed in "
                 f"{time.perf_counter() - started:.1f} s ({len(missing) * len(frames) / max(time.perf_counter() - started, 1e-9):.0f} frames/s)")
@@ -1128,8 +1125,10 @@ def run_training(data=None, out_dir: str | Path = "covnb-train", config: TrainCo
     ``training_history.csv``, ``folds.csv``, figures (``*.png``) and ``model.keras`` +
     ``model.json``. Returns the metrics dict (with ``paths``).
     """
-    from covnb.datasets import Dataset, data_fingerprint, default_task, load_dataset, select_task
-    from covnb.evaluate import plot_confusion_matrices, plot_roc_curves, plot_training_curves, video_predictions
+    from covnb.datasets import (Dataset, check_usable, data_fingerprint, default_task, load_dataset,
+                                merge_duplicate_groups, select_task)
+    from covnb.evaluate import (plot_confusion_matrices, plot_roc_curves, plot_training_curves, summarize_cv,
+                                video_predictions)
     from covnb.frames import FrameSettings, extract_frames
     from covnb.splits import source_held_out_folds
 
@@ -1137,20 +1136,26 @@ def run_training(data=None, out_dir: str | Path = "covnb-train", config: TrainCo
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(data, pd.DataFrame):
-        samples = data
-        data_root = None
+        samples, merges = merge_duplicate_groups(data)
+        data_root, load_skipped, grouping = None, pd.DataFrame(columns=["path", "reason"]), "the table's group column"
     else:
         dataset = data if isinstance(data, Dataset) else load_dataset(data)
         samples = select_task(dataset.samples, task or default_task(dataset))
-        data_root = str(dataset.root)
+        data_root, load_skipped, grouping, merges = str(dataset.root), dataset.skipped, dataset.grouping, dataset.merges
+    check_usable(samples, load_skipped)  # before any decoding
     settings = frame_settings or FrameSettings(image_size=config.image_size)
     if int(settings.image_size) != int(config.image_size):
         raise ValueError(f"frame_settings.image_size {settings.image_size} != config.image_size {config.image_size}")
     frameset = extract_frames(samples, settings, progress=False)
+    skipped = pd.concat([load_skipped.assign(stage="load"), frameset.skipped.assign(stage="frames")], ignore_index=True)
     if log:
         log(f"data: {samples['sample_id'].nunique()} files, {samples['group'].nunique()} patients, "
-            f"{len(frameset)} frames, {len(frameset.skipped)} skipped; recipe {config.recipe}, backbone "
+            f"{len(frameset)} frames, {len(skipped)} skipped; recipe {config.recipe}, backbone "
             f"{config.backbone}, {n_folds}-fold CV, seeds {list(seeds)}")
+        log(f"grouping: {grouping}" + (f"; {len(merges)} merge(s) of groups sharing identical files" if merges else ""))
+        for item in skipped.head(20).itertuples():
+            log(f"  skipped {item.path}: {item.reason}")
+    check_usable(frameset.index, skipped)
     classes = sorted(frameset.index["label"].unique())
     protocols = [p for p in protocols if p in PROTOCOL_KEYS] or ["patient"]
     blocks, skipped_notes = {}, {}
@@ -1206,7 +1211,8 @@ def run_training(data=None, out_dir: str | Path = "covnb-train", config: TrainCo
     result = {"config": config.to_dict(), "classes": classes, "n_folds": n_folds, "seeds": list(seeds),
               "data_fingerprint": fingerprint, "data_root": data_root,
               "cv_seconds": sum(b["cv_seconds"] for b in blocks.values()), "headline": headline,
-              **{k: v for k, v in metrics.items() if k != "cv_seconds"}, **blocks}
+              **{k: v for k, v in metrics.items() if k != "cv_seconds"}, **blocks,
+              "grouping": grouping, "group_merges": merges, "skipped": skipped.to_dict("records")}
     if skipped_notes:
         result["source_held_out"] = skipped_notes
     if final_model:

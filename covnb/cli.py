@@ -518,14 +518,15 @@ def _resolve_data_argument(parser, args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from covnb import quiet
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--verbose" in argv:
+        quiet.set_verbose(True)
+    quiet.install()  # before anything imports TensorFlow (even parsing --backbone): its start-up lines stay out
     parser = build_parser()
     args = parser.parse_args(argv)
     _resolve_data_argument(parser, args)
-    from covnb import quiet
-
-    if args.verbose:
-        quiet.set_verbose(True)
-    quiet.install()  # TensorFlow's start-up lines stay out of the output (--verbose keeps them)
     if getattr(args, "command", None) == "train":
         if args.seed is not None and args.seeds is not None:
             parser.error("give --seed or --seeds, not both")

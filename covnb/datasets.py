@@ -352,9 +352,21 @@ def load_dataset(path: str | Path | None = None, layout: str = "auto") -> Datase
         raise DataError(f"{root}: not a folder (give the folder that holds the data)")
     if layout not in LAYOUTS:
         raise DataError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    layout = detect_layout(root) if layout == "auto" else layout
-    loader = {"pocus": load_pocus, "csv": load_csv_indexed, "folders": load_class_folders}[layout]
-    return loader(root)
+    detected = detect_layout(root) if layout == "auto" else layout
+    loader = {"pocus": load_pocus, "csv": load_csv_indexed, "folders": load_class_folders}[detected]
+    try:
+        return loader(root)
+    except DataError as error:
+        if layout != "auto":
+            raise
+        raise DataError(f"{error}. Looked for these layouts (--layout to choose one):\n{LAYOUT_HELP}") from error
+
+
+LAYOUT_HELP = """\
+  pocus    pocus_videos/{convex,linear}/ and/or pocus_images/{convex,linear}/ (+ dataset_metadata.csv);
+           the label is the file-name prefix Cov/Pneu/Reg/Vir
+  csv      an index CSV with filename, label, patientid columns, and the images in images/
+  folders  one folder per label: <label>/<file> (patient <patient>__rest-of-name, else one per file)"""
 
 
 # ----------------------------------------------------------------------------- tasks

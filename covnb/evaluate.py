@@ -217,12 +217,14 @@ def pooled_metrics(oof: pd.DataFrame, classes, level: str = "frame") -> pd.DataF
 
 
 def bootstrap_ci(table: pd.DataFrame, classes, metric="balanced_accuracy", n_boot: int = 1000,
-                 seed: int = 0, level: str | None = None, alpha: float = 0.05) -> dict:
+                 seed: int = 0, level: str | None = None, alpha: float = 0.05, vectorised: bool = True) -> dict:
     """Patient-level bootstrap interval of flattened metrics (e.g. "covid_sensitivity").
 
     Patients (``group``) are resampled with replacement and all their rows come along (frames
     and videos of one patient are not independent). ``metric`` is one name (returns one dict
-    with estimate/low/high) or a list of names (returns a dict of such dicts).
+    with estimate/low/high) or a list of names (returns a dict of such dicts). All resamples are
+    scored at once (1000 resamples of 200 videos in well under a second); ``vectorised=False``
+    scores one resample at a time with :func:`classification_metrics`: same draws, same numbers.
     """
     if level is not None:
         table = level_table(table, classes, level)
@@ -233,12 +235,20 @@ def bootstrap_ci(table: pd.DataFrame, classes, metric="balanced_accuracy", n_boo
     unique, inverse = np.unique(groups, return_inverse=True)
     rng = np.random.default_rng(seed)
     point = metrics_frame(classification_metrics(y, probs, classes))
-    # every resample at once: the same draws as one rng.integers(0, G, G) call per resample, in order
-    chosen = rng.integers(0, len(unique), (int(n_boot), len(unique)))
-    # a patient drawn c times brings its rows c times: row weights are the draw counts of the row's patient
-    counts = np.zeros((int(n_boot), len(unique)))
-    np.add.at(counts, (np.repeat(np.arange(int(n_boot)), len(unique)), chosen.ravel()), 1.0)
-    draws = _resampled_metrics(y, probs, classes, counts[:, inverse], names)
+    if vectorised:
+        # every resample at once: the same draws as one rng.integers(0, G, G) call per resample, in order
+        chosen = rng.integers(0, len(unique), (int(n_boot), len(unique)))
+        # a patient drawn c times brings its rows c times: row weights are the draw counts of the row's patient
+        counts = np.zeros((int(n_boot), len(unique)))
+        np.add.at(counts, (np.repeat(np.arange(int(n_boot)), len(unique)), chosen.ravel()), 1.0)
+        draws = _resampled_metrics(y, probs, classes, counts[:, inverse], names)
+    else:  # the definition, one resample at a time (what the vectorised form is checked against)
+        rows_of = [np.nonzero(inverse == g)[0] for g in range(len(unique))]
+        values = []
+        for _ in range(int(n_boot)):
+            rows = np.concatenate([rows_of[g] for g in rng.integers(0, len(unique), len(unique))])
+            values.append(metrics_frame(classification_metrics(y[rows], probs[rows], classes)))
+        draws = {name: np.array([v[name] for v in values], dtype=float) for name in names}
     result = {}
     for name in names:
         values = draws[name][~np.isnan(draws[name])]

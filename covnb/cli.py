@@ -661,6 +661,12 @@ def _resolve_data_argument(parser, args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from covnb import quiet
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--verbose" in argv:
+        quiet.set_verbose(True)
+    quiet.install()  # before anything imports TensorFlow (even parsing --backbone): its start-up lines stay out
     parser = build_parser()
     try:  # argparse exits on misuse; covnb's entry point returns its exit code (2) instead
         args = parser.parse_args(argv)
@@ -669,11 +675,6 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("give --seed or --seeds, not both")
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
-    from covnb import quiet
-
-    if args.verbose:
-        quiet.set_verbose(True)
-    quiet.install()  # TensorFlow's start-up lines stay out of the output (--verbose keeps them)
     if getattr(args, "no_cache", False):
         os.environ["COVNB_NO_CACHE"] = "1"  # also reaches the report's notebook kernels
     if getattr(args, "command", None) == "train":

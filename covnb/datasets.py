@@ -563,12 +563,18 @@ def load_dataset(path: str | Path | None = None, layout: str = "auto", merge_dup
         raise DataError(f"{root}: not a folder (give the folder that holds the data)")
     if layout not in LAYOUTS:
         raise DataError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    if layout == "auto":
+    auto = layout == "auto"
+    if auto:
         layout, reason = explain_layout(root)
     else:
         reason = "chosen by the caller (--layout)"
     loader = {"pocus": load_pocus, "csv": load_csv_indexed, "folders": load_class_folders}[layout]
-    dataset = loader(root)
+    try:
+        dataset = loader(root)
+    except DataError as error:
+        if not auto:
+            raise
+        raise DataError(f"{error}. Looked for these layouts (--layout to choose one):\n{LAYOUT_HELP}") from error
     dataset.layout_reason = reason
     if not dataset.grouping:
         dataset.grouping = {"pocus": "patient groups from dataset_metadata.csv (Source ID + Patient ID / Name)",
@@ -710,6 +716,13 @@ def merge_duplicate_groups(samples: pd.DataFrame, max_distance: int = NEAR_DUPLI
 
 def describe_merge(merge: dict) -> str:
     return f"merged patient groups {', '.join(merge['groups'])} into {merge['into']!r}: {merge['reason']}"
+
+
+LAYOUT_HELP = """\
+  pocus    pocus_videos/{convex,linear}/ and/or pocus_images/{convex,linear}/ (+ dataset_metadata.csv);
+           the label is the file-name prefix Cov/Pneu/Reg/Vir
+  csv      an index CSV with filename, label, patientid columns, and the images in images/
+  folders  one folder per label: <label>/<file> (patient <patient>__rest-of-name, else one per file)"""
 
 
 # ----------------------------------------------------------------------------- tasks

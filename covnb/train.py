@@ -1127,8 +1127,8 @@ def run_training(data=None, out_dir: str | Path = "covnb-train", config: TrainCo
     """
     from covnb.datasets import (Dataset, check_usable, data_fingerprint, default_task, load_dataset,
                                 merge_duplicate_groups, select_task)
-    from covnb.evaluate import (plot_confusion_matrices, plot_roc_curves, plot_training_curves, summarize_cv,
-                                video_predictions)
+    from covnb.evaluate import (plot_confusion_matrices, plot_model_selection, plot_roc_curves, plot_training_curves,
+                                summarize_cv, video_predictions)
     from covnb.frames import FrameSettings, extract_frames
     from covnb.splits import source_held_out_folds
 
@@ -1200,10 +1200,30 @@ def run_training(data=None, out_dir: str | Path = "covnb-train", config: TrainCo
         import matplotlib.pyplot as plt
 
         videos = video_predictions(cv.oof, classes, "mean")
-        for name, figure in (("confusion_frames", plot_confusion_matrices(cv.oof, classes)),
-                             ("confusion_videos", plot_confusion_matrices(videos, classes)),
-                             ("roc_videos", plot_roc_curves(videos, classes)),
-                             ("training_curves", plot_training_curves(cv.histories))):
+        # every figure says what, on which data, with which recipe, at which level
+        from covnb.cache import cache_dir
+
+        if data_root is None:
+            data_name = f"{samples['sample_id'].nunique()} given samples"
+        elif Path(data_root).parent == cache_dir("phantom"):
+            data_name = "synthetic phantom (not real patients)"
+        else:
+            data_name = f"data {Path(data_root).name}"
+        about = (f"{data_name}, recipe {config.recipe} ({config.backbone}), out-of-fold over {n_folds} patient folds"
+                 f" x {len(list(seeds))} split seed(s)")
+        frame_title = f"Frame level, {len(cv.oof)} frame predictions: {about}"
+        video_title = f"Video level (mean frame probability), {len(videos)} video predictions:\n{about}"
+        figures_to_write = [("confusion_frames", plot_confusion_matrices(cv.oof, classes, title=frame_title)),
+                            ("confusion_videos", plot_confusion_matrices(videos, classes, title=video_title)),
+                            ("roc_videos", plot_roc_curves(videos, classes, title=f"ROC, one class vs the rest. "
+                                                           f"{video_title}"))]
+        fitted = cv.histories
+        if len(fitted) and "loss" in fitted and not fitted["loss"].isna().all():
+            figures_to_write.append(("training_curves", plot_training_curves(
+                fitted, title=f"Training curves per fold: {about}")))
+        elif len(fitted) and "C" in fitted:  # a logistic head: what was fitted is the C chosen by inner CV
+            figures_to_write.append(("model_selection", plot_model_selection(fitted, f"Model selection per fold: {about}")))
+        for name, figure in figures_to_write:
             paths[name] = out / f"{name}.png"
             figure.savefig(paths[name], dpi=100, bbox_inches="tight")
             plt.close(figure)

@@ -1,3 +1,4 @@
+import argparse
 import json
 import subprocess
 import sys
@@ -65,3 +66,47 @@ def test_a_closed_pipe_ends_quietly():
     _, err = process.communicate(timeout=300)
     assert b"Traceback" not in err and b"BrokenPipeError" not in err, err.decode()
     assert process.returncode == 1
+
+
+def _subcommands(parser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                nested = list(_subcommands(sub))
+                yield from nested if nested else [(name, sub)]
+
+
+def test_every_command_has_a_description_an_example_and_help_with_defaults_for_every_option():
+    from covnb.cli import build_parser
+
+    commands = dict(_subcommands(build_parser()))
+    assert set(commands) == {"summary", "split", "report", "cam", "train", "predict"}
+    for name, sub in commands.items():
+        assert sub.description and "examples:" in (sub.epilog or ""), name
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help text"
+        text = sub.format_help()
+        assert "(default:" in text and f"covnb {name}" in text.replace("covnb data summary", "covnb summary"), name
+    assert "efficientnet_lite0" in commands["train"].format_help() and "mobilenet" in commands["train"].format_help()
+
+
+def test_the_data_path_is_positional_everywhere_and_the_old_data_option_still_works(tmp_path, capsys):
+    from covnb.cli import _resolve_data_argument, build_parser
+
+    parser = build_parser()
+    for command in (["train", "--out", "x"], ["report"]):
+        for argv in ([command[0], "phantom", *command[1:]], [command[0], "--data", "phantom", *command[1:]]):
+            args = parser.parse_args(argv)
+            _resolve_data_argument(parser, args)
+            assert args.data == "phantom", argv
+    assert parser.parse_args(["split", "phantom", "--seeds", "3", "--out", "f.csv"]).seed == 3
+    assert parser.parse_args(["report", "--seed", "4"]).seed == 4
+    with pytest.raises(SystemExit):
+        main(["train", "phantom", "--data", str(tmp_path), "--out", "x"])
+    assert "data given twice" in capsys.readouterr().err
+
+
+def test_an_empty_folder_names_the_layouts_looked_for(tmp_path, capsys):
+    assert main(["data", "summary", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path) in err and all(layout in err for layout in ("pocus_videos/", "index CSV", "<label>/<file>"))

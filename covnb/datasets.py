@@ -18,7 +18,12 @@ row of :attr:`Dataset.skipped` with its reason, so one bad file never stops a ru
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import struct
+import sys
+import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +56,68 @@ class DataError(ValueError):
     """A data folder that cannot be read at all (missing, empty, unknown layout)."""
 
 
+#: Largest image or video frame accepted, in pixels (width x height), read from the file's header
+#: before anything is decoded: a small file can declare a huge image (a decompression bomb).
+#: Generous for medical images; set ``COVNB_MAX_PIXELS`` (or this attribute) to change it.
+MAX_PIXELS = 100_000_000
+#: Largest frame count a video may declare.
+MAX_VIDEO_FRAMES = 1_000_000
+
+
+def max_pixels() -> int:
+    """The pixel limit in force: ``$COVNB_MAX_PIXELS`` when set, else :data:`MAX_PIXELS`."""
+    text = os.environ.get("COVNB_MAX_PIXELS", "").strip()
+    try:
+        return int(float(text)) if text else int(MAX_PIXELS)
+    except ValueError:
+        raise DataError(f"COVNB_MAX_PIXELS must be a number of pixels, got {text!r}") from None
+
+
+_PIL_LOCK = threading.Lock()
+
+
+def image_header_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) an image file declares in its header, read without decoding the pixels
+    (Pillow reads only the header on open); None when Pillow does not know the format."""
+    from PIL import Image
+
+    try:
+        with _PIL_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # covnb applies its own limit
+            try:
+                with Image.open(path) as image:
+                    return int(image.size[0]), int(image.size[1])
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
+    except (OSError, ValueError, SyntaxError, struct.error):  # UnidentifiedImageError is an OSError
+        return None
+
+
+def check_image_header(path: Path) -> None:
+    """Raise ``ValueError`` when an image declares more pixels than :func:`max_pixels`."""
+    size = image_header_size(path)
+    limit = max_pixels()
+    if size is not None and size[0] * size[1] > limit:
+        raise ValueError(f"image declares {size[0]}x{size[1]} pixels, more than the limit of {limit:,} "
+                         "(a decompression bomb or an absurd image; COVNB_MAX_PIXELS raises the limit)")
+
+
+def check_video_header(cap, limit_frames: int | None = None) -> None:
+    """Raise ``ValueError`` when an opened ``cv2.VideoCapture`` declares frames larger than
+    :func:`max_pixels` or more frames than :data:`MAX_VIDEO_FRAMES`."""
+    width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
+    height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+    count = cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0
+    limit = max_pixels()
+    if width * height > limit:
+        raise ValueError(f"video declares {width}x{height} pixel frames, more than the limit of {limit:,} "
+                         "(COVNB_MAX_PIXELS raises the limit)")
+    frames_limit = MAX_VIDEO_FRAMES if limit_frames is None else limit_frames
+    if count == count and count > frames_limit:
+        raise ValueError(f"video declares {count:.0f} frames, more than the limit of {frames_limit:,}")
+
+
 @dataclass
 class Dataset:
     """A sample table plus the files that were skipped and why."""
@@ -60,6 +127,9 @@ class Dataset:
     root: Path
     layout: str
     notes: list[str] = field(default_factory=list)
+    layout_reason: str = ""  # what detection found and why it chose this layout
+    grouping: str = ""  # how rows were put into patient groups (folds never split a group)
+    merges: list[dict] = field(default_factory=list)  # groups joined because they share identical files
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -88,6 +158,9 @@ class Dataset:
                 {"path": str(p), "reason": str(r)} for p, r in zip(self.skipped["path"], self.skipped["reason"])
             ],
             "notes": list(self.notes),
+            "layout_reason": self.layout_reason,
+            "grouping": self.grouping,
+            "merges": list(self.merges),
         }
 
 
@@ -111,6 +184,7 @@ def probe_media(path: Path) -> dict:
         try:
             if not cap.isOpened():
                 raise ValueError("not a readable video (OpenCV cannot open it)")
+            check_video_header(cap)
             ok, frame = cap.read()
             if not ok or frame is None:
                 raise ValueError("video has no decodable frame (empty, truncated or corrupt)")
@@ -129,6 +203,7 @@ def probe_media(path: Path) -> dict:
             "duration_s": count / fps_value if count > 0 and fps_value == fps_value else np.nan,
         }
     if ext in IMAGE_EXTENSIONS:
+        check_image_header(path)
         data = np.fromfile(str(path), dtype=np.uint8)
         image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
         if image is None:
@@ -147,8 +222,37 @@ def file_sha1(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _media_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+def _media_files(folder: Path, skipped: list[dict] | None = None) -> list[Path]:
+    """Files under ``folder`` (hidden ones left out). Broken symlinks, symlink loops and symlinks
+    to folders (not followed) are appended to ``skipped`` with their reason."""
+    files = []
+    for path in sorted(folder.rglob("*")):
+        if path.name.startswith("."):
+            continue
+        if path.is_symlink():
+            reason = symlink_problem(path)
+            if reason is not None:
+                if skipped is not None:
+                    skipped.append({"path": str(path), "reason": reason})
+                continue
+        if path.is_file():
+            files.append(path)
+    return files
+
+
+def symlink_problem(path: Path) -> str | None:
+    """Why a symlink cannot be used as a media file (None when it points to a file)."""
+    try:
+        target = path.resolve(strict=True)
+    except RuntimeError:
+        return "symlink loop"
+    except OSError as error:
+        if getattr(error, "errno", None) == 40:  # ELOOP
+            return "symlink loop"
+        return f"broken symlink (points to {os.readlink(path)})"
+    if target.is_dir():
+        return "symlink to a folder (not followed)"
+    return None
 
 
 def _empty_table() -> pd.DataFrame:
@@ -203,7 +307,7 @@ def load_pocus(root: str | Path) -> Dataset:
         folder = root / top
         if not folder.is_dir():
             continue
-        for path in _media_files(folder):
+        for path in _media_files(folder, skipped):
             relative = path.relative_to(root)
             label = pocus_label_from_filename(path.name)
             if label is None:
@@ -245,57 +349,131 @@ def load_pocus(root: str | Path) -> Dataset:
 # ----------------------------------------------------------------------------- CSV-indexed layout
 
 
+PATIENT_COLUMNS = ("patientid", "patient_id", "patient")
+
+
+def _csv_header(candidate: Path) -> list[str] | None:
+    try:
+        return [str(c).strip().lower() for c in pd.read_csv(candidate, nrows=0, encoding_errors="replace").columns]
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError, OSError, ValueError):
+        return None
+
+
+def _index_csv_problem(header: list[str] | None) -> str | None:
+    """Why a CSV header cannot index images (None when it has a filename and a label column)."""
+    if header is None:
+        return "cannot be read as CSV"
+    missing = [name for name, ok in (("filename", "filename" in header),
+                                      ("label", "label" in header or "finding" in header)) if not ok]
+    return f"lacks the column(s) {', '.join(missing)} (has: {', '.join(header) or 'none'})" if missing else None
+
+
 def find_index_csv(root: Path) -> Path | None:
     """The CSV in ``root`` that indexes images (has filename and label columns), if any."""
     for candidate in sorted(root.glob("*.csv")):
-        try:
-            header = pd.read_csv(candidate, nrows=0).columns.str.lower()
-        except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError):
-            continue
-        if "filename" in header and ("label" in header or "finding" in header):
+        if _index_csv_problem(_csv_header(candidate)) is None:
             return candidate
     return None
 
 
 def load_csv_indexed(root: str | Path, index_csv: str | Path | None = None, image_dir: str = "images") -> Dataset:
-    """Read an image folder indexed by a CSV (filename, label, patientid, modality, view, licence)."""
+    """Read an image folder indexed by a CSV (filename, label, patientid, modality, view, licence).
+
+    Rows listing one file twice count once (reported; with different labels the file is skipped);
+    without a patient column, or for rows with an empty patient id, each image is its own group,
+    which is said loudly in :attr:`Dataset.grouping` and the notes.
+    """
     root = Path(root)
     index_path = Path(index_csv) if index_csv else find_index_csv(root)
     if index_path is None or not index_path.is_file():
         raise DataError(f"{root}: no index CSV with 'filename' and 'label' columns")
-    table = pd.read_csv(index_path, dtype=str, keep_default_na=False)
-    table.columns = [c.lower() for c in table.columns]
+    problem = _index_csv_problem(_csv_header(index_path))
+    if problem is not None:
+        raise DataError(f"{index_path}: {problem}; the csv layout needs 'filename' and 'label' (or 'finding')")
+    try:
+        table = pd.read_csv(index_path, dtype=str, keep_default_na=False, encoding_errors="replace")
+    except (pd.errors.ParserError, ValueError, OSError) as error:
+        raise DataError(f"{index_path}: cannot be read as CSV ({error})") from None
+    table.columns = [str(c).strip().lower() for c in table.columns]
+    table = table.loc[:, ~pd.Index(table.columns).duplicated()]
     if "label" not in table.columns:
         table["label"] = table["finding"]
+    patient_column = next((c for c in PATIENT_COLUMNS if c in table.columns), None)
     folder = root / image_dir if (root / image_dir).is_dir() else root
     rows, skipped, notes = [], [], []
-    listed = set()
-    for record in table.to_dict("records"):
-        name = _clean(record.get("filename"))
+    if patient_column is None:
+        grouping = (f"NO PATIENT COLUMN in {index_path.name} (looked for {', '.join(PATIENT_COLUMNS)}): every image "
+                    "is its own group, so images of one patient can land in different folds")
+        print(f"covnb: warning: {grouping}", file=sys.stderr)
+    else:
+        grouping = f"patient groups from column {patient_column!r} of {index_path.name}"
+    records = table.to_dict("records")
+    by_name: dict[str, list[dict]] = {}
+    for record in records:
+        by_name.setdefault(_clean(record.get("filename")), []).append(record)
+    empty_ids, listed = [], set()
+    for name, copies in by_name.items():
         path = folder / name
         listed.add(name)
-        label = CSV_LABELS.get(_clean(record.get("label")).lower())
+        if not name:
+            skipped.append({"path": str(index_path), "reason": f"{len(copies)} row(s) with an empty filename"})
+            continue
+        if "\x00" in name:
+            skipped.append({"path": str(index_path), "reason": f"filename {name!r} holds a NUL byte"})
+            continue
+        if not _inside(folder, path):
+            skipped.append({"path": str(path), "reason": "filename points outside the image folder"})
+            continue
+        labels = sorted({_clean(r.get("label")) for r in copies})
+        if len(copies) > 1:
+            if len(labels) > 1:
+                skipped.append({"path": str(path), "reason": f"listed {len(copies)} times in {index_path.name} with "
+                                                             f"different labels ({', '.join(labels)})"})
+                continue
+            notes.append(f"{name}: listed {len(copies)} times in {index_path.name}; counted once")
+        record = copies[0]
+        label = CSV_LABELS.get(labels[0].lower())
         if label is None:
-            skipped.append({"path": str(path), "reason": f"unknown label {_clean(record.get('label'))!r}"})
+            skipped.append({"path": str(path), "reason": f"unknown label {labels[0]!r}"})
             continue
         try:
             media = probe_media(path)
         except ValueError as error:
             skipped.append({"path": str(path), "reason": str(error)})
             continue
-        patient = _clean(record.get("patientid")) or f"file:{name}"
+        patient = _clean(record.get(patient_column)) if patient_column else ""
+        if patient_column and not patient:
+            empty_ids.append(name)
         rows.append({
             "sample_id": _sample_id(root, path), "path": str(path), "filename": name, "label": label,
-            "raw_label": _clean(record.get("finding")) or _clean(record.get("label")), "group": patient,
+            "raw_label": _clean(record.get("finding")) or _clean(record.get("label")),
+            "group": patient or f"file:{name}",
             "probe": _clean(record.get("view")) or "unknown", "modality": _clean(record.get("modality")) or "unknown",
             "source": _clean(record.get("url")).split("/")[2] if _clean(record.get("url")).count("/") >= 2 else "unknown",
             "licence": _clean(record.get("license")) or "unknown", "in_metadata": True, "dataset": "csv",
             **media,
         })
-    for path in _media_files(folder):
-        if path.name not in listed and path.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
+    if empty_ids:
+        warning = (f"{len(empty_ids)} row(s) of {index_path.name} have an empty {patient_column}: each is its own "
+                   f"group: {', '.join(empty_ids[:20])}{' ...' if len(empty_ids) > 20 else ''}")
+        print(f"covnb: warning: {warning}", file=sys.stderr)
+        notes.insert(0, f"WARNING {warning}")
+        grouping += f"; {len(empty_ids)} image(s) with an empty id are their own groups"
+    notes.insert(0, f"grouping: {grouping}")
+    for path in _media_files(folder, skipped):
+        if path.relative_to(folder).as_posix() not in listed and path.name not in listed \
+                and path.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
             skipped.append({"path": str(path), "reason": "unknown label: not listed in the index CSV"})
-    return _finish(rows, skipped, root, "csv", notes)
+    dataset = _finish(rows, skipped, root, "csv", notes)
+    dataset.grouping = grouping
+    return dataset
+
+
+def _inside(folder: Path, path: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError, ValueError):  # ValueError: a NUL byte in the name
+        return False
 
 
 # ----------------------------------------------------------------------------- folder per class
@@ -310,7 +488,7 @@ def load_class_folders(root: str | Path) -> Dataset:
     rows, skipped = [], []
     for class_dir in class_dirs:
         label = class_dir.name.lower()
-        for path in _media_files(class_dir):
+        for path in _media_files(class_dir, skipped):
             try:
                 media = probe_media(path)
             except ValueError as error:
@@ -330,17 +508,50 @@ def load_class_folders(root: str | Path) -> Dataset:
 LAYOUTS = ("auto", "pocus", "csv", "folders")
 
 
+def explain_layout(root: Path) -> tuple[str, str]:
+    """The layout of a data folder and why: ``(layout, reason)``.
+
+    Raises :class:`DataError` for a folder that looks like the csv layout (an ``images/`` folder
+    or a CSV with index-like columns) but whose CSV fails the layout's checks: reading it as
+    class folders would label every image by its folder name (e.g. "images").
+    """
+    root = Path(root)
+    pocus = [name for name in ("pocus_videos", "pocus_images") if (root / name).is_dir()]
+    if pocus:
+        return "pocus", f"found {' and '.join(n + '/' for n in pocus)}"
+    csvs = sorted(root.glob("*.csv"))
+    headers = {path: _csv_header(path) for path in csvs}
+    for path, header in headers.items():
+        if _index_csv_problem(header) is None:
+            patient = next((c for c in PATIENT_COLUMNS if c in header), None)
+            return "csv", (f"{path.name} has columns filename and {'label' if 'label' in header else 'finding'}"
+                           f"{f' and patient column {patient}' if patient else ' but NO patient column'}")
+    index_like = {"filename", "label", "finding", *PATIENT_COLUMNS}
+    suspicious = [path for path, header in headers.items() if header and index_like & set(header)]
+    if suspicious or (csvs and (root / "images").is_dir()):
+        path = (suspicious or csvs)[0]
+        raise DataError(f"{root}: looks like the csv layout ({path.name}"
+                        f"{' beside images/' if (root / 'images').is_dir() else ''}) but {path.name} "
+                        f"{_index_csv_problem(headers[path])}. Fix the CSV, or pass --layout folders to read "
+                        "class folders")
+    classes = [p.name for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    ignored = f"; ignored {', '.join(p.name for p in csvs)} (no index columns)" if csvs else ""
+    return "folders", (f"no pocus_videos/, pocus_images/ nor index CSV: one class per folder "
+                       f"({', '.join(classes[:10]) or 'none'}){ignored}")
+
+
 def detect_layout(root: Path) -> str:
-    """Guess the layout of a data folder."""
-    if (root / "pocus_videos").is_dir() or (root / "pocus_images").is_dir():
-        return "pocus"
-    if find_index_csv(root) is not None:
-        return "csv"
-    return "folders"
+    """Guess the layout of a data folder (see :func:`explain_layout`)."""
+    return explain_layout(root)[0]
 
 
-def load_dataset(path: str | Path | None = None, layout: str = "auto") -> Dataset:
-    """Load any supported data folder; ``None`` or ``"phantom"`` gives the embedded synthetic data."""
+def load_dataset(path: str | Path | None = None, layout: str = "auto", merge_duplicates: bool = True) -> Dataset:
+    """Load any supported data folder; ``None`` or ``"phantom"`` gives the embedded synthetic data.
+
+    ``merge_duplicates``: patient groups that share identical or near-identical files are joined
+    (:func:`merge_duplicate_groups`) so that no fold split can separate them; the merges are in
+    :attr:`Dataset.merges` and the notes.
+    """
     if path is None or str(path) == "phantom":
         from covnb.phantom import phantom_dataset
 
@@ -352,9 +563,153 @@ def load_dataset(path: str | Path | None = None, layout: str = "auto") -> Datase
         raise DataError(f"{root}: not a folder (give the folder that holds the data)")
     if layout not in LAYOUTS:
         raise DataError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    layout = detect_layout(root) if layout == "auto" else layout
+    if layout == "auto":
+        layout, reason = explain_layout(root)
+    else:
+        reason = "chosen by the caller (--layout)"
     loader = {"pocus": load_pocus, "csv": load_csv_indexed, "folders": load_class_folders}[layout]
-    return loader(root)
+    dataset = loader(root)
+    dataset.layout_reason = reason
+    if not dataset.grouping:
+        dataset.grouping = {"pocus": "patient groups from dataset_metadata.csv (Source ID + Patient ID / Name)",
+                            "folders": "one group per file unless named <patient>__*"}.get(layout, "")
+    if merge_duplicates and len(dataset.samples):
+        dataset.samples, dataset.merges = merge_duplicate_groups(dataset.samples)
+        dataset.notes.extend(describe_merge(m) for m in dataset.merges)
+    return dataset
+
+
+def check_usable(samples: pd.DataFrame, skipped: pd.DataFrame | None = None, what: str = "training") -> None:
+    """Raise :class:`DataError` before any decoding when ``samples`` cannot make a classification
+    run: no usable file, or a single class."""
+    n_skipped = 0 if skipped is None else len(skipped)
+    if len(samples) == 0 or "label" not in samples:
+        reasons = ""
+        if n_skipped:
+            counts = skipped["reason"].astype(str).value_counts().head(5)
+            reasons = "; skipped: " + ", ".join(f"{n} {r}" for r, n in counts.items())
+        raise DataError(f"no usable files for {what} ({n_skipped} file(s) skipped{reasons})")
+    labels = samples["label"].value_counts()
+    if len(labels) < 2:
+        raise DataError(f"only one class ({labels.index[0]}: {int(labels.iloc[0])} file(s)) for {what}: a classifier "
+                        "needs at least 2 classes (check the task, the labels and the skipped files)")
+
+
+# ----------------------------------------------------------------------------- duplicates
+
+NEAR_DUPLICATE_BITS = 12  # the split audit's threshold (covnb.splits.audit_split)
+MIN_HASH_BITS = 32  # a first frame whose hash has fewer set (or unset) bits has too little texture to compare
+_FIRST_FRAME_HASHES: dict[tuple, np.ndarray | None] = {}
+
+
+def first_frame_hash(path: str | Path) -> np.ndarray | None:
+    """256-bit difference hash of a file's first frame (the split audit's dHash), or None (unreadable,
+    or too little texture to tell frames apart)."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _FIRST_FRAME_HASHES:
+        frame = None
+        try:
+            if path.suffix.lower() in VIDEO_EXTENSIONS:
+                cap = cv2.VideoCapture(str(path))
+                try:
+                    ok, frame = cap.read()
+                finally:
+                    cap.release()
+            else:
+                frame = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
+        except (cv2.error, OSError):
+            frame = None
+        if frame is None:
+            _FIRST_FRAME_HASHES[key] = None
+        else:
+            if frame.dtype != np.uint8:
+                frame = cv2.normalize(frame, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+            gray = frame if frame.ndim == 2 else cv2.cvtColor(frame[..., :3], cv2.COLOR_BGR2GRAY)
+            small = cv2.resize(gray, (17, 16), interpolation=cv2.INTER_AREA)
+            bits = (small[:, 1:] > small[:, :-1]).ravel()
+            # A frame without texture (black, uniform, a fade-in) hashes to nearly all zeros and
+            # would match every other such frame: it says nothing, so it is not compared.
+            _FIRST_FRAME_HASHES[key] = np.packbits(bits) if MIN_HASH_BITS <= bits.sum() <= 256 - MIN_HASH_BITS else None
+    return _FIRST_FRAME_HASHES[key]
+
+
+def merge_duplicate_groups(samples: pd.DataFrame, max_distance: int = NEAR_DUPLICATE_BITS,
+                           near: bool = True) -> tuple[pd.DataFrame, list[dict]]:
+    """Join the patient groups of byte-identical files, and of files whose first frames are
+    near-identical (difference hashes within ``max_distance`` of 256 bits, the split audit's rule),
+    so that no fold split puts copies of one recording into training and test.
+
+    Returns ``(samples with merged groups, merges)``; each merge: ``{"groups", "into", "reason"}``.
+    The joined group is named after its first group in sorted order. Used by :func:`load_dataset`
+    and so by train, split, few-shot and the notebooks.
+    """
+    if len(samples) < 2 or "path" not in samples or "group" not in samples:
+        return samples, []
+    table = samples.reset_index(drop=True)
+    paths = [Path(p) for p in table["path"]]
+    groups = [str(g) for g in table["group"]]
+    parent = {g: g for g in groups}
+
+    def find(g):
+        while parent[g] != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
+
+    evidence: dict[tuple, list[str]] = {}
+
+    def join(i, j, why):
+        a, b = find(groups[i]), find(groups[j])
+        if a == b:
+            return
+        parent[max(a, b)] = min(a, b)
+        evidence.setdefault((groups[i], groups[j]), []).append(why)
+
+    digests: dict[str, int] = {}
+    for i, path in enumerate(paths):
+        try:
+            digest = file_sha1(path)
+        except OSError:
+            continue
+        if digest in digests:
+            join(digests[digest], i, f"identical files {table['sample_id'][digests[digest]]} and {table['sample_id'][i]}")
+        else:
+            digests[digest] = i
+    if near:
+        hashes = [first_frame_hash(p) for p in paths]
+        usable = [i for i, h in enumerate(hashes) if h is not None]
+        if len(usable) > 1:
+            bits = np.unpackbits(np.stack([hashes[i] for i in usable]), axis=1)
+            for a in range(len(usable)):
+                distance = (bits[a + 1:] != bits[a]).sum(axis=1)
+                for b in np.nonzero(distance <= max_distance)[0]:
+                    i, j = usable[a], usable[a + 1 + int(b)]
+                    if groups[i] != groups[j]:
+                        join(i, j, f"near-identical first frames ({int(distance[b])} of 256 bits differ): "
+                                   f"{table['sample_id'][i]} and {table['sample_id'][j]}")
+    if not evidence:
+        return samples, []
+    members: dict[str, list[str]] = {}
+    for g in dict.fromkeys(groups):
+        members.setdefault(find(g), []).append(g)
+    merges = []
+    for root_group, joined in sorted(members.items()):
+        if len(joined) < 2:
+            continue
+        reasons = [why for (a, b), whys in evidence.items() if find(a) == root_group for why in whys]
+        merges.append({"groups": sorted(joined), "into": root_group, "reason": "; ".join(reasons)})
+    merged = samples.copy()
+    merged["group"] = [find(str(g)) for g in samples["group"]]
+    return merged, merges
+
+
+def describe_merge(merge: dict) -> str:
+    return f"merged patient groups {', '.join(merge['groups'])} into {merge['into']!r}: {merge['reason']}"
 
 
 # ----------------------------------------------------------------------------- tasks

@@ -8,10 +8,17 @@ archive once, keeps only its ``data/`` folder and returns it. Licences are per f
 
 Downloads are all-or-nothing: the archive streams into a temporary file, is checked, is
 extracted into a temporary folder, and only a complete folder is renamed into place.
+
+The default download is pinned: a commit archive (:data:`POCUS_COMMIT`), not a moving branch,
+checked against :data:`POCUS_ARCHIVE_SHA256` when that constant is set. Extraction resolves
+every member's target and refuses anything that would land outside the staging folder (absolute
+names, ``..``, empty components such as ``data//var/x``, drive letters, backslashes), and caps
+the extracted size (:data:`MAX_EXTRACTED_BYTES`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import os
 import shutil
@@ -21,11 +28,19 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from covnb.cache import cache_dir
 
-DEFAULT_POCUS_URL = "https://github.com/jannisborn/covid19_ultrasound/archive/refs/heads/master.zip"
+#: The commit of jannisborn/covid19_ultrasound whose data/ folder covnb's results were measured on.
+POCUS_COMMIT = "bed269a62275ff39d58c7c9e9a92405db5f7f6d6"
+DEFAULT_POCUS_URL = f"https://github.com/jannisborn/covid19_ultrasound/archive/{POCUS_COMMIT}.zip"
+#: SHA-256 of the archive at DEFAULT_POCUS_URL. None until someone with network access records it
+#: (``sha256sum`` of the downloaded zip): the download is then checked only for being a complete,
+#: safe zip, and its SHA-256 is printed so it can be pinned here.
+POCUS_ARCHIVE_SHA256: str | None = None
+#: Refuse archives whose data/ folder would extract to more than this (the public data is ~0.3 GB).
+MAX_EXTRACTED_BYTES = 4 * 10**9
 POCUS_FOLDER = "pocus"
 _CHUNK = 1 << 20
 
@@ -55,6 +70,8 @@ def fetch_pocus(
     force: bool = False,
     progress: bool = True,
     timeout: float = 60,
+    sha256: str | None = None,
+    max_bytes: int = MAX_EXTRACTED_BYTES,
 ) -> Path:
     """Download the POCUS data once and return the folder with ``pocus_videos/``,
     ``pocus_images/`` and ``dataset_metadata.csv`` (``<data_home>/pocus``).
@@ -62,8 +79,12 @@ def fetch_pocus(
     ``data_home`` defaults to ``cache_dir("data")``. An existing complete copy is returned
     without any network access unless ``force``. Raises :class:`FetchError` on any problem
     (HTTP error, no connection, truncated download, not a zip, no ``data/`` folder, unsafe
-    member paths) and then leaves no partial data set nor temporary file behind.
+    member paths, SHA-256 mismatch, more than ``max_bytes`` extracted) and then leaves no partial
+    data set nor temporary file behind. ``sha256``: the archive's expected SHA-256 (default:
+    :data:`POCUS_ARCHIVE_SHA256` for :data:`DEFAULT_POCUS_URL`, no check for other URLs).
     """
+    if sha256 is None and url == DEFAULT_POCUS_URL:
+        sha256 = POCUS_ARCHIVE_SHA256
     data_home = Path(data_home).expanduser() if data_home is not None else cache_dir("data")
     target = data_home / POCUS_FOLDER
     if not force and _is_pocus_folder(target):
@@ -83,8 +104,9 @@ def fetch_pocus(
         os.close(handle)
         archive = Path(name)
         _download(url, archive, timeout=timeout, progress=progress, target=target)
+        check_sha256(archive, sha256, url=url, target=target, progress=progress)
         staging = Path(tempfile.mkdtemp(prefix=".pocus-extract-", dir=data_home))
-        _extract_data_folder(archive, staging, url=url, target=target)
+        _extract_data_folder(archive, staging, url=url, target=target, max_bytes=max_bytes)
         os.chmod(staging, 0o755)  # mkdtemp makes it private
         _replace_folder(staging, target)
         staging = None
@@ -148,6 +170,23 @@ def _download(url: str, destination: Path, timeout: float, progress: bool, targe
         )
 
 
+def check_sha256(archive: Path, expected: str | None, *, url: str, target: Path, progress: bool = False) -> str:
+    """SHA-256 of ``archive``; raises :class:`FetchError` when ``expected`` is given and differs."""
+    digest = hashlib.sha256()
+    with open(archive, "rb") as handle:
+        while block := handle.read(_CHUNK):
+            digest.update(block)
+    actual = digest.hexdigest()
+    if expected is not None and actual.lower() != expected.strip().lower():
+        raise FetchError(
+            f"The archive downloaded from {url} has SHA-256 {actual}, expected {expected}: it is not "
+            "the pinned data (changed upstream or tampered with). " + _advice(url, target)
+        )
+    if expected is None and progress:
+        print(f"SHA-256 of {url}: {actual} (not pinned)", file=sys.stderr)
+    return actual
+
+
 def _human(n_bytes: int) -> str:
     for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n_bytes >= size:
@@ -163,8 +202,37 @@ def _report(url: str, received: int, expected: int | None, end: bool = False) ->
     print("\r" + line, end="\n" if end else "", file=sys.stderr, flush=True)
 
 
-def _extract_data_folder(archive: Path, staging: Path, url: str, target: Path) -> None:
-    """Extract ``<top>/data/**`` of the zip into staging, refusing unsafe member names."""
+def unsafe_member_reason(name: str) -> str | None:
+    """Why a zip member name is unsafe to extract (None when it is a plain relative path)."""
+    if "\x00" in name:
+        return "holds a NUL byte"
+    if "\\" in name:
+        return "holds a backslash"
+    if name.startswith("/"):
+        return "is absolute"
+    parts = name.split("/")
+    if name.endswith("/"):
+        parts = parts[:-1]
+    if any(part == "" for part in parts):
+        return "has an empty component ('//'), which can make it absolute"
+    if any(part in (".", "..") for part in parts):
+        return "has a '.' or '..' component"
+    if parts and ":" in parts[0]:
+        return "starts with a drive letter"
+    return None
+
+
+def _safe_destination(staging: Path, relative: str) -> Path | None:
+    """The resolved target of ``relative`` under ``staging``, or None when it would lie outside."""
+    root = staging.resolve()
+    destination = (root / relative).resolve()
+    return destination if destination != root and destination.is_relative_to(root) else None
+
+
+def _extract_data_folder(archive: Path, staging: Path, url: str, target: Path,
+                         max_bytes: int = MAX_EXTRACTED_BYTES) -> None:
+    """Extract ``<top>/data/**`` of the zip into staging, refusing unsafe member names and
+    archives that would extract to more than ``max_bytes``."""
     if not zipfile.is_zipfile(archive):
         raise FetchError(
             f"The file downloaded from {url} is not a zip archive (got {archive.stat().st_size} "
@@ -174,37 +242,61 @@ def _extract_data_folder(archive: Path, staging: Path, url: str, target: Path) -
         with zipfile.ZipFile(archive) as zf:
             members = zf.infolist()
             for info in members:
-                path = PurePosixPath(info.filename.replace("\\", "/"))
-                if path.is_absolute() or ".." in path.parts or (path.parts and ":" in path.parts[0]):
+                reason = unsafe_member_reason(info.filename)
+                if reason is not None:
                     raise FetchError(
-                        f"The archive from {url} holds an unsafe member path {info.filename!r} "
-                        "(absolute or with '..'); refusing to extract it. " + _advice(url, target)
+                        f"The archive from {url} holds an unsafe member path {info.filename!r} ({reason}); "
+                        "refusing to extract it. " + _advice(url, target)
                     )
-            bad = zf.testzip()
-            if bad is not None:
-                raise FetchError(
-                    f"The archive from {url} is corrupt (member {bad!r} fails its CRC check). "
-                    + _advice(url, target)
-                )
             prefix = _find_data_prefix([m.filename for m in members])
             if prefix is None:
                 raise FetchError(
                     f"The archive from {url} has no data/ folder (expected <repository>-<branch>/data/). "
                     + _advice(url, target)
                 )
-            for info in members:
-                if not info.filename.startswith(prefix) or info.filename == prefix:
-                    continue
+            wanted = [info for info in members if info.filename.startswith(prefix) and info.filename != prefix]
+            declared = sum(info.file_size for info in wanted)
+            if declared > max_bytes:
+                raise FetchError(
+                    f"The archive from {url} would extract to {_human(declared)}, more than the cap of "
+                    f"{_human(max_bytes)}; refusing it. " + _advice(url, target)
+                )
+            bad = zf.testzip()
+            if bad is not None:
+                raise FetchError(
+                    f"The archive from {url} is corrupt (member {bad!r} fails its CRC check). "
+                    + _advice(url, target)
+                )
+            written = 0
+            for info in wanted:
                 relative = info.filename[len(prefix):]
-                destination = staging.joinpath(*PurePosixPath(relative).parts)
+                destination = _safe_destination(staging, relative)
+                if destination is None:
+                    raise FetchError(
+                        f"The archive from {url} holds member {info.filename!r} whose target lies outside "
+                        "the extraction folder; refusing to extract it. " + _advice(url, target)
+                    )
                 if info.is_dir():
                     destination.mkdir(parents=True, exist_ok=True)
                     continue
                 destination.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as source, open(destination, "wb") as out:
-                    shutil.copyfileobj(source, out, _CHUNK)
+                with zf.open(info) as source, open(destination, "xb") as out:
+                    while block := source.read(_CHUNK):
+                        written += len(block)
+                        if written > max_bytes:
+                            raise FetchError(
+                                f"The archive from {url} extracts to more than the cap of {_human(max_bytes)} "
+                                "(its members are larger than they declare); refusing it. " + _advice(url, target)
+                            )
+                        out.write(block)
     except zipfile.BadZipFile as error:
         raise FetchError(f"The archive from {url} is corrupt ({error}). " + _advice(url, target)) from None
+    except FileExistsError as error:
+        raise FetchError(f"The archive from {url} holds the member {error.filename} twice; refusing it. "
+                         + _advice(url, target)) from None
+    except OSError as error:
+        raise FetchError(f"The archive from {url} cannot be extracted into {staging} ({error}). "
+                         + _advice(url, target)) from None
     if not _is_pocus_folder(staging):
         raise FetchError(
             f"The data/ folder of the archive from {url} lacks dataset_metadata.csv or "

@@ -607,7 +607,7 @@ def patient_learning_curve(index: pd.DataFrame, n_patients: Sequence[int], *, em
     rows_of = _frame_rows_by_sample(index)
     folds = patient_folds(samples, n_splits=n_splits, seed=seed).to_numpy()
     fit_predict = _learning_curve_fitter(recipe, index, frame_labels, classes, embeddings, frames, train_config,
-                                         logreg_c, seed, log)
+                                         logreg_c, seed, log, positive_label=positive_label)
     results, notes, too_many = [], [], set()
     for fold in range(n_splits):
         train_samples = samples[folds != fold]
@@ -644,7 +644,7 @@ def patient_learning_curve(index: pd.DataFrame, n_patients: Sequence[int], *, em
 
 
 def _learning_curve_fitter(recipe, index, frame_labels, classes, embeddings, frames, train_config, logreg_c,
-                           seed, log):
+                           seed, log, *, positive_label: str):
     """Return ``fit_predict(train_samples, test_rows, rng) -> (len(test_rows), n_classes) probabilities``."""
     rows_of = _frame_rows_by_sample(index)
     n_classes = len(classes)
@@ -695,17 +695,18 @@ def _learning_curve_fitter(recipe, index, frame_labels, classes, embeddings, fra
     features = {"head": compute_features(frames, config, model, cut="head", views=views, log=log)}
     tail = keras.Model(model.get_layer(head_feature_layer()).output, model.output)
     groups = np.asarray(index["group"], dtype=str)
+    videos = np.asarray(index["sample_id"], dtype=str)  # the recipe's training unit may be the video
 
     def fit_predict(kept, test_rows, rng):
         kept = kept.reset_index(drop=True)
-        positives = kept["label"] == (kept["label"].value_counts().idxmin())
+        positives = kept["label"] == positive_label
         candidates = kept if positives.sum() and kept.loc[positives, "group"].nunique() >= 3 else kept[~positives]
         mask = inner_validation(candidates.reset_index(drop=True), config.validation_fraction,
                                 seed=int(rng.integers(1 << 30)))
         validation_ids = set(candidates.reset_index(drop=True).loc[mask.to_numpy(), "sample_id"])
         fit_ids = [s for s in kept["sample_id"] if s not in validation_ids]
         data = FoldData(frames, frame_labels, np.concatenate([rows_of[s] for s in fit_ids]),
-                        np.concatenate([rows_of[s] for s in validation_ids]), features)
+                        np.concatenate([rows_of[s] for s in validation_ids]), features, videos=videos)
         model.set_weights(initial)
         fit_fold(model, data, config, groups, n_classes, seed=int(rng.integers(1 << 30)), log=None)
         return predict_frames(tail, features["head"][0][test_rows], batch_size=256)

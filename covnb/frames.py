@@ -15,6 +15,7 @@ the extraction settings, so a second extraction only reads small ``.npy`` files.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -26,8 +27,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from covnb.cache import cache_dir
-from covnb.datasets import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, file_sha1
+from covnb.datasets import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, check_image_header, check_video_header,
+                            file_sha1)
 
 ASSUMED_FPS = 30.0
 PLAUSIBLE_FPS = (1.0, 240.0)
@@ -45,6 +46,7 @@ class FrameSettings:
     clahe: bool = False
     clahe_clip: float = 2.0
     mask_sector: bool = False  # black out what lies outside the ultrasound sector (text, logos, rulers)
+    canonical: str = "off"  # covnb.canonical.CANONICAL_MODES: crop to the ultrasound image, inpaint overlays, gray
 
     def __post_init__(self):
         if not self.rate_hz > 0:
@@ -57,9 +59,15 @@ class FrameSettings:
             top, bottom, left, right = self.crop
             if not (0 <= top < bottom <= 1 and 0 <= left < right <= 1):
                 raise ValueError(f"crop must be fractions (top, bottom, left, right) with top<bottom, left<right: {self.crop}")
+        from covnb.canonical import check_mode
+
+        check_mode(self.canonical)
 
     def key(self) -> str:
-        text = json.dumps({"v": CACHE_VERSION, **asdict(self)}, sort_keys=True)
+        fields = asdict(self)
+        if fields["canonical"] == "off":
+            del fields["canonical"]  # the keys of caches made before the field existed stay valid
+        text = json.dumps({"v": CACHE_VERSION, **fields}, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
@@ -145,7 +153,26 @@ def mask_outside_sector(frames: np.ndarray) -> np.ndarray:
 
 def prepare_frame(frame: np.ndarray, settings: FrameSettings) -> np.ndarray:
     """RGB, crop, CLAHE, square resize: one decoded frame ready for a model."""
-    rgb = to_rgb(frame)
+    return finish_frame(to_rgb(frame), settings)
+
+
+def _decoded(frame: np.ndarray, settings: FrameSettings) -> np.ndarray:
+    """A decoded frame as the readers keep it: prepared, or only RGB when the canonical step
+    (:mod:`covnb.canonical`) must first see the whole video at its own resolution."""
+    return to_rgb(frame) if settings.canonical != "off" else prepare_frame(frame, settings)
+
+
+def canonical_frames(raw_rgb: np.ndarray, settings: FrameSettings) -> np.ndarray:
+    """Canonical inputs of one video's RGB frames (region found once from all of them), then
+    crop, CLAHE and resize as :func:`prepare_frame`."""
+    from covnb.canonical import canonicalize
+
+    crops, _ = canonicalize(raw_rgb, settings.canonical)
+    return np.stack([finish_frame(crop, settings) for crop in crops])
+
+
+def finish_frame(rgb: np.ndarray, settings: FrameSettings) -> np.ndarray:
+    """Crop, CLAHE, square resize of an RGB frame."""
     if settings.crop is not None:
         rgb = crop_fraction(rgb, settings.crop)
     if settings.clahe:
@@ -201,6 +228,10 @@ def read_video(path: Path, settings: FrameSettings) -> tuple[np.ndarray, dict]:
     if not cap.isOpened():
         raise FrameError(f"{path}: not a readable video")
     try:
+        try:
+            check_video_header(cap)
+        except ValueError as error:
+            raise FrameError(f"{path}: {error}") from None
         reported = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         guess_fps = reported if PLAUSIBLE_FPS[0] <= reported <= PLAUSIBLE_FPS[1] else ASSUMED_FPS
         guess = set(int(i) for i in sample_indices(2**62, guess_fps, settings.rate_hz, settings.max_frames))
@@ -212,7 +243,7 @@ def read_video(path: Path, settings: FrameSettings) -> tuple[np.ndarray, dict]:
             if index in guess:
                 ok, frame = cap.retrieve()
                 if ok and frame is not None:
-                    frames[index] = prepare_frame(frame, settings)
+                    frames[index] = _decoded(frame, settings)
         ended = len(stamps) <= last_guess
     finally:
         cap.release()
@@ -258,7 +289,7 @@ def _decode_indices(path: Path, wanted: set[int], settings: FrameSettings) -> di
             if index in wanted:
                 ok, frame = cap.retrieve()
                 if ok and frame is not None:
-                    frames[index] = prepare_frame(frame, settings)
+                    frames[index] = _decoded(frame, settings)
             index += 1
     finally:
         cap.release()
@@ -266,19 +297,29 @@ def _decode_indices(path: Path, wanted: set[int], settings: FrameSettings) -> di
 
 
 def read_image(path: Path, settings: FrameSettings) -> tuple[np.ndarray, dict]:
-    """One prepared frame from an image file."""
+    """One prepared frame from an image file (its header is checked against the pixel limit first)."""
+    try:
+        check_image_header(path)
+    except ValueError as error:
+        raise FrameError(f"{path}: {error}") from None
     image = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise FrameError(f"{path}: not a decodable image")
     if image.dtype != np.uint8:
         image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-    return prepare_frame(image, settings)[None], {"fps_used": np.nan, "fps_source": "image", "frame_index": [0],
+    return _decoded(image, settings)[None], {"fps_used": np.nan, "fps_source": "image", "frame_index": [0],
                                                    "time_s": [0.0], "frames_read": 1}
 
 
-def read_frames(path: str | Path, settings: FrameSettings = FrameSettings()) -> tuple[np.ndarray, dict]:
-    """Frames (T, S, S, 3) uint8 RGB of a video or image, and sampling info. No cache."""
+def read_frames(path: str | Path, settings: FrameSettings = FrameSettings(), *,
+                raw: bool = False) -> tuple[np.ndarray, dict]:
+    """Frames (T, S, S, 3) uint8 RGB of a video or image, and sampling info. No cache.
+
+    ``raw=True``: the sampled frames as decoded (RGB, own size), before any preparation.
+    """
     path = Path(path)
+    if raw:
+        settings = dataclasses.replace(settings, canonical="crop", mask_sector=False)
     if not path.is_file():
         raise FrameError(f"{path}: file not found")
     if path.stat().st_size == 0:
@@ -290,6 +331,10 @@ def read_frames(path: str | Path, settings: FrameSettings = FrameSettings()) -> 
         frames, info = read_image(path, settings)
     else:
         raise FrameError(f"{path}: unsupported file type {ext or '(no extension)'}")
+    if raw:
+        return frames, info
+    if settings.canonical != "off":
+        frames = canonical_frames(frames, settings)
     if settings.mask_sector:
         frames = mask_outside_sector(frames)
     return frames, info
@@ -302,15 +347,26 @@ class FrameCache:
     """Decoded frames on disk, keyed by file content (SHA-1) and extraction settings.
 
     The folder is ``cache_dir("frames")`` unless given; ``$COVNB_CACHE_DIR`` moves it.
-    Content hashes are remembered per (path, size, mtime) within the process.
+    Content hashes are remembered per (path, size, mtime) within the process. The cache is a
+    speed-up only: an entry that cannot be read or does not fit the settings is a miss (decoded
+    again and replaced), and a folder that cannot be created or written means decoding without
+    caching (one warning naming the folder), never a lost file.
     """
 
     def __init__(self, folder: str | Path | None = None):
-        self.folder = Path(folder) if folder else cache_dir("frames")
-        self.folder.mkdir(parents=True, exist_ok=True)
+        from covnb.cache import cache_root, warn_cache_unwritable
+
+        self.folder = Path(folder) if folder else cache_root() / "frames"
+        self.writable = True
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            self.writable = False
+            warn_cache_unwritable(self.folder, error)
         self._hashes: dict[tuple, str] = {}
         self.hits = 0
         self.misses = 0
+        self.replaced = 0
 
     def content_hash(self, path: Path) -> str:
         stat = path.stat()
@@ -324,25 +380,47 @@ class FrameCache:
         sub = self.folder / stem[:2]
         return sub / f"{stem}.npy", sub / f"{stem}.json"
 
+    def _read(self, array_path: Path, info_path: Path, settings: FrameSettings):
+        """The cached entry, or None when it is missing, unreadable or does not fit the settings."""
+        if not (array_path.is_file() and info_path.is_file()):
+            return None
+        try:
+            frames = np.load(array_path, allow_pickle=False)
+            info = json.loads(info_path.read_text())
+        except (OSError, ValueError, EOFError):  # 0-byte, truncated, garbled: a miss
+            self.replaced += 1
+            return None
+        size = int(settings.image_size)
+        if not (isinstance(frames, np.ndarray) and frames.dtype == np.uint8 and frames.ndim == 4
+                and frames.shape[1:] == (size, size, 3) and len(frames) >= 1 and isinstance(info, dict)
+                and isinstance(info.get("frame_index"), list) and len(info["frame_index"]) == len(frames)
+                and isinstance(info.get("time_s"), list) and len(info["time_s"]) == len(frames)):
+            self.replaced += 1
+            return None
+        return frames, info
+
     def get(self, path: str | Path, settings: FrameSettings = FrameSettings()) -> tuple[np.ndarray, dict]:
         """Frames from the cache, decoding and storing them on a miss."""
+        from covnb.cache import warn_cache_unwritable
+
         path = Path(path)
         if not path.is_file():
             raise FrameError(f"{path}: file not found")
         array_path, info_path = self._paths(path, settings)
-        if array_path.is_file() and info_path.is_file():
-            try:
-                frames = np.load(array_path, allow_pickle=False)
-                info = json.loads(info_path.read_text())
-                self.hits += 1
-                return frames, info
-            except (OSError, ValueError):
-                pass  # a damaged entry is decoded again and overwritten
+        cached = self._read(array_path, info_path, settings)
+        if cached is not None:
+            self.hits += 1
+            return cached
         frames, info = read_frames(path, settings)
         self.misses += 1
-        array_path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(array_path, lambda handle: np.save(handle, frames, allow_pickle=False))
-        _atomic_write(info_path, lambda handle: handle.write(json.dumps(_jsonable(info)).encode()))
+        if self.writable:
+            try:
+                array_path.parent.mkdir(parents=True, exist_ok=True)
+                _atomic_write(array_path, lambda handle: np.save(handle, frames, allow_pickle=False))
+                _atomic_write(info_path, lambda handle: handle.write(json.dumps(_jsonable(info)).encode()))
+            except OSError as error:  # read-only or full cache: keep the decoded frames, warn once
+                self.writable = False
+                warn_cache_unwritable(self.folder, error)
         return frames, info
 
 
@@ -385,7 +463,9 @@ def extract_frames(samples: pd.DataFrame, settings: FrameSettings = FrameSetting
 
     A file that fails to decode is skipped with its reason; the run goes on.
     """
-    frame_cache = cache if isinstance(cache, FrameCache) else (FrameCache() if cache else None)
+    from covnb.cache import cache_enabled
+
+    frame_cache = cache if isinstance(cache, FrameCache) else (FrameCache() if cache and cache_enabled() else None)
     chunks, rows, skipped = [], [], []
     iterator = samples.to_dict("records")
     if progress:
@@ -403,7 +483,8 @@ def extract_frames(samples: pd.DataFrame, settings: FrameSettings = FrameSetting
         chunks.append(frames)
         for position, (frame_index, time_s) in enumerate(zip(info["frame_index"], info["time_s"])):
             rows.append({"sample_id": sample["sample_id"], "path": str(path), "label": sample["label"],
-                         "group": sample["group"], "kind": sample.get("kind", ""), "frame_index": int(frame_index),
+                         "group": sample["group"], "kind": sample.get("kind", ""), "source": sample.get("source", "unknown"),
+                         "frame_index": int(frame_index),
                          "time_s": float(time_s), "fps_used": info.get("fps_used"), "fps_source": info.get("fps_source")})
     size = int(settings.image_size)
     frames = np.concatenate(chunks) if chunks else np.zeros((0, size, size, 3), np.uint8)

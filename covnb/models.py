@@ -59,6 +59,9 @@ __all__ = [
     "save_model",
     "load_model",
     "sidecar_path",
+    "validate_sidecar",
+    "SIDECAR_FIELDS",
+    "FRAME_SETTINGS_FIELDS",
     "ModelFileError",
 ]
 
@@ -88,6 +91,8 @@ LAST_BLOCK_INPUT = {
     "mobilenet": "conv_pw_12_relu",
     "mobilenet_v2": "block_15_add",
     "efficientnet_lite0": "block6d_add",
+    "efficientnet_lite1": "block6e_add",
+    "efficientnet_lite2": "block6e_add",
 }
 
 #: Layers pooled by the "multiscale" head, shallow to deep (the backbone's output layer is always
@@ -95,6 +100,8 @@ LAST_BLOCK_INPUT = {
 #: 1280-channel top: 2024 features.
 MULTISCALE_TAPS = {
     "efficientnet_lite0": ("block4c_add", "block5c_add", "block6d_add", "block7a_project_bn"),
+    "efficientnet_lite1": ("block4d_add", "block5d_add", "block6e_add", "block7a_project_bn"),
+    "efficientnet_lite2": ("block4d_add", "block5d_add", "block6e_add", "block7a_project_bn"),
     "mobilenet": ("conv_pw_5_relu", "conv_pw_11_relu"),
     "mobilenet_v2": ("block_9_add", "block_12_add", "block_15_add", "block_16_project_BN"),
     "vgg16": ("block3_conv3", "block4_conv3"),
@@ -108,6 +115,8 @@ MULTISCALE_TAPS = {
 #: video balanced accuracy 0.789 vs 0.711 for the "multiscale" taps (see :mod:`covnb.train`).
 MIDLEVEL_TAPS = {
     "efficientnet_lite0": ("block4a_expand_activation", "block5a_expand_activation", "block6a_expand_activation"),
+    "efficientnet_lite1": ("block4a_expand_activation", "block5a_expand_activation", "block6a_expand_activation"),
+    "efficientnet_lite2": ("block4a_expand_activation", "block5a_expand_activation", "block6a_expand_activation"),
     "mobilenet": ("conv_pw_5_relu", "conv_pw_8_relu", "conv_pw_11_relu"),
     "mobilenet_v2": ("block_6_expand_relu", "block_10_expand_relu", "block_13_expand_relu"),
     "vgg16": ("block3_conv3", "block4_conv3", "block5_conv1"),
@@ -330,8 +339,142 @@ def save_model(model: keras.Model, path: str | os.PathLike, metadata: dict | Non
     return path
 
 
-def load_model(path: str | os.PathLike, compile: bool = False) -> tuple[keras.Model, dict]:
-    """Load a ``.keras`` model and its sidecar JSON: ``(model, metadata)``."""
+# ----------------------------------------------------------------------------- sidecar schema
+#
+# A sidecar comes with a model file from anywhere: every field covnb acts on is checked against
+# a declared table of bounds before use. Add a field by adding a line to a table.
+
+
+def _integer(low: int, high: int):
+    def check(value):
+        if type(value) is not int or not low <= value <= high:
+            raise ValueError(f"must be a whole number in {low}..{high}, got {value!r:.60}")
+        return value
+    return check
+
+
+def _number(low: float, high: float, *, low_inclusive: bool = True):
+    def check(value):
+        import math
+
+        if type(value) not in (int, float) or not math.isfinite(value) or value > high or (
+                value < low if low_inclusive else value <= low):
+            raise ValueError(f"must be a finite number {'>=' if low_inclusive else '>'} {low} and <= {high}, "
+                             f"got {value!r:.60}")
+        return value
+    return check
+
+
+def _boolean(value):
+    if type(value) is not bool:
+        raise ValueError(f"must be true or false, got {value!r:.60}")
+    return value
+
+
+def _crop(value):
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != 4 or any(type(v) not in (int, float) for v in value):
+        raise ValueError(f"must be null or 4 fractions [top, bottom, left, right], got {value!r:.80}")
+    top, bottom, left, right = value
+    if not (0 <= top < bottom <= 1 and 0 <= left < right <= 1):
+        raise ValueError(f"must be fractions with top < bottom and left < right in 0..1, got {value!r:.80}")
+    return value
+
+
+def _class_names(value):
+    if not isinstance(value, list) or not 2 <= len(value) <= 1000:
+        raise ValueError(f"must be a list of 2 to 1000 class names, got {value!r:.80}")
+    if any(not isinstance(v, str) or not v.strip() or len(v) > 200 for v in value):
+        raise ValueError(f"must hold non-empty text names, got {value!r:.80}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"holds a name twice: {value!r:.80}")
+    return value
+
+
+#: Fields of ``frame_settings`` (see :class:`covnb.frames.FrameSettings`) and their bounds.
+FRAME_SETTINGS_FIELDS = {
+    "rate_hz": _number(0, 1000, low_inclusive=False),
+    "max_frames": _integer(1, 10_000),
+    "image_size": _integer(8, 4096),
+    "crop": _crop,
+    "clahe": _boolean,
+    "clahe_clip": _number(0, 1000, low_inclusive=False),
+    "mask_sector": _boolean,
+}
+
+
+def _check_fields(fields: dict, value) -> dict:
+    """Check the fields of ``value`` (an object) that ``fields`` declares; ValueError naming the field."""
+    if not isinstance(value, dict):
+        raise ValueError(f"must be an object, got {type(value).__name__}")
+    for name, check in fields.items():
+        if name in value:
+            try:
+                check(value[name])
+            except ValueError as error:
+                raise ValueError(f"{name!r} {error}") from None
+    return value
+
+
+def _frame_settings(value):
+    return _check_fields(FRAME_SETTINGS_FIELDS, value)
+
+
+#: Top-level sidecar fields covnb acts on and their bounds; other fields (metrics, training
+#: parameters) are informative and not checked.
+SIDECAR_FIELDS = {
+    "classes": _class_names,
+    "image_size": _integer(8, 4096),
+    "rate_hz": _number(0, 1000, low_inclusive=False),
+    "max_frames": _integer(1, 10_000),
+    "mask_sector": _boolean,
+    "frame_settings": _frame_settings,
+}
+SIDECAR_REQUIRED = ("classes",)
+
+
+def validate_sidecar(metadata, source: str | os.PathLike, n_outputs: int | None = None,
+                     input_size: int | None = None) -> dict:
+    """Check a sidecar against :data:`SIDECAR_FIELDS`, and against the model it describes
+    (``n_outputs`` classes, ``input_size`` px). Returns it; raises :class:`ModelFileError` naming
+    ``source`` (the sidecar file) and the field."""
+    if not isinstance(metadata, dict):
+        raise ModelFileError(f"{source}: the sidecar must be a JSON object, got a {type(metadata).__name__}")
+    for name in SIDECAR_REQUIRED:
+        if name not in metadata:
+            raise ModelFileError(f"{source}: the sidecar has no {name!r} field")
+    try:
+        _check_fields(SIDECAR_FIELDS, metadata)
+    except ValueError as error:
+        raise ModelFileError(f"{source}: field {error}") from None
+    if n_outputs is not None and len(metadata["classes"]) != n_outputs:
+        raise ModelFileError(f"{source}: {len(metadata['classes'])} class names ({', '.join(metadata['classes'])}) "
+                             f"but the model has {n_outputs} outputs")
+    if input_size is not None:
+        for where, table in (("image_size", metadata), ("frame_settings.image_size", metadata.get("frame_settings") or {})):
+            if "image_size" in table and table["image_size"] != input_size:
+                raise ModelFileError(f"{source}: {where} is {table['image_size']} but the model takes "
+                                     f"{input_size} px images")
+    try:
+        from covnb.predict import frame_settings_from_metadata
+
+        frame_settings_from_metadata(metadata)
+    except (ValueError, TypeError) as error:
+        raise ModelFileError(f"{source}: frame settings are not usable ({error})") from None
+    return metadata
+
+
+def load_model(path: str | os.PathLike, compile: bool = False,
+               metadata: dict | None = None) -> tuple[keras.Model, dict]:
+    """Load a ``.keras`` model and its sidecar JSON: ``(model, metadata)``.
+
+    The sidecar (``model.json`` beside ``model.keras``) says which classes the outputs are and
+    how frames were taken in training; it is validated (:func:`validate_sidecar`). A model without
+    its sidecar is refused unless ``metadata`` gives the settings explicitly (at least
+    ``classes``; frame settings default to 3 Hz, 30 frames, the model's input size, no mask).
+    ``metadata`` fields also replace those of an existing sidecar.
+    """
     import covnb.backbones  # noqa: F401  (registers BackbonePreprocess for deserialisation)
 
     path = Path(path)
@@ -345,16 +488,26 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> tuple[keras.Mo
     side = sidecar_path(path)
     if side.is_file():
         try:
-            metadata = json.loads(side.read_text())
-        except json.JSONDecodeError as error:
+            stored = json.loads(side.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
             raise ModelFileError(f"{side}: sidecar JSON is not valid JSON ({error})") from error
+        validate_sidecar(stored, side)
+        source = str(side) if not metadata else f"{side} with the settings given"
+    elif metadata is None:
+        raise ModelFileError(
+            f"{side}: not found. The model {path} needs its sidecar to know its class names and the frame settings "
+            "it was trained with (without it, it would run with wrong settings, e.g. unmasked). Put the sidecar "
+            "back beside the model, or give the settings explicitly (covnb predict/cam --classes NAMES "
+            "[--sidecar FILE]; load_model(path, metadata={'classes': [...]}))."
+        )
     else:
-        metadata = {}
+        stored, source = {}, "the settings given"
+    merged = {**stored, **(metadata or {})}
+    validate_sidecar(merged, source)
     try:
         model = keras.saving.load_model(path, compile=compile)
     except Exception as error:  # keras raises various types for damaged files
         raise ModelFileError(f"{path}: cannot load Keras model ({type(error).__name__}: {error})") from error
-    if "classes" not in metadata:
-        metadata["classes"] = [f"class_{i}" for i in range(int(model.output.shape[-1]))]
-    metadata.setdefault("image_size", int(model.input.shape[1]))
-    return model, metadata
+    validate_sidecar(merged, source, n_outputs=int(model.output.shape[-1]), input_size=int(model.input.shape[1]))
+    merged.setdefault("image_size", int(model.input.shape[1]))
+    return model, merged

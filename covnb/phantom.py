@@ -17,8 +17,14 @@ scans it into a fan-shaped sector on a black background:
 * ``pneumonia`` (bacterial): a hypoechoic tissue-like subpleural consolidation with a
   shredded deep border and air bronchograms (small bright branching spots inside).
 
-Each patient draws one style (depth, sector angle, gain, number and position of lines);
-videos of a patient share it and differ only in noise and motion.
+Each patient draws one style (depth, gain, time-gain curve, dynamic range, speckle grain,
+number and position of lines); videos of a patient share it and differ only in noise and
+motion. The written data set (:func:`write_phantom_dataset`) adds what real collections have
+and what makes honest evaluation matter (Roberts et al., "Common pitfalls and recommendations
+for using machine learning to detect and prognosticate for COVID-19", Nat Mach Intell 3:199,
+2021): each patient comes from one site whose screen (colour map, text, ruler, grey-scale bar,
+border, logo) and fan geometry correlate with class as in the public POCUS data; some
+patients are borderline (faint findings); a few carry the wrong label.
 
 THE DATA IT MAKES ARE SYNTHETIC: NOT REAL PATIENTS, NOT FOR ANY CLINICAL USE.
 """
@@ -47,7 +53,7 @@ SYNTHETIC_NOTICE = (
 )
 
 #: Bump when the drawing changes, so cached phantom data sets are regenerated.
-PHANTOM_VERSION = 1
+PHANTOM_VERSION = 2
 
 PHANTOM_CLASSES = ("covid", "pneumonia", "regular")
 #: Values of the ``Label`` column, as in the real POCUS ``dataset_metadata.csv``.
@@ -67,6 +73,7 @@ METADATA_COLUMNS = (
     "Probe",
     "Source ID",
     "Title",
+    "Comments first medical doctor (MD1)",
     "Framerate",
     "Resolution",
     "Length (frames)",
@@ -105,12 +112,18 @@ def _canonical_label(label: str) -> str:
 # --------------------------------------------------------------------------- styles
 
 
-def sample_patient_style(label: str, rng: np.random.Generator) -> dict:
+def sample_patient_style(label: str, rng: np.random.Generator, *, borderline: bool = False) -> dict:
     """Draw the per-patient look: geometry, gain and the class findings (plain floats/lists).
 
     Depths are fractions of the imaged depth, lateral positions fractions of the sector width.
+    Every patient also draws how the scanner was set (:func:`_scanner_settings`: time-gain
+    curve, dynamic range, probe frequency as speckle grain, noise floor). ``borderline``: the
+    findings are faint (one or two weak B-lines, a small consolidation, A-lines with an
+    isolated B-line), as in early or mild disease (Soldati et al. 2020 score 1 patterns).
     """
     label = _canonical_label(label)
+    if borderline:
+        return _borderline_style(label, rng)
     style: dict = {
         "label": label,
         "half_angle_deg": float(rng.uniform(18.0, 23.0)),
@@ -171,6 +184,53 @@ def sample_patient_style(label: str, rng: np.random.Generator) -> dict:
                 }
             )
         style["bronchograms"] = trees
+    style.update(_scanner_settings(rng))
+    return style
+
+
+def _scanner_settings(rng: np.random.Generator) -> dict:
+    """How one patient was scanned: gain knobs, probe and noise, shared by all their clips.
+
+    ``tgc``: time-gain compensation, gains at depths 0, 1/3, 2/3 and 1 of the image;
+    ``dynamic_range``: log-compression steepness; ``speckle_grain``: speckle size (a lower
+    probe frequency gives coarser grain); ``noise_floor``: electronic haze inside the sector;
+    ``gain``: overall gain (replaces the narrower draw of the class findings).
+    """
+    return {
+        "gain": float(rng.uniform(0.7, 1.35)),
+        "tgc": [float(g) for g in rng.uniform(0.7, 1.3, size=4)],
+        "dynamic_range": float(rng.uniform(1.0, 2.4)),
+        "speckle_grain": float(rng.uniform(0.7, 1.6)),
+        "noise_floor": float(rng.uniform(0.0, 0.08)),
+    }
+
+
+def _borderline_style(label: str, rng: np.random.Generator) -> dict:
+    """A faint version of ``label``'s findings: what makes real cases hard to call."""
+    style = sample_patient_style(label, rng)
+    lo, hi = (0.2 if 0 in style["ribs"] else 0.1), (0.8 if 1 in style["ribs"] else 0.9)
+    if label == "covid":
+        n_lines = int(rng.integers(1, 3))
+        style["b_lines"] = [{"u": float(c), "width": float(rng.uniform(0.007, 0.012)),
+                             "strength": float(rng.uniform(0.22, 0.42))}
+                            for c in np.sort(rng.uniform(lo, hi, size=n_lines))]
+        style["pleura_irregularity"] = float(rng.uniform(0.002, 0.005))
+        style["pleura_gaps"] = style["pleura_gaps"][: int(rng.integers(0, 2))]
+        style["a_lines"] = int(rng.integers(1, 3))  # mild disease keeps some A-lines
+    elif label == "pneumonia":
+        consolidation = style["consolidation"]
+        consolidation.update(half_width=float(rng.uniform(0.07, 0.13)), height=float(rng.uniform(0.05, 0.1)))
+        for tree in style["bronchograms"]:  # keep the air bronchograms inside the small consolidation
+            tree["u"] = float(consolidation["u"] + rng.uniform(-0.5, 0.5) * consolidation["half_width"])
+            tree["d"] = float(rng.uniform(0.15, 0.4) * consolidation["height"])
+            tree["length"] = float(rng.uniform(0.3, 0.5) * consolidation["height"])
+        style["bronchograms"] = style["bronchograms"][:2]
+        style["a_lines"] = int(rng.integers(2, 4))
+    else:  # regular: faint A-lines and one isolated B-line (normal lungs may show up to two)
+        style["a_lines"] = int(rng.integers(1, 3))
+        style["b_lines"] = [{"u": float(rng.uniform(lo, hi)), "width": float(rng.uniform(0.006, 0.01)),
+                             "strength": float(rng.uniform(0.18, 0.32))}]
+    style["borderline"] = True
     return style
 
 
@@ -299,7 +359,14 @@ def make_clip(
 
     # Speckle lives in the image plane (grain of a fixed physical size): the chest wall is
     # nearly still, the lung artefacts shimmer and slide with the pleura.
-    tissue_sigma, lung_sigma = (0.9 * scale, 0.5 * scale), (1.4 * scale, 0.6 * scale)
+    grain = float(style.get("speckle_grain", 1.0))
+    tissue_sigma, lung_sigma = (0.9 * scale * grain, 0.5 * scale * grain), (1.4 * scale * grain, 0.6 * scale * grain)
+    if "tgc" in style:  # time-gain compensation: a smooth gain curve over depth
+        knots = np.linspace(0.0, 1.0, len(style["tgc"]))
+        rib_shadow = rib_shadow * np.interp(d[:, 0], knots, style["tgc"]).astype(np.float32)[:, None]
+    dynamic_range = float(style.get("dynamic_range", 1.5))
+    noise_floor = float(style.get("noise_floor", 0.0))
+    to_image_mask = None
     tissue_base = _complex_field(rng, (size, size), *tissue_sigma)
     lung_base = _complex_field(rng, (size, size), *lung_sigma)
     keep_t, keep_l = 0.97, 0.6
@@ -385,7 +452,11 @@ def make_clip(
 
         echo = (to_image(tissue * rib_shadow) * env_t + to_image(lung * rib_shadow) * env_l
                 + to_image(specular * rib_shadow) * (0.75 + 0.25 * env_t))
-        image = 255.0 * (1 - np.exp(-1.5 * gain * np.clip(echo, 0, None)))
+        if noise_floor:
+            if to_image_mask is None:
+                to_image_mask = to_image(np.ones((n, n), np.float32))
+            echo = echo + noise_floor * to_image_mask * env_l
+        image = 255.0 * (1 - np.exp(-dynamic_range * gain * np.clip(echo, 0, None)))
         frames[t] = np.clip(image + 0.5, 0, 255).astype(np.uint8)
     return frames
 
@@ -424,12 +495,125 @@ def _draw_bronchogram(canvas, tree, shift_u, top, n, strength, rng):
                      lineType=cv2.LINE_AA, shift=2)
 
 
+# --------------------------------------------------------------------------- sources and screens
+
+#: The sites that "sent" the phantom's patients, and the share of each class's patients each
+#: sent. Modelled on the public POCUS data (Born et al. 2021; ``dataset_metadata.csv``): one
+#: source sends most bacterial pneumonia and many healthy lungs, another most of the other
+#: healthy lungs, and COVID-19 comes from several smaller sources. A patient-grouped split
+#: lets a model recognise the site instead of the lung; a source-held-out split does not.
+PHANTOM_SOURCES = {
+    "site-A": {"pneumonia": 0.80, "regular": 0.45},
+    "site-B": {"regular": 0.45, "pneumonia": 0.05},
+    "site-C": {"covid": 0.35, "regular": 0.05, "pneumonia": 0.05},
+    "site-D": {"covid": 0.25, "pneumonia": 0.05},
+    "site-E": {"covid": 0.20, "regular": 0.05},
+    "site-F": {"covid": 0.10, "pneumonia": 0.05},
+    "site-G": {"covid": 0.10},
+}
+
+#: What each site's scanner puts on the screen around the image (and its fan geometry):
+#: ``tint`` BGR gains of its colour map, ``scale`` of the sector in the frame, ``half_angle``
+#: range of its convex probe (degrees), and the overlays it draws.
+SCREEN_DESIGNS = {
+    "site-A": {"tint": (1.0, 1.0, 1.0), "scale": 0.86, "half_angle": (23.0, 26.0), "text": "top-left",
+               "ruler": "right", "colour_bar": False, "border": None, "logo": None},
+    "site-B": {"tint": (0.82, 0.95, 1.08), "scale": 0.78, "half_angle": (19.0, 22.0), "text": "top-right",
+               "ruler": "left", "colour_bar": True, "border": None, "logo": "circle"},
+    "site-C": {"tint": (1.08, 0.97, 0.82), "scale": 0.80, "half_angle": (17.0, 20.0), "text": "bottom-left",
+               "ruler": "right", "colour_bar": True, "border": (90, 160, 90), "logo": None},
+    "site-D": {"tint": (1.0, 1.0, 1.0), "scale": 0.92, "half_angle": (21.0, 24.0), "text": "top-left",
+               "ruler": None, "colour_bar": False, "border": None, "logo": "square"},
+    "site-E": {"tint": (0.9, 1.06, 0.9), "scale": 0.74, "half_angle": (24.0, 28.0), "text": "bottom-right",
+               "ruler": "left", "colour_bar": False, "border": (170, 120, 60), "logo": "triangle"},
+    "site-F": {"tint": (1.0, 0.92, 1.06), "scale": 0.84, "half_angle": (18.0, 21.0), "text": "top-right",
+               "ruler": "right", "colour_bar": True, "border": None, "logo": "circle"},
+    "site-G": {"tint": (0.95, 0.95, 0.95), "scale": 0.70, "half_angle": (20.0, 23.0), "text": "top-left",
+               "ruler": "left", "colour_bar": False, "border": (60, 60, 200), "logo": None},
+}
+
+
+def assign_sources(n_patients: int, label: str, rng: np.random.Generator) -> list[str]:
+    """Source of each of ``n_patients`` patients of ``label``: the shares of
+    :data:`PHANTOM_SOURCES` rounded to whole patients (largest remainder), in shuffled order."""
+    label = _canonical_label(label)
+    shares = {source: classes.get(label, 0.0) for source, classes in PHANTOM_SOURCES.items()}
+    total = sum(shares.values())
+    exact = {source: n_patients * share / total for source, share in shares.items()}
+    counts = {source: int(np.floor(value)) for source, value in exact.items()}
+    for source in sorted(exact, key=lambda k: (counts[k] - exact[k], k))[: n_patients - sum(counts.values())]:
+        counts[source] += 1
+    sources = [source for source, count in counts.items() for _ in range(count)]
+    return [sources[i] for i in rng.permutation(len(sources))]
+
+
+def render_screen(clip: np.ndarray, source: str, rng: np.random.Generator, *, still: bool = False) -> np.ndarray:
+    """Put a grey clip (T, S, S) on ``source``'s screen: its colour map, sector size and place,
+    text, depth ruler, grey-scale bar, border and logo. Returns BGR frames (T, S, S, 3) uint8.
+
+    The overlays sit outside the fan and never touch it (as on a scanner's screen), so
+    :func:`covnb.frames.sector_mask` still finds the fan. Text changes a little per clip
+    (time stamp, frame rate), the rest is the site's.
+    """
+    design = SCREEN_DESIGNS[source]
+    n_frames, size = clip.shape[:2]
+    inner = max(16, int(round(design["scale"] * size)))
+    x0 = (size - inner) // 2 + int(rng.integers(-2, 3))
+    y0 = max(0, int(round(0.04 * size)) + int(rng.integers(-1, 2))) if design["text"].startswith("bottom") else \
+        size - inner - max(1, int(round(0.02 * size)))
+    x0 = int(np.clip(x0, 0, size - inner))
+    canvas = np.zeros((n_frames, size, size, 3), np.uint8)
+    tint = np.asarray(design["tint"], np.float32)
+    for t in range(n_frames):
+        small = cv2.resize(clip[t], (inner, inner), interpolation=cv2.INTER_AREA).astype(np.float32)
+        canvas[t, y0:y0 + inner, x0:x0 + inner] = np.clip(small[..., None] * tint + 0.5, 0, 255).astype(np.uint8)
+    overlay = np.zeros((size, size, 3), np.uint8)
+    font_scale = max(0.22, size / 520)
+    thickness = 1
+    line_height = max(6, int(round(size / 22)))
+    lines = [f"{source.upper()} C5-2", f"{rng.uniform(2.5, 5.0):.1f}MHz D{rng.integers(10, 17)}cm",
+             f"{int(rng.integers(0, 24)):02d}:{int(rng.integers(0, 60)):02d}" + ("" if still else f" {rng.integers(18, 31)}Hz")]
+    corner = design["text"]
+    for i, text in enumerate(lines):
+        (width, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
+        x = 2 if corner.endswith("left") else size - width - 2
+        y = (line_height * (i + 1)) if corner.startswith("top") else size - 3 - line_height * (len(lines) - 1 - i)
+        cv2.putText(overlay, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (235, 235, 235), thickness, cv2.LINE_AA)
+    if design["ruler"]:
+        x = max(1, x0 - 4) if design["ruler"] == "left" else min(size - 2, x0 + inner + 3)
+        for k, y in enumerate(range(y0, y0 + inner, max(3, inner // 12))):
+            cv2.line(overlay, (x - (2 if k % 2 == 0 else 1), y), (x, y), (210, 210, 210), 1)
+    if design["colour_bar"]:
+        bar_x = 3 if design["ruler"] != "left" else size - 7
+        top, bottom = size // 3, 2 * size // 3
+        for y in range(top, bottom):
+            level = int(255 * (bottom - y) / (bottom - top))
+            overlay[y, bar_x:bar_x + 4] = np.clip(np.asarray([level] * 3, np.float32) * tint, 0, 255).astype(np.uint8)
+    if design["logo"]:
+        centre = (size - int(0.08 * size), int(0.08 * size)) if corner != "top-right" else (int(0.08 * size), int(0.08 * size))
+        radius = max(2, int(0.035 * size))
+        colour = tuple(int(c) for c in np.clip(np.asarray((80, 180, 230)) * tint, 0, 255))
+        if design["logo"] == "circle":
+            cv2.circle(overlay, centre, radius, colour, -1, cv2.LINE_AA)
+        elif design["logo"] == "square":
+            cv2.rectangle(overlay, (centre[0] - radius, centre[1] - radius), (centre[0] + radius, centre[1] + radius), colour, -1)
+        else:
+            points = np.array([[centre[0], centre[1] - radius], [centre[0] - radius, centre[1] + radius],
+                               [centre[0] + radius, centre[1] + radius]], np.int32)
+            cv2.fillPoly(overlay, [points], colour, cv2.LINE_AA)
+    if design["border"]:
+        cv2.rectangle(overlay, (0, 0), (size - 1, size - 1), tuple(int(c) for c in design["border"]), 1)
+    drawn = overlay.any(axis=-1)
+    canvas[:, drawn] = overlay[drawn]
+    return canvas
+
+
 # --------------------------------------------------------------------------- writing
 
 
 def _write_video(stem: Path, frames: np.ndarray, fps: float) -> Path:
-    """Write frames (T, H, W) uint8 as mp4 (mp4v), falling back to MJPG avi; verify decoding."""
-    height, width = frames.shape[1:]
+    """Write frames (T, H, W) grey or (T, H, W, 3) BGR uint8 as mp4 (mp4v), falling back to MJPG avi; verify decoding."""
+    height, width = frames.shape[1:3]
     for suffix, fourcc in ((".mp4", "mp4v"), (".avi", "MJPG")):
         path = stem.with_suffix(suffix)
         writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), float(fps), (width, height), True)
@@ -437,7 +621,7 @@ def _write_video(stem: Path, frames: np.ndarray, fps: float) -> Path:
             if not writer.isOpened():
                 continue
             for frame in frames:
-                writer.write(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR))
+                writer.write(frame if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR))
         finally:
             writer.release()
         if _count_decoded_frames(path) == len(frames):
@@ -497,8 +681,14 @@ def _readme_text(params: dict) -> str:
             "irregular, thickened, broken pleural line.",
             "- `Pneu_` bacterial pneumonia: hypoechoic subpleural consolidation with air bronchograms.",
             "",
-            "Patients differ in depth, sector angle, gain and number of lines; videos of one patient",
-            "look alike. Split by `Patient ID / Name`, never by video or frame.",
+            "Patients differ in depth, gain, time-gain curve, dynamic range, speckle grain and number",
+            "of lines; videos of one patient look alike. Some patients are borderline (faint findings)",
+            "and a few carry another class's label (label noise; `Comments first medical doctor (MD1)`",
+            "says what was drawn). Each patient comes from one site (`Source ID`) whose screen (colour",
+            "map, text, ruler, grey-scale bar, border, logo, fan geometry) correlates with class as in",
+            "the public data: one site sends most pneumonia, two most healthy lungs, COVID-19 comes from",
+            "several small sites. Split by `Patient ID / Name`, never by video or frame; hold out",
+            "sources to see what a model learnt from the screen.",
             "",
             f"Generation parameters: `{json.dumps(params, sort_keys=True)}`",
             "",
@@ -510,24 +700,35 @@ def _readme_text(params: dict) -> str:
 
 def write_phantom_dataset(
     out_dir,
-    n_patients_per_class: int = 4,
+    n_patients_per_class: int = 12,
     videos_per_patient: int = 2,
-    images_per_class: int = 1,
-    n_frames: int = 20,
+    images_per_class: int = 2,
+    n_frames: int = 10,
     fps: float = 10,
     size: int = 160,
     seed: int = 0,
     classes=("covid", "pneumonia", "regular"),
     overwrite: bool = False,
+    *,
+    label_noise: float = 0.06,
+    borderline_fraction: float = 0.3,
+    screens: bool = True,
 ) -> Path:
     """Write a synthetic POCUS-like data set to ``out_dir`` and return its path.
 
     Layout: ``pocus_videos/convex/<Prefix>_phantom_p<NN>_v<N>.mp4``,
     ``pocus_images/convex/<Prefix>_phantom_p<NN>_img<N>.png``, ``dataset_metadata.csv``
-    and ``README.md``. Still ``i`` of a class belongs to patient ``i % n_patients_per_class``.
-    Everything is written into a temporary sibling folder and renamed at the end, so a
-    failure leaves nothing behind. An existing non-empty ``out_dir`` is an error unless
-    ``overwrite``.
+    and ``README.md``. Still ``i`` of a label belongs to that label's patient ``i % n``.
+
+    What makes it teach what real collections do: each patient is drawn by one site
+    (:data:`PHANTOM_SOURCES`, ``Source ID``), whose screen (:data:`SCREEN_DESIGNS`, drawn
+    when ``screens``) and fan geometry correlate with class as in the public POCUS data;
+    each patient has their own scanner settings; ``borderline_fraction`` of each class's
+    patients have faint findings; ``label_noise`` of all patients carry another class's
+    label (file name prefix and ``Label``; ``Comments first medical doctor (MD1)`` says what
+    was drawn). Everything is written into a temporary sibling folder and renamed at the
+    end, so a failure leaves nothing behind. An existing non-empty ``out_dir`` is an error
+    unless ``overwrite``.
     """
     out_dir = Path(out_dir).expanduser()
     for name, value, minimum in (
@@ -541,6 +742,9 @@ def write_phantom_dataset(
             raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     if not fps or fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps!r}")
+    for name, value in (("label_noise", label_noise), ("borderline_fraction", borderline_fraction)):
+        if not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"{name} must be a fraction in [0, 1], got {value!r}")
     classes = tuple(_canonical_label(c) for c in classes)
     if not classes or len(set(classes)) != len(classes):
         raise ValueError(f"classes must be distinct and non-empty, got {classes!r}")
@@ -556,8 +760,13 @@ def write_phantom_dataset(
         "size": int(size),
         "seed": int(seed),
         "classes": list(classes),
+        "label_noise": float(label_noise),
+        "borderline_fraction": float(borderline_fraction),
+        "screens": bool(screens),
         "phantom_version": PHANTOM_VERSION,
     }
+    patients = plan_patients(n_patients_per_class=int(n_patients_per_class), seed=int(seed), classes=classes,
+                             label_noise=float(label_noise), borderline_fraction=float(borderline_fraction))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
@@ -566,66 +775,30 @@ def write_phantom_dataset(
         video_dir.mkdir(parents=True)
         image_dir.mkdir(parents=True)
         rows = []
-        for class_index, label in enumerate(PHANTOM_CLASSES):
-            if label not in classes:
-                continue
-            prefix = FILE_PREFIXES[label]
-            styles = [
-                sample_patient_style(label, np.random.default_rng([seed, class_index, p, 0]))
-                for p in range(n_patients_per_class)
-            ]
-            for p, style in enumerate(styles):
-                patient = f"{prefix}_phantom_p{p + 1:02d}"
-                common = {
-                    "Label": METADATA_LABELS[label],
-                    "License": PHANTOM_LICENSE,
-                    "LinkToLicense": "https://creativecommons.org/publicdomain/zero/1.0/",
-                    "InThisRepo": "Yes",
-                    "Probe": "convex",
-                    "Source ID": "phantom",
-                    "Title": _title(style),
-                    "Resolution": f"{size}x{size}",
-                    "Patient ID / Name": patient,
-                    **_findings(style),
-                }
+
+        def draw(patient, rng, frames):
+            clip = make_clip(patient["drawn"], rng, n_frames=frames, size=size, patient_style=patient["style"])
+            return render_screen(clip, patient["source"], rng, still=frames == 1) if screens else clip
+
+        for label in PHANTOM_CLASSES:
+            mine = [patient for patient in patients if patient["label"] == label]
+            for patient in mine:
+                key = [seed, PHANTOM_CLASSES.index(patient["drawn"]), patient["index"]]
+                common = _metadata_common(patient, size)
                 for v in range(videos_per_patient):
-                    rng = np.random.default_rng([seed, class_index, p, 1, v])
-                    clip = make_clip(label, rng, n_frames=n_frames, size=size, patient_style=style)
-                    path = _write_video(video_dir / f"{patient}_v{v + 1}", clip, fps)
-                    rows.append({
-                        **common,
-                        "Current location": "pocus_videos/convex",
-                        "Filename": path.stem,
-                        "Type": "video",
-                        "Framerate": f"{float(fps):g}",
-                        "Length (frames)": n_frames,
-                    })
-            for i in range(images_per_class):
-                p = i % n_patients_per_class
-                style = styles[p]
-                patient = f"{prefix}_phantom_p{p + 1:02d}"
-                rng = np.random.default_rng([seed, class_index, p, 2, i])
-                still = make_clip(label, rng, n_frames=1, size=size, patient_style=style)[0]
-                name = f"{patient}_img{i + 1}"
+                    clip = draw(patient, np.random.default_rng([*key, 1, v]), n_frames)
+                    path = _write_video(video_dir / f"{patient['name']}_v{v + 1}", clip, fps)
+                    rows.append({**common, "Current location": "pocus_videos/convex", "Filename": path.stem,
+                                 "Type": "video", "Framerate": f"{float(fps):g}", "Length (frames)": n_frames})
+            for i in range(images_per_class if mine else 0):
+                patient = mine[i % len(mine)]
+                key = [seed, PHANTOM_CLASSES.index(patient["drawn"]), patient["index"]]
+                still = draw(patient, np.random.default_rng([*key, 2, i]), 1)[0]
+                name = f"{patient['name']}_img{i + 1}"
                 if not cv2.imwrite(str(image_dir / f"{name}.png"), still):
                     raise RuntimeError(f"OpenCV could not write {image_dir / (name + '.png')}")
-                rows.append({
-                    "Current location": "pocus_images/convex",
-                    "Filename": name,
-                    "Label": METADATA_LABELS[label],
-                    "License": PHANTOM_LICENSE,
-                    "LinkToLicense": "https://creativecommons.org/publicdomain/zero/1.0/",
-                    "InThisRepo": "Yes",
-                    "Type": "image",
-                    "Probe": "convex",
-                    "Source ID": "phantom",
-                    "Title": _title(style),
-                    "Framerate": "",
-                    "Resolution": f"{size}x{size}",
-                    "Length (frames)": 1,
-                    "Patient ID / Name": patient,
-                    **_findings(style),
-                })
+                rows.append({**_metadata_common(patient, size), "Current location": "pocus_images/convex",
+                             "Filename": name, "Type": "image", "Framerate": "", "Length (frames)": 1})
         with open(tmp / "dataset_metadata.csv", "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(METADATA_COLUMNS))
             writer.writeheader()
@@ -637,6 +810,61 @@ def write_phantom_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def plan_patients(*, n_patients_per_class: int, seed: int, classes=PHANTOM_CLASSES, label_noise: float = 0.0,
+                  borderline_fraction: float = 0.0) -> list[dict]:
+    """Every phantom patient before anything is drawn: what is drawn (``drawn``, ``style``,
+    ``borderline``), by which site (``source``), and the label it is filed under (``label``,
+    another class for ``round(label_noise * n)`` patients, ``noisy``), with its ``name``.
+    """
+    classes = tuple(_canonical_label(c) for c in classes)
+    patients = []
+    for label in PHANTOM_CLASSES:
+        if label not in classes:
+            continue
+        class_index = PHANTOM_CLASSES.index(label)
+        plan_rng = np.random.default_rng([seed, class_index, 3])
+        sources = assign_sources(n_patients_per_class, label, plan_rng)
+        n_borderline = int(round(borderline_fraction * n_patients_per_class))
+        borderline = set(plan_rng.permutation(n_patients_per_class)[:n_borderline].tolist())
+        for p in range(n_patients_per_class):
+            style = sample_patient_style(label, np.random.default_rng([seed, class_index, p, 0]),
+                                         borderline=p in borderline)
+            low, high = SCREEN_DESIGNS[sources[p]]["half_angle"]
+            style["half_angle_deg"] = float(np.random.default_rng([seed, class_index, p, 4]).uniform(low, high))
+            patients.append({"drawn": label, "index": p, "style": style, "source": sources[p],
+                             "borderline": p in borderline, "label": label, "noisy": False})
+    n_noisy = int(round(label_noise * len(patients))) if len(classes) > 1 else 0
+    noise_rng = np.random.default_rng([seed, 5])
+    for i in noise_rng.choice(len(patients), size=n_noisy, replace=False):
+        patient = patients[int(i)]
+        patient["label"] = str(noise_rng.choice([c for c in classes if c != patient["drawn"]]))
+        patient["noisy"] = True
+    for label in PHANTOM_CLASSES:
+        for number, patient in enumerate((q for q in patients if q["label"] == label), start=1):
+            patient["name"] = f"{FILE_PREFIXES[label]}_phantom_p{number:02d}"
+    return patients
+
+
+def _metadata_common(patient: dict, size: int) -> dict:
+    style = patient["style"]
+    comment = f"phantom drawing: {patient['drawn']}" + (", borderline" if patient["borderline"] else "")
+    if patient["noisy"]:
+        comment += f"; label noise: filed as {patient['label']}"
+    return {
+        "Label": METADATA_LABELS[patient["label"]],
+        "License": PHANTOM_LICENSE,
+        "LinkToLicense": "https://creativecommons.org/publicdomain/zero/1.0/",
+        "InThisRepo": "Yes",
+        "Probe": "convex",
+        "Source ID": patient["source"],
+        "Title": _title(style),
+        "Resolution": f"{size}x{size}",
+        "Patient ID / Name": patient["name"],
+        "Comments first medical doctor (MD1)": comment,
+        **_findings(style),
+    }
 
 
 _WRITE_SIGNATURE = inspect.signature(write_phantom_dataset)
@@ -664,6 +892,12 @@ def _move_into_place(tmp: Path, out_dir: Path) -> None:
             old.unlink(missing_ok=True)
 
 
+@functools.lru_cache(maxsize=1)
+def _generator_fingerprint() -> str:
+    """Hash of this module's source: the drawing code is part of the cache key."""
+    return hashlib.sha1(Path(__file__).read_bytes()).hexdigest()[:12]
+
+
 def _is_complete(folder: Path) -> bool:
     return (folder / "dataset_metadata.csv").is_file() and (folder / "README.md").is_file()
 
@@ -672,7 +906,8 @@ def phantom_dataset(seed: int = 0, **kwargs) -> Path:
     """Return the cached phantom data set for these parameters, generating it once.
 
     Lives under ``cache_dir("phantom")/<key>``; the key holds the seed, the phantom version
-    and a hash of the other parameters of :func:`write_phantom_dataset`.
+    and a hash of the other parameters of :func:`write_phantom_dataset` and of this module's
+    source (any change to the generator makes a new data set, never a stale one).
     """
     if "out_dir" in kwargs or "overwrite" in kwargs:
         raise TypeError("phantom_dataset chooses its own cache folder; use write_phantom_dataset for out_dir")
@@ -686,8 +921,12 @@ def phantom_dataset(seed: int = 0, **kwargs) -> Path:
     params["fps"] = float(params["fps"])
     for name in ("n_patients_per_class", "videos_per_patient", "images_per_class", "n_frames", "size", "seed"):
         params[name] = int(params[name])
+    for name in ("label_noise", "borderline_fraction"):
+        params[name] = float(params[name])
+    params["screens"] = bool(params["screens"])
     digest = hashlib.sha1(
-        json.dumps({**params, "phantom_version": PHANTOM_VERSION}, sort_keys=True, default=str).encode()
+        json.dumps({**params, "phantom_version": PHANTOM_VERSION, "generator": _generator_fingerprint()},
+                   sort_keys=True, default=str).encode()
     ).hexdigest()[:10]
     folder = cache_dir("phantom") / f"v{PHANTOM_VERSION}-seed{int(seed)}-{digest}"
     if _is_complete(folder):

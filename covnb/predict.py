@@ -19,7 +19,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["Predictions", "predict_paths", "frame_settings_from_metadata", "expand_paths"]
+__all__ = ["Predictions", "predict_paths", "frame_settings_from_metadata", "expand_paths",
+           "OutputInsideInputError", "refuse_output_inside_inputs"]
+
+
+class OutputInsideInputError(ValueError):
+    """An output path inside an input folder (covnb never writes into input folders)."""
+
+
+def refuse_output_inside_inputs(out, inputs, what: str = "output") -> None:
+    """Raise :class:`OutputInsideInputError` when ``out`` lies inside an input folder or is the
+    folder of an input file (or an input file itself)."""
+    resolved = Path(out).expanduser().resolve()
+    for item in inputs:
+        item = Path(item).expanduser().resolve()
+        if item.is_dir() and (resolved == item or item in resolved.parents):
+            raise OutputInsideInputError(f"{what} {out} is inside the input folder {item}: choose another --out "
+                                         "(covnb never writes into input folders)")
+        if item.is_file() and (resolved == item or resolved == item.parent):
+            raise OutputInsideInputError(f"{what} {out} is {'the input' if resolved == item else 'the folder of the input'} "
+                                         f"{item}: choose another --out (covnb never writes into input folders)")
 
 
 @dataclasses.dataclass
@@ -32,12 +51,14 @@ class Predictions:
     classes: list[str]
 
     def to_csv(self, path: str | os.PathLike) -> tuple[Path, Path]:
-        """Write the per-file table to ``path`` and the per-frame table to ``<stem>_frames.csv``."""
+        """Write the per-file table to ``path``, the per-frame table to ``<stem>_frames.csv`` and the
+        files that were skipped, with why, to ``<stem>_skipped.csv``."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         frames_path = path.with_name(f"{path.stem}_frames{path.suffix or '.csv'}")
         self.videos.to_csv(path, index=False)
         self.frames.to_csv(frames_path, index=False)
+        self.errors.to_csv(path.with_name(f"{path.stem}_skipped{path.suffix or '.csv'}"), index=False)
         return path, frames_path
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:

@@ -19,19 +19,23 @@ import html  # noqa: F401  verify_run (merged from firstrun) unescapes links wit
 import json
 import os
 import platform
+import re
 import sys
 import time
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
+from importlib import resources as importlib_resources
 from pathlib import Path
 
 import yaml
 
 import covnb
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
-PROFILES_DIR = PROJECT_ROOT / "reports"
+# The notebooks and profiles ship inside the package (in a checkout, covnb/notebooks and covnb/profiles are
+# symbolic links to the top-level notebooks/ and reports/, the one copy people open and edit).
+PACKAGE_DIR = Path(str(importlib_resources.files("covnb")))
+NOTEBOOKS_DIR = PACKAGE_DIR / "notebooks"
+PROFILES_DIR = PACKAGE_DIR / "profiles"
 DEFAULT_TIMEOUT_S = 1800
 PACKAGES = ["covnb", "tensorflow", "keras", "numpy", "pandas", "scikit-learn", "opencv-python-headless",
             "matplotlib", "seaborn", "papermill", "nbconvert", "ipywidgets"]
@@ -198,6 +202,59 @@ def new_run_dir(out: Path, profile: str) -> Path:
     raise ReportError(f"could not create a new run folder in {out}")
 
 
+def default_output_dir(notebook: str, *, cwd: str | Path | None = None) -> Path:
+    """A new folder ``runs/<notebook>-<UTC time>`` for a notebook run by hand (its ``output_dir`` left at None).
+
+    It lies under the working directory, except when that is inside the covnb package, its notebooks or the
+    source checkout (JupyterLab runs a notebook inside ``notebooks/``) or is not writable: then under the
+    covnb cache (``covnb.cache.cache_dir("runs")``). Nothing is ever written next to the notebooks.
+    """
+    from covnb.cache import cache_dir
+
+    here = Path(cwd if cwd is not None else os.getcwd()).expanduser().resolve()
+    protected = {PACKAGE_DIR.resolve(), NOTEBOOKS_DIR.resolve(), PROFILES_DIR.resolve()}
+    checkout = PACKAGE_DIR.resolve().parent
+    if (checkout / "pyproject.toml").is_file():
+        protected.add(checkout)
+    inside = any(here == folder or folder in here.parents for folder in protected)
+    base = cache_dir("runs") if inside or not os.access(here, os.W_OK) else here / "runs"
+    return new_run_dir(base, notebook)
+
+
+def verify_run(run_dir: str | Path) -> list[str]:
+    """What is wrong with a finished run folder (empty list: nothing): the manifest says ok, every notebook
+    ran and wrote its ``metrics.json`` and HTML, and every ``href``/``src`` of ``index.html`` that is not a
+    URL or an anchor names a file that exists."""
+    run_dir = Path(run_dir)
+    manifest_path = run_dir / "manifest.json"
+    if not manifest_path.is_file():
+        return [f"{manifest_path}: missing"]
+    manifest = json.loads(manifest_path.read_text())
+    problems = [] if manifest.get("status") == "ok" else [f"manifest status {manifest.get('status')!r}"]
+    if not manifest.get("notebooks"):
+        problems.append("manifest lists no notebook")
+    for record in manifest.get("notebooks", []):
+        name = record.get("notebook")
+        if record.get("status") != "ok":
+            problems.append(f"{name}: status {record.get('status')!r} {record.get('error') or ''}".strip())
+        if not record.get("metrics") or not (run_dir / record["metrics"]).is_file():
+            problems.append(f"{name}: no metrics.json")
+        if not (run_dir / record.get("html", "")).is_file():
+            problems.append(f"{name}: no HTML")
+    index = run_dir / "index.html"
+    if not index.is_file():
+        return problems + [f"{index}: missing"]
+    from urllib.parse import unquote, urlsplit
+
+    for link in re.findall(r"""(?:href|src)\s*=\s*["']?([^"'\s>]+)""", index.read_text(encoding="utf-8")):
+        parts = urlsplit(html.unescape(link))
+        if parts.scheme or parts.netloc or not parts.path:  # a URL, data: URI or a bare #anchor
+            continue
+        if not (run_dir / unquote(parts.path)).exists():
+            problems.append(f"index.html links to {link}, which does not exist")
+    return problems
+
+
 def _write_json(path: Path, payload: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=str))
@@ -225,7 +282,9 @@ def run_report(plan: ReportPlan, out: str | Path = "runs", log=print, progress: 
     """Execute a planned report; returns the run folder and the manifest (``status`` ok/failed)."""
     import papermill
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from covnb.quiet import kernel_arguments, quiet_environment
+
+    quiet_environment()  # inherited by the kernels
     # papermill runs each kernel inside its notebook's output folder: every path handed on must be absolute
     run_dir = new_run_dir(Path(out).expanduser().resolve(), plan.profile)
     started = time.time()
@@ -263,7 +322,8 @@ def run_report(plan: ReportPlan, out: str | Path = "runs", log=print, progress: 
         t0 = time.time()
         try:
             papermill.execute_notebook(str(nb.path), str(executed), parameters=params, kernel_name="python3",
-                                       execution_timeout=plan.timeout_s, progress_bar=progress, cwd=str(output_dir))
+                                       execution_timeout=plan.timeout_s, progress_bar=progress, cwd=str(output_dir),
+                                       extra_arguments=kernel_arguments())
             record["status"] = "ok"
         except Exception as error:  # papermill writes the failed notebook with its traceback
             record["status"] = "failed"
@@ -289,11 +349,12 @@ def run_report(plan: ReportPlan, out: str | Path = "runs", log=print, progress: 
 
 def _expand(value, run_dir: Path, name: str = ""):
     """``{run_dir}`` in a text parameter becomes this run's folder (e.g. a model an earlier notebook saved);
-    a relative ``*_path`` / ``*_dir`` parameter is made absolute against the caller's working directory."""
+    a ``*_path`` / ``*_dir`` parameter (other than ``phantom``) is made absolute against the caller's working
+    directory, ``~`` expanded."""
     if not isinstance(value, str):
         return value
     value = value.replace("{run_dir}", str(run_dir))
-    if value and name.endswith(("_path", "_dir")) and not Path(value).expanduser().is_absolute():
+    if value and value != "phantom" and name.endswith(("_path", "_dir")):
         value = str(Path(value).expanduser().resolve())
     return value
 

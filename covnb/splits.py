@@ -40,6 +40,143 @@ def patient_folds(samples: pd.DataFrame, n_splits: int = 5, seed: int = 0) -> pd
     return pd.Series(folds, index=samples.index, name="fold")
 
 
+GROUPINGS = ("patient", "source")
+
+
+def source_held_out_folds(samples: pd.DataFrame, *, positive_label: str = "covid", n_splits: int = 5,
+                          seed: int = 0) -> pd.Series:
+    """Folds in which every test fold's ``positive_label`` files come from sources absent from its training data.
+
+    A patient-grouped split keeps patients apart but lets every source sit on both sides, so a
+    model can score by recognising the source (Zech et al., PLOS Medicine 2018; on the POCUS data
+    33 of 41 bacterial-pneumonia files come from one source). Here each source that sent
+    positive files is held out WHOLE (all its files, every class) in one fold: leave one source
+    out when there are at most ``n_splits`` of them, otherwise sources are packed largest first
+    into the fold with the fewest positives so folds stay usable. Files of sources without
+    positives are split by patient group, stratified by label (``StratifiedGroupKFold``, seeded).
+    Patients never span folds (a group spanning sources joins them into one block).
+
+    Returns fold numbers indexed like ``samples``; ``.attrs`` holds ``"protocol"`` ("source", or
+    "patient" when fewer than two sources sent positives: a source-held-out test is then
+    impossible and patient-grouped folds are returned), ``"held_out"`` (fold -> held-out positive
+    sources) and ``"notes"`` (plain sentences: fallback, dominant sources, folds without a class).
+    """
+    if n_splits < 2:
+        raise ValueError(f"need at least 2 folds, got {n_splits}")
+    for column in ("label", "group", "source"):
+        if column not in samples:
+            raise ValueError(f"source-held-out folds need a {column!r} column")
+    labels = samples["label"].astype(str).to_numpy()
+    sources = samples["source"].fillna("unknown").astype(str).to_numpy()
+    groups = samples["group"].astype(str).to_numpy()
+    positive = labels == str(positive_label)
+    notes = _source_dominance_notes(labels, sources, positive_label)
+    positive_sources = pd.Series(sources[positive]).value_counts()
+    if len(positive_sources) < 2:
+        what = (f"all {positive.sum()} {positive_label} files come from one source ({positive_sources.index[0]})"
+                if len(positive_sources) else f"there are no {positive_label} files")
+        folds = patient_folds(samples, n_splits, seed)
+        folds.attrs.update(protocol="patient", held_out={}, notes=[
+            f"{what}: no source can be held out, so these are patient-grouped folds (source-held-out impossible)"] + notes)
+        return folds
+    # Blocks that must stay whole: each positive source (all its files), joined with any patient group it touches.
+    block = np.where(np.isin(sources, positive_sources.index), "source:" + sources, "group:" + groups)
+    block = _merge_blocks_sharing_groups(block, groups)
+    held_blocks = pd.Series(positive).groupby(block).sum()
+    held_blocks = held_blocks[held_blocks > 0]
+    n_folds = min(n_splits, len(held_blocks))
+    if n_folds < n_splits:
+        notes.append(f"{len(held_blocks)} {positive_label} source block(s) -> {n_folds} folds instead of {n_splits}")
+    rng = np.random.default_rng(seed)
+    order = sorted(held_blocks.index, key=lambda b: (-held_blocks[b], rng.random()))
+    load, fold_of_block = np.zeros(n_folds), {}
+    for name in order:  # largest first into the emptiest fold (ties broken by the seed)
+        fold = int(np.argmin(load + rng.random(n_folds) * 1e-3))
+        fold_of_block[name] = fold
+        load[fold] += held_blocks[name]
+    folds = np.full(len(samples), -1, dtype=int)
+    in_held = np.isin(block, list(fold_of_block))
+    folds[in_held] = [fold_of_block[b] for b in block[in_held]]
+    rest = np.nonzero(~in_held)[0]
+    if len(rest):
+        rest_blocks = block[rest]
+        n_rest = min(n_folds, len(set(rest_blocks)))
+        if n_rest >= 2:
+            splitter = StratifiedGroupKFold(n_splits=n_rest, shuffle=True, random_state=seed)
+            for fold, (_, test) in enumerate(splitter.split(rest, labels[rest], rest_blocks)):
+                folds[rest[test]] = fold
+        else:
+            folds[rest] = 0
+    held_out = {int(f): sorted(b.split(":", 1)[1] for b, g in fold_of_block.items() if g == f and b.startswith("source:"))
+                for f in range(n_folds)}
+    for fold in range(n_folds):
+        missing = sorted(set(labels) - set(labels[folds == fold]))
+        if missing:
+            notes.append(f"fold {fold} has no test files of {', '.join(missing)}")
+    result = pd.Series(folds, index=samples.index, name="fold")
+    result.attrs.update(protocol="source", held_out=held_out, notes=notes)
+    return result
+
+
+def _merge_blocks_sharing_groups(block: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Union of blocks that share a patient group (a patient filed under two sources)."""
+    parent = {b: b for b in set(block)}
+
+    def root(b):
+        while parent[b] != b:
+            parent[b] = parent[parent[b]]
+            b = parent[b]
+        return b
+
+    for group in set(groups):
+        members = sorted(set(block[groups == group]))
+        for other in members[1:]:
+            parent[root(other)] = root(members[0])
+    return np.array([root(b) for b in block], dtype=object)
+
+
+def _source_dominance_notes(labels: np.ndarray, sources: np.ndarray, positive_label: str,
+                            share: float = 0.5) -> list[str]:
+    """Sentences naming every class of which one source sent more than ``share`` of the files."""
+    notes = []
+    table = pd.crosstab(labels, sources)
+    for label, row in table.iterrows():
+        ranked = row[row > 0].sort_values(ascending=False)
+        tail = "" if label == str(positive_label) else \
+            "; its test files mostly share their source with training files (patient-grouped only)"
+        if ranked.iloc[0] / row.sum() > share and row.sum() >= 2:
+            notes.append(f"{label}: {int(ranked.iloc[0])} of {int(row.sum())} files come from source {ranked.index[0]}"
+                         + tail)
+        elif len(ranked) > 2 and ranked.iloc[:2].sum() / row.sum() > (1 + share) / 2:
+            notes.append(f"{label}: {int(ranked.iloc[:2].sum())} of {int(row.sum())} files come from two sources "
+                         f"({ranked.index[0]}, {ranked.index[1]})" + tail)
+    return notes
+
+
+def cv_folds(samples: pd.DataFrame, *, group_by: str = "patient", n_splits: int = 5, seed: int = 0,
+             positive_label: str = "covid") -> pd.Series:
+    """Folds by ``group_by``: ``"patient"`` (:func:`patient_folds`) or ``"source"`` (:func:`source_held_out_folds`)."""
+    if group_by == "patient":
+        folds = patient_folds(samples, n_splits, seed)
+        folds.attrs.update(protocol="patient", held_out={}, notes=[])
+        return folds
+    if group_by == "source":
+        return source_held_out_folds(samples, positive_label=positive_label, n_splits=n_splits, seed=seed)
+    raise ValueError(f"group_by must be one of {GROUPINGS}, got {group_by!r}")
+
+
+def audit_sources(samples: pd.DataFrame, folds, positive_label: str = "covid") -> list[str]:
+    """Problems of a source-held-out split: a test fold's positive source also present in its training data."""
+    work = samples.assign(_fold=np.asarray(folds))
+    problems = []
+    for fold, test in work.groupby("_fold"):
+        train_sources = set(work.loc[work["_fold"] != fold, "source"].astype(str))
+        shared = sorted(set(test.loc[test["label"] == positive_label, "source"].astype(str)) & train_sources)
+        if shared:
+            problems.append(f"fold {fold}: {positive_label} source(s) {', '.join(shared)} also in its training data")
+    return problems
+
+
 def inner_validation(train: pd.DataFrame, fraction: float = 0.2, seed: int = 0) -> pd.Series:
     """Boolean mask of a validation part of a training fold, by patient group, stratified.
 

@@ -88,12 +88,23 @@ __all__ = [
     "predict_frames",
 ]
 
-RECIPES = ("pocovid", "default", "linear_probe")
+RECIPES = ("pocovid", "default", "linear_probe", "auto")
 IMBALANCE_CHOICES = ("none", "class_weight", "oversample")
 ENGINES = ("cached", "plain")
 TRAIN_UNITS = ("frame", "video")
 SOLVERS = ("keras", "logistic")
 FEATURE_CACHE_VERSION = 1
+GROUPINGS = ("patient", "source")
+
+#: The declared candidates of ``select`` (recipe "auto"): each a set of overrides of the logistic
+#: recipe, compared by the inner (source-aware when grouping by source) CV of every training fold.
+#: Listed from the sturdiest: ties go to the earlier one.
+SELECTION_CANDIDATES: dict[str, dict[str, Any]] = {
+    "top_probe": dict(head="gap", mirror_view=False, train_unit="frame"),
+    "top_probe_video_mirror": dict(head="gap", mirror_view=True, train_unit="video"),
+    "midlevel_no_mirror": dict(head="midlevel", mirror_view=False, train_unit="video"),
+    "midlevel": dict(head="midlevel", mirror_view=True, train_unit="video"),
+}
 
 
 @dataclasses.dataclass
@@ -110,6 +121,8 @@ class TrainConfig:
     augmentation: Any = "default"  # None, "pocovid", "default" or a dict (covnb.models.AUGMENTATIONS)
     aug_views: int = 4  # cached engine: random augmented views precomputed per frame (plus the clean one)
     mirror_view: bool = False  # cached engine: one more view, the exact left-right mirror of each frame
+    device_views: int = 0  # cached engine: views rendered as another device might (device_appearance)
+    feature_pca: int = 0  # logistic head: fit on this many principal components of the standardised features (0: all)
     engine: str = "cached"  # "cached" (features computed once) or "plain" (keras fit through the backbone)
     trainable: str = "head"  # first stage: "head" or "last_block" (or "all", plain engine only)
     epochs: int = 40
@@ -126,6 +139,7 @@ class TrainConfig:
     #                        imbalance "class_weight" or "oversample" -> balanced class weights)
     validation_fraction: float = 0.2
     linear_probe_cs: tuple = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+    select: tuple = ()  # names of SELECTION_CANDIDATES chosen between inside each training fold (nested CV)
     seed: int = 0
 
     def __post_init__(self):
@@ -147,6 +161,12 @@ class TrainConfig:
         if int(self.epochs) < 1 or int(self.batch_size) < 1:
             raise ValueError("epochs and batch_size must be positive")
         self.linear_probe_cs = tuple(float(c) for c in self.linear_probe_cs)
+        self.select = tuple(str(name) for name in self.select)
+        unknown = sorted(set(self.select) - set(SELECTION_CANDIDATES))
+        if unknown:
+            raise ValueError(f"unknown selection candidates {unknown}; known: {sorted(SELECTION_CANDIDATES)}")
+        if self.select and self.solver != "logistic":
+            raise ValueError("select compares inner-CV scores of logistic heads: solver='logistic'")
         augmentation_spec(self.augmentation)  # validates
         if self.head in POOLED_TAP_HEADS and self.engine == "cached" and (self.trainable != "head"
                                                                          or self.fine_tune_epochs > 0):
@@ -167,6 +187,9 @@ _RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
                     solver="logistic", train_unit="video"),
     "linear_probe": dict(head="gap", augmentation=None, engine="cached", trainable="head", aug_views=0,
                          imbalance="class_weight", dropout=0.0, solver="logistic", train_unit="frame"),
+    "auto": dict(head="gap", augmentation="default", engine="cached", trainable="head", aug_views=0,
+                 mirror_view=False, imbalance="class_weight", solver="logistic", train_unit="frame",
+                 select=tuple(SELECTION_CANDIDATES)),
 }
 
 
@@ -305,16 +328,56 @@ def _feature_key(fingerprint: str, config: TrainConfig, cut: str, view: int, kin
             "augmentation": augmentation_spec(config.augmentation) if kind == "augment" else {}}
     if kind == "mirror":
         spec["kind"] = "mirror"
+    if kind == "device":
+        spec["kind"] = f"device{DEVICE_APPEARANCE_VERSION}"
     return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def view_kinds(config: TrainConfig, views: int | None = None) -> list[str]:
     """What each cached view is: ``"clean"`` first, then ``"mirror"`` (``config.mirror_view``),
-    then ``views`` (default ``config.aug_views``) random ``"augment"`` views (none without augmentation)."""
+    then ``config.device_views`` ``"device"`` views (:func:`device_appearance`), then ``views``
+    (default ``config.aug_views``) random ``"augment"`` views (none without augmentation)."""
     views = config.aug_views if views is None else int(views)
     if not augmentation_spec(config.augmentation):
         views = 0
-    return ["clean"] + (["mirror"] if config.mirror_view else []) + ["augment"] * views
+    return (["clean"] + (["mirror"] if config.mirror_view else []) + ["device"] * int(config.device_views)
+            + ["augment"] * views)
+
+
+DEVICE_APPEARANCE_VERSION = 1
+
+
+def device_appearance(frames: np.ndarray, seed: int) -> np.ndarray:
+    """``frames`` (N, S, S, 3) uint8 as other ultrasound devices and exports might render them.
+
+    Per frame, random: depth crop (the bottom 0-25 % cut and stretched back), resolution (down to
+    35 % and up again), blur (Gaussian, sigma 0.3-1.5), gain (x0.7-1.4), gamma (0.6-1.6, the
+    dynamic-range / log-compression curve), multiplicative speckle (sigma 0-0.15) and JPEG
+    compression (quality 15-90). Appearance augmentation against domain shift between scanners
+    (Tobin et al. 2017's domain randomisation; Zhang et al., IEEE TMI 2020, "BigAug").
+    """
+    import cv2
+
+    rng = np.random.default_rng(int(seed))
+    out = np.empty_like(frames)
+    for i, frame in enumerate(frames):
+        h, w = frame.shape[:2]
+        image = frame.astype(np.float32) / 255.0
+        if rng.random() < 0.5:
+            cut = int(h * rng.uniform(0.0, 0.25))
+            if cut:
+                image = cv2.resize(image[:h - cut], (w, h), interpolation=cv2.INTER_LINEAR)
+        scale = rng.uniform(0.35, 1.0)
+        small = cv2.resize(image, (max(8, int(w * scale)), max(8, int(h * scale))), interpolation=cv2.INTER_AREA)
+        image = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+        if rng.random() < 0.5:
+            image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.3, 1.5))
+        image = np.clip(image * rng.uniform(0.7, 1.4), 0.0, 1.0) ** rng.uniform(0.6, 1.6)
+        image = image * (1.0 + rng.normal(0.0, rng.uniform(0.0, 0.15), (h, w))[..., None].astype(np.float32))
+        image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        ok, encoded = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(rng.uniform(15, 90))])
+        out[i] = cv2.imdecode(encoded, cv2.IMREAD_COLOR)[..., ::-1] if ok else image
+    return out
 
 
 def compute_features(frames: np.ndarray, config: TrainConfig, model: keras.Model | None = None,
@@ -375,6 +438,8 @@ def compute_features(frames: np.ndarray, config: TrainConfig, model: keras.Model
                 chunk = source[i:i + step]
                 if kind == "mirror" and from_last_block is None:
                     chunk = chunk[:, :, ::-1]  # exact left-right mirror of the frame
+                if kind == "device" and from_last_block is None:
+                    chunk = device_appearance(chunk, seed=int(config.seed) * 7919 + view * 104729 + i)
                 batch = tf.convert_to_tensor(chunk, dtype=tf.float32)
                 if kind == "augment" and from_last_block is None:
                     batch = augment_call(batch)
@@ -587,24 +652,36 @@ def _fit_linear_probe(model: keras.Model, data: FoldData, config: TrainConfig, g
 
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score
+    from sklearn.decomposition import PCA
     from sklearn.model_selection import GroupKFold
+    from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from threadpoolctl import threadpool_limits
 
     rows = np.concatenate([data.train_rows, data.validation_rows])  # grouped CV replaces the holdout
     views = data.features["head"]
+    # Inner folds are scored per video (mean frame probability), as the outer folds: the scores of
+    # frame- and video-unit candidates are then comparable (recipe "auto").
+    frame_videos = data.videos[rows] if data.videos is not None else rows
+    video_codes = pd.factorize(np.asarray(frame_videos, dtype=str))[0]
     if config.train_unit == "video" and data.videos is not None:
         x_views, y = _video_means(views, rows, data.labels, data.videos)
-        first = pd.Series(np.arange(len(rows))).groupby(pd.factorize(np.asarray(data.videos[rows], dtype=str))[0]).first()
+        first = pd.Series(np.arange(len(rows))).groupby(video_codes).first()
         g = groups[rows][first.to_numpy()]
+        example_video = np.arange(len(y))
     else:
         x_views, y, g = views[:, rows], data.labels[rows], groups[rows]
+        example_video = video_codes
     n_views = x_views.shape[0]
     class_weight = "balanced" if config.imbalance != "none" else None
 
     def fit(c, examples):
         x = x_views[:, examples].reshape(-1, x_views.shape[2])
         scaler = StandardScaler().fit(x)
+        if config.feature_pca:
+            # Fewer, sturdier directions: principal components of the standardised training features.
+            components = min(int(config.feature_pca), x.shape[0] - 1, x.shape[1])
+            scaler = make_pipeline(scaler, PCA(n_components=components, random_state=0)).fit(x)
         logistic = LogisticRegression(C=c, class_weight=class_weight, max_iter=5000)
         # One BLAS thread: these small problems run ~10x faster than with threads fighting over
         # busy cores (measured on 2 shared cores: 9 s -> 0.8 s per fit of 490 x 2024).
@@ -615,19 +692,30 @@ def _fit_linear_probe(model: keras.Model, data: FoldData, config: TrainConfig, g
 
     n_splits = max(2, min(5, len(np.unique(g))))
     splits = list(GroupKFold(n_splits=n_splits).split(y, y, g))
+    frame_labels = data.labels[rows]
     scores = {}
     for c in config.linear_probe_cs:
         fold_scores = []
         for inner_train, inner_test in splits:
             scaler, logistic = fit(c, inner_train)
+            test_frames = np.nonzero(np.isin(video_codes, example_video[inner_test]))[0]
+            probs = np.zeros((len(test_frames), n_classes))
+            probs[:, logistic.classes_] = logistic.predict_proba(scaler.transform(views[0, rows[test_frames]]))
+            per_video = pd.DataFrame(probs).groupby(video_codes[test_frames]).mean()
+            truth = pd.Series(frame_labels[test_frames]).groupby(video_codes[test_frames]).first()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # inner folds may miss a class
-                fold_scores.append(balanced_accuracy_score(y[inner_test], logistic.predict(
-                    scaler.transform(x_views[0, inner_test]))))
+                fold_scores.append(balanced_accuracy_score(truth.to_numpy(), per_video.to_numpy().argmax(axis=1)))
         scores[c] = float(np.mean(fold_scores))
     best_c = max(scores, key=lambda c: (scores[c], -c))  # ties: the stronger regularisation
     scaler, logistic = fit(best_c, np.arange(len(y)))
     coef, intercept = logistic.coef_, logistic.intercept_
+    if config.feature_pca:
+        # Fold the projection into the linear head: (z - m) @ P.T @ coef.T + b on standardised z.
+        projection = scaler[-1]
+        coef = coef @ projection.components_
+        intercept = intercept - coef @ projection.mean_
+        scaler = scaler[0]
     present = logistic.classes_
     scale = scaler.scale_
     kernel = np.zeros((x_views.shape[2], n_classes), np.float32)
@@ -695,6 +783,8 @@ class CVResult:
     histories: pd.DataFrame  # seed, fold, stage, epoch, loss, val_loss, ...
     folds: pd.DataFrame  # seed, sample_id, group, label, fold, role counts
     seconds: float
+    group_by: str = "patient"
+    protocol: dict = dataclasses.field(default_factory=dict)  # per seed: protocol, held_out, notes of the split
 
     def summary(self, n_boot: int = 1000) -> dict:
         """Metrics at frame and video level (see :func:`covnb.evaluate.summarize_cv`)."""
@@ -727,7 +817,8 @@ def _prepare_features(frames: np.ndarray, config: TrainConfig, model: keras.Mode
 
 
 def _split_samples(index: pd.DataFrame) -> pd.DataFrame:
-    samples = index.drop_duplicates("sample_id")[["sample_id", "group", "label"]].reset_index(drop=True)
+    columns = ["sample_id", "group", "label"] + [c for c in ("source", "kind") if c in index]
+    samples = index.drop_duplicates("sample_id")[columns].reset_index(drop=True)
     return samples
 
 
@@ -744,27 +835,84 @@ def _encode_frames(frameset, classes=None):
     return index, classes, labels, groups, sample_ids, _split_samples(index)
 
 
+def selection_configs(config: TrainConfig) -> list[tuple[str, TrainConfig]]:
+    """``(name, config)`` of every candidate of ``config.select`` (or ``config`` alone)."""
+    if not config.select:
+        return [(config.recipe, config)]
+    return [(name, dataclasses.replace(config, **SELECTION_CANDIDATES[name], select=())) for name in config.select]
+
+
+def inner_cv_groups(index: pd.DataFrame, group_by: str = "patient", positive_label: str = "covid") -> np.ndarray:
+    """Groups of the inner CV that chooses C and candidates: patient groups, or with
+    ``group_by="source"`` every source that sent ``positive_label`` files as one group (so the
+    inner folds, like the outer ones, test positives of sources absent from their training)."""
+    groups = np.asarray(index["group"], dtype=str)
+    if group_by == "patient" or "source" not in index:
+        return groups
+    if group_by != "source":
+        raise ValueError(f"group_by must be one of {GROUPINGS}, got {group_by!r}")
+    sources = np.asarray(index["source"].fillna("unknown"), dtype=str)
+    positive_sources = set(sources[np.asarray(index["label"], dtype=str) == positive_label])
+    return np.where(np.isin(sources, list(positive_sources)), np.char.add("source:", sources), groups)
+
+
+class _Candidates:
+    """Models, initial weights and cached features of each candidate of a recipe."""
+
+    def __init__(self, frames: np.ndarray, config: TrainConfig, n_classes: int, log):
+        self.entries = []
+        for name, candidate in selection_configs(config):
+            keras.utils.set_random_seed(candidate.seed)
+            model = _model_for(candidate, n_classes, candidate.seed)
+            self.entries.append((name, candidate, model, model.get_weights(),
+                                 _prepare_features(frames, candidate, model, log)))
+
+    def fit_best(self, frames, labels, train_rows, validation_rows, sample_ids, groups, n_classes, seed, log, prefix):
+        """Fit every candidate; keep the one with the best inner-CV score. Returns (entry, data, histories)."""
+        best = None
+        for entry in self.entries:
+            name, candidate, model, initial, features = entry
+            model.set_weights(initial)
+            data = FoldData(frames, labels, train_rows, validation_rows, features, sample_ids)
+            histories = fit_fold(model, data, candidate, groups, n_classes, seed=seed,
+                                 log=log if len(self.entries) == 1 else None, prefix=prefix)
+            score = histories.get("linear_probe", [{}])[-1].get("inner_cv_balanced_accuracy", 0.0)
+            if best is None or score > best[3]:
+                best = (entry, data, histories, score)
+            if len(self.entries) == 1:
+                break
+        entry, data, histories, score = best
+        if len(self.entries) > 1:
+            for stage in histories.values():
+                for row in stage:
+                    row["selected"] = entry[0]
+            if log:
+                log(f"{prefix}: selected {entry[0]} (inner CV video balanced accuracy {score:.3f})")
+        return entry, data, histories
+
+
 def run_cross_validation(frameset, config: TrainConfig | None = None, n_folds: int = 5, seeds=(0,),
                          folds: pd.Series | None = None, log: Callable[[str], None] | None = print,
-                         classes: list[str] | None = None) -> CVResult:
-    """Patient-grouped stratified K-fold CV of a recipe on a :class:`covnb.frames.FrameSet`.
+                         classes: list[str] | None = None, group_by: str = "patient",
+                         positive_label: str = "covid") -> CVResult:
+    """Grouped stratified K-fold CV of a recipe on a :class:`covnb.frames.FrameSet`.
 
-    For each split seed: folds by patient group (:func:`covnb.splits.patient_folds`); inside
-    each training fold an inner patient-level validation split (never the test fold) serves
-    early stopping and model selection. ``folds`` (fold per sample_id, indexed by sample_id)
-    overrides the split for a single seed. Frozen features are computed once for all folds.
+    For each split seed: folds by patient group (:func:`covnb.splits.patient_folds`) or, with
+    ``group_by="source"``, source-held-out folds (:func:`covnb.splits.source_held_out_folds`);
+    inside each training fold an inner split (never the test fold; grouped the same way) serves
+    early stopping and model selection -- C, and with ``config.select`` the candidate recipe
+    (nested CV: only the outer result is reported). ``folds`` (fold per sample_id, indexed by
+    sample_id) overrides the split for a single seed. Frozen features are computed once.
     """
-    from covnb.splits import inner_validation, patient_folds
+    from covnb.splits import cv_folds, inner_validation
 
     config = config or recipe_config("default")
     started = time.perf_counter()
     index, classes, labels, groups, sample_ids, samples = _encode_frames(frameset, classes)
+    selection_groups = inner_cv_groups(index, group_by, positive_label)
     n_classes = len(classes)
-    keras.utils.set_random_seed(config.seed)
-    model = _model_for(config, n_classes, config.seed)
-    initial = model.get_weights()
-    features = _prepare_features(frameset.frames, config, model, log)
-    oof_parts, history_rows, fold_rows = [], [], []
+    candidates = _Candidates(frameset.frames, config, n_classes, log)
+    oof_parts, history_rows, fold_rows, protocol = [], [], [], {}
     for seed in seeds:
         if folds is not None:
             fold_of = pd.Series(folds).reindex(samples["sample_id"]).to_numpy()
@@ -772,9 +920,12 @@ def run_cross_validation(frameset, config: TrainConfig | None = None, n_folds: i
                 raise ValueError("folds does not cover every sample_id")
             fold_of = fold_of.astype(int)
         else:
-            fold_of = patient_folds(samples, n_folds, seed).to_numpy()
+            split = cv_folds(samples, group_by=group_by, n_splits=n_folds, seed=seed, positive_label=positive_label)
+            fold_of = split.to_numpy()
+            protocol[int(seed)] = dict(split.attrs)
         sample_fold = dict(zip(samples["sample_id"], fold_of))
         frame_fold = np.array([sample_fold[s] for s in sample_ids])
+        n_made = len(set(fold_of))
         for fold in sorted(int(f) for f in set(fold_of)):
             fold_started = time.perf_counter()
             train_samples = samples[fold_of != fold].reset_index(drop=True)
@@ -786,22 +937,26 @@ def run_cross_validation(frameset, config: TrainConfig | None = None, n_folds: i
             train_rows = np.nonzero(in_train & ~is_validation)[0]
             validation_rows = np.nonzero(in_train & is_validation)[0]
             _check_disjoint(groups, train_rows, validation_rows, test_rows, seed, fold)
-            model.set_weights(initial)
-            data = FoldData(frameset.frames, labels, train_rows, validation_rows, features, sample_ids)
-            prefix = f"seed {seed} fold {fold + 1}/{n_folds if folds is None else len(set(fold_of))}"
+            prefix = f"seed {seed} fold {fold + 1}/{n_made}"
             if log:
                 log(f"{prefix}: train {len(train_rows)} frames ({len(set(groups[train_rows]))} patients), "
                     f"validation {len(validation_rows)} ({len(set(groups[validation_rows]))}), "
                     f"test {len(test_rows)} ({len(set(groups[test_rows]))})")
-            histories = fit_fold(model, data, config, groups, n_classes, seed=config.seed + 1000 * seed + fold,
-                                 log=log, prefix=prefix)
-            probs = _predict_rows(model, data, test_rows, config)
+            (name, candidate, model, _, _), data, histories = candidates.fit_best(
+                frameset.frames, labels, train_rows, validation_rows, sample_ids, selection_groups, n_classes,
+                config.seed + 1000 * seed + fold, log, prefix)
+            probs = _predict_rows(model, data, test_rows, candidate)
             part = index.iloc[test_rows][["sample_id", "group", "label", "frame_index"]].copy()
+            for column in ("source", "kind"):
+                if column in index:
+                    part[column] = index[column].to_numpy()[test_rows]
             part.insert(0, "fold", fold)
             part.insert(0, "seed", seed)
-            for k, name in enumerate(classes):
-                part[f"prob_{name}"] = probs[:, k]
+            for k, class_name in enumerate(classes):
+                part[f"prob_{class_name}"] = probs[:, k]
             part["pred"] = np.asarray(classes)[probs.argmax(axis=1)]
+            if config.select:
+                part["selected"] = name
             oof_parts.append(part)
             for stage, rows in histories.items():
                 for row in rows:
@@ -817,7 +972,7 @@ def run_cross_validation(frameset, config: TrainConfig | None = None, n_folds: i
                     f"({time.perf_counter() - fold_started:.0f} s)")
     fold_table = pd.DataFrame(fold_rows).merge(samples, on="sample_id", how="left")
     return CVResult(pd.concat(oof_parts, ignore_index=True), classes, config, pd.DataFrame(history_rows), fold_table,
-                    time.perf_counter() - started)
+                    time.perf_counter() - started, group_by, protocol)
 
 
 def _check_disjoint(groups, train_rows, validation_rows, test_rows, seed, fold):
@@ -827,73 +982,156 @@ def _check_disjoint(groups, train_rows, validation_rows, test_rows, seed, fold):
 
 
 def fit_final_model(frameset, config: TrainConfig | None = None, classes: list[str] | None = None,
-                    log: Callable[[str], None] | None = print) -> tuple[keras.Model, dict]:
-    """Fit ``config``'s recipe on all frames (an inner patient split for early stopping).
+                    log: Callable[[str], None] | None = print, group_by: str = "patient",
+                    positive_label: str = "covid") -> tuple[keras.Model, dict]:
+    """Fit ``config``'s recipe on all frames (an inner patient split for early stopping; with
+    ``config.select`` the candidate with the best inner CV, grouped by ``group_by``, is kept).
 
     Returns ``(model, histories)``; the model takes raw RGB frames and returns probabilities.
+    ``histories["selected"]`` names the chosen candidate and its settings when selecting.
     """
     from covnb.splits import inner_validation
 
     config = config or recipe_config("default")
     index, classes, labels, groups, sample_ids, samples = _encode_frames(frameset, classes)
-    keras.utils.set_random_seed(config.seed)
-    model = _model_for(config, len(classes), config.seed)
-    features = _prepare_features(frameset.frames, config, model, log)
+    candidates = _Candidates(frameset.frames, config, len(classes), log)
     validation_mask = inner_validation(samples, config.validation_fraction, seed=config.seed)
     validation_ids = set(samples.loc[validation_mask.to_numpy(), "sample_id"])
     is_validation = np.array([s in validation_ids for s in sample_ids])
-    data = FoldData(frameset.frames, labels, np.nonzero(~is_validation)[0], np.nonzero(is_validation)[0], features,
-                    sample_ids)
     if log:
-        log(f"final model: train {len(data.train_rows)} frames, validation {len(data.validation_rows)} frames")
-    histories = fit_fold(model, data, config, groups, len(classes), seed=config.seed, log=log, prefix="final")
+        log(f"final model: train {int((~is_validation).sum())} frames, validation {int(is_validation.sum())} frames")
+    (name, candidate, model, _, _), _, histories = candidates.fit_best(
+        frameset.frames, labels, np.nonzero(~is_validation)[0], np.nonzero(is_validation)[0], sample_ids,
+        inner_cv_groups(index, group_by, positive_label), len(classes), config.seed, log, "final")
+    if config.select:
+        histories = {**histories, "selected": [{"candidate": name, **SELECTION_CANDIDATES[name]}]}
     return model, histories
 
 
 # ----------------------------------------------------------------------------- whole run
 
 
+PROTOCOL_KEYS = {"source": "source_held_out", "patient": "patient_cv"}
+
+
 def _baseline(frameset, config: TrainConfig, classes, n_folds: int, seeds, metrics: dict, n_boot: int,
-              log) -> tuple[dict, pd.DataFrame]:
+              log, group_by: str = "patient", positive_label: str = "covid") -> tuple[dict, pd.DataFrame]:
     """The linear probe on the same backbone, folds and seeds: its summary (with the paired
     difference to ``config``) and its out-of-fold predictions."""
     from covnb.evaluate import summarize_cv
 
     probe = recipe_config("linear_probe", backbone=config.backbone, weights=config.weights, alpha=config.alpha,
                           image_size=config.image_size, seed=config.seed)
-    cv = run_cross_validation(frameset, probe, n_folds=n_folds, seeds=seeds, log=None, classes=classes)
+    cv = run_cross_validation(frameset, probe, n_folds=n_folds, seeds=seeds, log=None, classes=classes,
+                              group_by=group_by, positive_label=positive_label)
     summary = summarize_cv(cv.oof, classes, n_boot=n_boot)
     entry = {"recipe": "linear_probe", "config": probe.to_dict(), "cv_seconds": cv.seconds}
     for level in ("frame", "video_mean"):
         entry[level] = {k: summary[level][k] for k in ("folds_mean", "folds_std", "pooled_mean", "pooled_std",
                                                         "bootstrap_95ci") if k in summary[level]}
+    entry["by_kind"] = results_by_kind(cv.oof, classes)
     ours = metrics["video_mean"]["pooled_mean"]["balanced_accuracy"]
     theirs = summary["video_mean"]["pooled_mean"]["balanced_accuracy"]
     entry["video_balanced_accuracy_difference"] = ours - theirs
     if log:
-        log(f"baseline (linear probe, same folds): video balanced accuracy {theirs:.3f} vs {ours:.3f} for "
-            f"recipe {config.recipe} ({ours - theirs:+.3f})")
+        log(f"baseline (linear probe, same {PROTOCOL_KEYS[group_by]} folds): video balanced accuracy {theirs:.3f} vs "
+            f"{ours:.3f} for recipe {config.recipe} ({ours - theirs:+.3f})")
     return entry, cv.oof
+
+
+def _videos_with(oof: pd.DataFrame, classes, columns=("source", "kind")) -> pd.DataFrame:
+    from covnb.evaluate import video_predictions
+
+    videos = video_predictions(oof, classes, "mean")
+    for column in columns:
+        if column in oof:
+            videos[column] = videos["sample_id"].map(oof.drop_duplicates("sample_id").set_index("sample_id")[column])
+    return videos
+
+
+def results_by_source(oof: pd.DataFrame, classes) -> list[dict]:
+    """Per source and class, video level (mean frame probability): files and the share classified
+    right, mean over split seeds. Under source-held-out folds, the rows of a held-out positive
+    source are its sensitivity on a source never seen in training."""
+    if "source" not in oof:
+        return []
+    videos = _videos_with(oof, classes)
+    videos["correct"] = videos[[f"prob_{c}" for c in classes]].to_numpy().argmax(axis=1) == \
+        videos["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    per_seed = videos.groupby(["seed", "source", "label"]).agg(files=("correct", "size"), correct=("correct", "mean"))
+    table = per_seed.groupby(["source", "label"]).agg(files=("files", "first"), share_correct=("correct", "mean"))
+    folds = videos.groupby(["source", "label"])["fold"].agg(lambda f: sorted({int(x) for x in f}))
+    table["test_folds"] = folds
+    return [{"source": str(source), "label": str(label), "files": int(row.files),
+             "share_correct": float(row.share_correct), "test_folds": row.test_folds}
+            for (source, label), row in table.iterrows()]
+
+
+def results_by_kind(oof: pd.DataFrame, classes) -> dict:
+    """Video-level metrics (pooled per seed, mean over seeds) of videos and still images separately."""
+    from covnb.evaluate import pooled_metrics
+
+    if "kind" not in oof:
+        return {}
+    result = {}
+    for kind, part in oof.groupby("kind"):
+        pooled = pooled_metrics(part, classes, "video_mean").drop(columns=["seed"])
+        entry = {"files": int(part["sample_id"].nunique())}
+        for column in pooled.columns:
+            if column.endswith("_support") or column == "n":
+                continue
+            entry[column] = float(pooled[column].mean())
+        for name in classes:
+            entry[f"{name}_files"] = int(part.loc[part["label"] == name, "sample_id"].nunique())
+        result[str(kind)] = entry
+    return result
+
+
+def _protocol_block(cv: CVResult, classes, n_boot: int) -> dict:
+    from covnb.evaluate import summarize_cv
+
+    block = summarize_cv(cv.oof, classes, n_boot=n_boot)
+    block.update(group_by=cv.group_by, cv_seconds=cv.seconds, by_kind=results_by_kind(cv.oof, classes),
+                 by_source=results_by_source(cv.oof, classes),
+                 splits={str(seed): attrs for seed, attrs in cv.protocol.items()})
+    notes = []
+    for attrs in cv.protocol.values():
+        notes += [n for n in attrs.get("notes", []) if n not in notes]
+    block["notes"] = notes
+    if "selected" in cv.oof:
+        chosen = cv.oof.drop_duplicates(["seed", "fold"])["selected"].value_counts()
+        block["selected"] = {str(k): int(v) for k, v in chosen.items()}
+    return block
 
 
 def run_training(data=None, out_dir: str | Path = "covnb-train", config: TrainConfig | None = None,
                  task: str | None = None, n_folds: int = 5, seeds=(0,), frame_settings=None,
                  final_model: bool = True, figures: bool = True, n_boot: int = 1000, baseline: bool = True,
-                 log: Callable[[str], None] | None = print) -> dict:
+                 log: Callable[[str], None] | None = print, protocols=("source", "patient"),
+                 positive_label: str = "covid") -> dict:
     """What ``covnb train`` does: data -> frames -> CV -> metrics, OOF CSV, figures -> final model.
 
+    ``protocols``: the cross-validations to run, the first one the headline: ``"source"``
+    (source-held-out: every test fold's ``positive_label`` files come from sources absent from
+    its training data, :func:`covnb.splits.source_held_out_folds`) and ``"patient"``
+    (patient-grouped). A source-held-out split that is impossible (one positive source) is
+    skipped with a note. ``metrics["source_held_out"]`` and ``metrics["patient_cv"]`` hold each
+    (summary, per-source and per-kind results, split notes, baseline); the top-level metric keys
+    repeat the headline one (``metrics["headline"]``).
+
     ``baseline``: also cross-validate the ``"linear_probe"`` recipe (same backbone, folds and
-    seeds) and report it beside the recipe (``metrics["baseline"]``, ``baseline_oof_predictions.csv``).
+    seeds) and report it beside the recipe (``["baseline"]``, ``baseline_oof_predictions*.csv``).
 
     ``data``: a folder (or None for the synthetic phantom), a :class:`covnb.datasets.Dataset`
-    or a sample table. Writes into ``out_dir``: ``metrics.json``, ``oof_predictions.csv``,
+    or a sample table. Writes into ``out_dir``: ``metrics.json``, ``oof_predictions.csv`` (the
+    headline protocol; ``oof_predictions_<protocol>.csv`` for the others),
     ``training_history.csv``, ``folds.csv``, figures (``*.png``) and ``model.keras`` +
     ``model.json``. Returns the metrics dict (with ``paths``).
     """
     from covnb.datasets import Dataset, data_fingerprint, default_task, load_dataset, select_task
-    from covnb.evaluate import (plot_confusion_matrices, plot_roc_curves, plot_training_curves, summarize_cv,
-                                video_predictions)
+    from covnb.evaluate import plot_confusion_matrices, plot_roc_curves, plot_training_curves, video_predictions
     from covnb.frames import FrameSettings, extract_frames
+    from covnb.splits import source_held_out_folds
 
     config = config or recipe_config("default")
     out = Path(out_dir)
@@ -914,13 +1152,45 @@ def run_training(data=None, out_dir: str | Path = "covnb-train", config: TrainCo
             f"{len(frameset)} frames, {len(frameset.skipped)} skipped; recipe {config.recipe}, backbone "
             f"{config.backbone}, {n_folds}-fold CV, seeds {list(seeds)}")
     classes = sorted(frameset.index["label"].unique())
-    cv = run_cross_validation(frameset, config, n_folds=n_folds, seeds=seeds, log=log, classes=classes)
-    metrics = summarize_cv(cv.oof, classes, n_boot=n_boot)
-    paths = {"oof_predictions": out / "oof_predictions.csv", "training_history": out / "training_history.csv",
-             "folds": out / "folds.csv", "metrics": out / "metrics.json"}
-    cv.oof.to_csv(paths["oof_predictions"], index=False)
-    cv.histories.to_csv(paths["training_history"], index=False)
-    cv.folds.to_csv(paths["folds"], index=False)
+    protocols = [p for p in protocols if p in PROTOCOL_KEYS] or ["patient"]
+    blocks, skipped_notes = {}, {}
+    if "source" in protocols:
+        probe_split = source_held_out_folds(_split_samples(frameset.index), positive_label=positive_label,
+                                            n_splits=n_folds, seed=int(seeds[0]))
+        if probe_split.attrs["protocol"] != "source":
+            skipped_notes = {"available": False, "notes": probe_split.attrs["notes"]}
+            protocols = [p for p in protocols if p != "source"] or ["patient"]
+            if log:
+                log(f"source-held-out evaluation skipped: {probe_split.attrs['notes'][0]}")
+    paths = {"training_history": out / "training_history.csv", "folds": out / "folds.csv",
+             "metrics": out / "metrics.json"}
+    headline_cv = None
+    for position, group_by in enumerate(protocols):
+        key = PROTOCOL_KEYS[group_by]
+        suffix = "" if position == 0 else f"_{key}"
+        if log:
+            log(f"--- {key.replace('_', ' ')} cross-validation" + (" (headline)" if position == 0 else ""))
+        cv = run_cross_validation(frameset, config, n_folds=n_folds, seeds=seeds, log=log, classes=classes,
+                                  group_by=group_by, positive_label=positive_label)
+        block = _protocol_block(cv, classes, n_boot)
+        if log:
+            for note in block["notes"]:
+                log(f"{key}: {note}")
+        paths[f"oof_predictions{suffix}"] = out / f"oof_predictions{suffix}.csv"
+        cv.oof.to_csv(paths[f"oof_predictions{suffix}"], index=False)
+        if baseline and config.recipe != "linear_probe":
+            block["baseline"], baseline_oof = _baseline(frameset, config, classes, n_folds, seeds, block, n_boot, log,
+                                                        group_by, positive_label)
+            paths[f"baseline_oof_predictions{suffix}"] = out / f"baseline_oof_predictions{suffix}.csv"
+            baseline_oof.to_csv(paths[f"baseline_oof_predictions{suffix}"], index=False)
+        blocks[key] = block
+        if position == 0:
+            headline_cv = cv
+            cv.histories.to_csv(paths["training_history"], index=False)
+            cv.folds.to_csv(paths["folds"], index=False)
+    cv = headline_cv
+    headline = PROTOCOL_KEYS[protocols[0]]
+    metrics = blocks[headline]
     if figures:
         import matplotlib.pyplot as plt
 
@@ -934,20 +1204,21 @@ def run_training(data=None, out_dir: str | Path = "covnb-train", config: TrainCo
             plt.close(figure)
     fingerprint = data_fingerprint(samples)
     result = {"config": config.to_dict(), "classes": classes, "n_folds": n_folds, "seeds": list(seeds),
-              "data_fingerprint": fingerprint, "data_root": data_root, "cv_seconds": cv.seconds, **metrics}
-    if baseline and config.recipe != "linear_probe":
-        result["baseline"], baseline_oof = _baseline(frameset, config, classes, n_folds, seeds, metrics, n_boot, log)
-        paths["baseline_oof_predictions"] = out / "baseline_oof_predictions.csv"
-        baseline_oof.to_csv(paths["baseline_oof_predictions"], index=False)
+              "data_fingerprint": fingerprint, "data_root": data_root,
+              "cv_seconds": sum(b["cv_seconds"] for b in blocks.values()), "headline": headline,
+              **{k: v for k, v in metrics.items() if k != "cv_seconds"}, **blocks}
+    if skipped_notes:
+        result["source_held_out"] = skipped_notes
     if final_model:
         started = time.perf_counter()
-        model, histories = fit_final_model(frameset, config, classes, log)
+        model, histories = fit_final_model(frameset, config, classes, log, group_by=protocols[0],
+                                           positive_label=positive_label)
         metadata = {"classes": classes, "image_size": int(config.image_size),
                     "frame_settings": dataclasses.asdict(settings), "rate_hz": settings.rate_hz,
                     "max_frames": settings.max_frames, "backbone": config.backbone, "weights": str(config.weights),
                     "alpha": config.alpha, "preprocessing": "raw RGB 0..255 in; backbone preprocessing inside the model",
-                    "training": config.to_dict(), "cv_metrics": {k: metrics[k] for k in ("video_mean", "frame")
-                                                                  if k in metrics},
+                    "training": config.to_dict(), "cv_protocol": headline,
+                    "cv_metrics": {k: metrics[k] for k in ("video_mean", "frame") if k in metrics},
                     "data_fingerprint": fingerprint, "covnb_version": __version__,
                     "final_history": histories}
         paths["model"] = save_model(model, out / "model.keras", metadata)

@@ -74,7 +74,7 @@ def _run_python(code: str, env_extra: dict, timeout=240) -> subprocess.Completed
 def test_registry_lists_the_supported_backbones():
     assert set(BACKBONES) == {
         "vgg16", "resnet50", "resnet101", "resnet152", "inception_v3", "inception_resnet_v2",
-        "mobilenet_v2", "mobilenet", "efficientnet_lite0",
+        "mobilenet_v2", "mobilenet", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
     }
     with pytest.raises(ValueError, match="Unknown backbone 'vgg19'"):
         build_backbone("vgg19", weights=None)
@@ -105,6 +105,7 @@ def test_preprocess_modes_known_values():
     ("mobilenet_v2", 96, None),
     ("mobilenet", 96, 0.25),
     ("efficientnet_lite0", 96, None),
+    ("efficientnet_lite2", 96, None),
 ])
 def test_backbone_is_flat_with_reachable_last_conv(name, size, alpha):
     inputs, features, info = build_backbone(name, image_size=size, weights=None, alpha=alpha)

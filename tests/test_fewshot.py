@@ -234,15 +234,66 @@ def test_notebook_runs_on_phantom(tmp_path):
     out_dir = tmp_path / "out"
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "out.ipynb"), kernel_name="python3",
-                               parameters=dict(image_size=64, max_frames=4, n_episodes=60, shots=[1, 2, 5],
+                               parameters=dict(image_size=64, max_frames=4, n_episodes=60, shots=[1, 2, 5, 20],
                                                protonet_steps=40, learning_curve_repeats=1,
                                                output_dir=str(out_dir)),
                                progress_bar=False, execution_timeout=600)
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert metrics["synthetic"] is True
     assert metrics["n_episodes"] == 60
-    assert metrics["shot_curve_notes"]  # the phantom's 4 patients per class stop the K curve early
+    assert metrics["shot_curve_notes"]  # the phantom's 12 patients per class stop the K curve before 20
+    assert {5} <= {row["k_shot"] for row in metrics["shot_curve_held_out"]}  # the 5-shot point exists
+    assert metrics["summary"]["five_shot_held_out"] and metrics["summary"]["five_shot_all_patients"]
+    # the prose states this run's numbers: every finding quotes at least one of them
+    assert len(metrics["findings"]) == 3
+    leak = metrics["leak_demo"]
+    leaky, honest = (leak[k]["mean"] for k in leak if k != "k_shot")
+    assert f"{leaky:.2f}" in metrics["findings"][0] and f"{honest:.2f}" in metrics["findings"][0]
     assert list(out_dir.glob("*.png"))
     with pytest.raises(Exception):
         papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "bad.ipynb"), kernel_name="python3",
                                    parameters=dict(n_episodes=-5, output_dir=str(out_dir)), progress_bar=False)
+
+
+@pytest.mark.slow
+def test_learning_curve_trained_recipe_trains_per_video_and_holds_out_the_positive_label(monkeypatch):
+    """Regression: the covnb.train branch of the learning curve used to build its fold data without the
+    video ids (the default recipe silently trained on frames) and took the rarest label as the positive
+    class. Here the positive class is the most common one and another class is rarer."""
+    import covnb.splits
+    import covnb.train
+    from covnb.train import recipe_config
+
+    rng = np.random.default_rng(0)
+    rows, frames = [], []
+    for label, n_patients in (("covid", 6), ("pneumonia", 3), ("regular", 4)):
+        for p in range(n_patients):
+            for video in range(2):
+                for f in range(2):
+                    rows.append({"sample_id": f"{label}{p}_v{video}", "label": label, "group": f"{label}{p}",
+                                 "frame_index": f})
+                    frames.append(np.full((32, 32, 3), {"covid": 40, "pneumonia": 128, "regular": 220}[label],
+                                          np.uint8) + rng.integers(0, 20, (32, 32, 3), dtype=np.uint8))
+    index = pd.DataFrame(rows)
+    seen_units, candidate_labels = [], []
+    real_fit, real_inner = covnb.train.fit_fold, covnb.splits.inner_validation
+
+    def recording_fit(model, data, config, *args, **kwargs):
+        seen_units.append((config.train_unit, data.videos is not None))
+        return real_fit(model, data, config, *args, **kwargs)
+
+    def recording_inner(candidates, *args, **kwargs):
+        candidate_labels.append(set(candidates["label"]))
+        return real_inner(candidates, *args, **kwargs)
+
+    monkeypatch.setattr(covnb.train, "fit_fold", recording_fit)
+    monkeypatch.setattr(covnb.splits, "inner_validation", recording_inner)
+    config = recipe_config("default", backbone="mobilenet_v2", weights=None, image_size=32, head="gap",
+                           mirror_view=False)
+    assert config.train_unit == "video"
+    result, _ = fewshot.patient_learning_curve(index, [1], frames=np.stack(frames), recipe="default",
+                                               train_config=config, positive_label="covid", n_splits=2, repeats=1)
+    assert len(result) == 2 and result["balanced_accuracy"].between(0, 1).all()
+    assert seen_units and all(unit == "video" and has_videos for unit, has_videos in seen_units)
+    # one covid patient kept: too few for the inner validation split, so it never offers covid patients
+    assert candidate_labels and all("covid" not in labels for labels in candidate_labels)

@@ -6,6 +6,7 @@ import pytest
 
 from badfiles import add_bad_files
 from covnb.cli import main
+from covnb.report import verify_run
 
 pytestmark = pytest.mark.slow
 
@@ -33,9 +34,16 @@ def test_smoke_report_on_real_data_with_corrupt_files(pocus_subset, tmp_path):
     assert "Cov_zero_byte.mp4" in (run_dir / "01_data_exploration.html").read_text()
 
 
-def test_smoke_report_on_the_embedded_phantom(tmp_path):
-    out = tmp_path / "runs"
-    assert main(["report", "--profile", "smoke", "--out", str(out), "--no-progress"]) == 0
+def test_smoke_report_on_the_embedded_phantom_with_a_relative_out_from_another_directory(tmp_path, monkeypatch):
+    # as users run it: a relative --out (here with a space) while papermill runs each kernel in its own folder
+    elsewhere = tmp_path / "some project"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["report", "--profile", "smoke", "--out", "my runs", "--no-progress"]) == 0
+    out = elsewhere / "my runs"
     run_dir, manifest = _single_run(out)
     assert manifest["status"] == "ok" and manifest["data"]["synthetic"] is True
+    assert verify_run(run_dir) == []
+    assert (run_dir / "02_transfer_learning" / "model.keras").is_file()
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["my runs"]
     assert "SYNTHETIC" in (run_dir / "index.html").read_text()

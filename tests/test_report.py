@@ -5,7 +5,8 @@ import nbformat
 import pytest
 
 from covnb.cli import main
-from covnb.report import ReportError, load_profile, parse_override, plan_report, run_report
+from covnb.report import (NOTEBOOKS_DIR, PROFILES_DIR, ReportError, _expand, available_profiles, default_output_dir,
+                          load_profile, parse_override, plan_report, run_report, verify_run)
 
 
 def make_notebook(path: Path, body: str, parameters: str) -> Path:
@@ -100,3 +101,71 @@ def test_failing_notebook_keeps_traceback_and_exits_non_zero(profile, tmp_path, 
     tracebacks = [o for c in executed.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert tracebacks and tracebacks[0]["evalue"] == "boom in notebook"
     assert (run_dir / "failing.html").is_file()
+
+
+PATH_BODY = ("import json, os, pathlib\n"
+             "pathlib.Path(output_dir, 'metrics.json').write_text(json.dumps({'output_dir': output_dir, "
+             "'label': label, 'cwd': os.getcwd()}))\n")
+
+
+def test_relative_out_with_a_space_from_another_directory_hands_notebooks_absolute_paths(tmp_path, monkeypatch):
+    notebook = make_notebook(tmp_path / "paths.ipynb", PATH_BODY, "output_dir = '.'\nlabel = 'x'\n")
+    profile = tmp_path / "paths.yaml"
+    profile.write_text(f"name: paths\ntimeout: 120\nnotebooks:\n  - path: {notebook}\n")
+    elsewhere = tmp_path / "my project"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code = main(["report", "--profile", str(profile), "--out", "my runs", "-p", "label={run_dir}/x", "--no-progress"])
+    assert code == 0
+    (run_dir,) = list((elsewhere / "my runs").iterdir())
+    assert run_dir.is_absolute() and run_dir.parent == elsewhere / "my runs"
+    metrics = json.loads((run_dir / "paths" / "metrics.json").read_text())
+    assert metrics["output_dir"] == str(run_dir / "paths") and metrics["label"] == f"{run_dir}/x"
+    assert metrics["cwd"] == str(run_dir / "paths")
+    assert verify_run(run_dir) == []
+
+
+def test_relative_path_parameters_become_absolute_against_the_callers_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "runs" / "r"
+    assert _expand("my data", run_dir, "data_path") == str(tmp_path / "my data")
+    assert _expand("~/x", run_dir, "cross_domain_dir") == str(Path("~/x").expanduser())
+    assert _expand("{run_dir}/02/model.keras", run_dir, "model_path") == f"{run_dir}/02/model.keras"
+    assert _expand("relative words", run_dir, "label") == "relative words"  # only *_path / *_dir are paths
+    assert _expand("phantom", run_dir, "cross_domain_path") == "phantom"  # the embedded data, not a file
+    assert _expand(3, run_dir, "steps_path") == 3 and _expand("", run_dir, "data_path") == ""
+
+
+def test_default_output_dir_never_lies_beside_the_notebooks(tmp_path, monkeypatch):
+    monkeypatch.setenv("COVNB_CACHE_DIR", str(tmp_path / "cache"))
+    by_hand = default_output_dir("02_transfer_learning", cwd=NOTEBOOKS_DIR)
+    assert by_hand.is_dir() and by_hand.parent == tmp_path / "cache" / "runs"
+    assert by_hand.name.startswith("02_transfer_learning-")
+    work = tmp_path / "work"
+    work.mkdir()
+    first = default_output_dir("04_cam_explorer", cwd=work)
+    second = default_output_dir("04_cam_explorer", cwd=work)
+    assert first.parent == work / "runs" and first != second
+
+
+def test_notebooks_and_profiles_are_package_resources():
+    assert NOTEBOOKS_DIR.parent.name == "covnb" and PROFILES_DIR.parent.name == "covnb"
+    assert {"sample", "smoke", "full"} <= set(available_profiles())
+    assert len(list(NOTEBOOKS_DIR.glob("*.ipynb"))) >= 4
+    plan = plan_report("smoke")
+    assert all(nb.path.is_file() for nb in plan.notebooks)
+
+
+def test_verify_run_finds_a_failed_notebook_a_missing_metrics_file_and_a_broken_link(profile, tmp_path):
+    plan = plan_report(str(profile["ok"]))
+    run_dir, _ = run_report(plan, out=tmp_path / "runs", progress=False, log=lambda *_: None)
+    assert verify_run(run_dir) == []
+    (run_dir / "second" / "metrics.json").unlink()
+    index = run_dir / "index.html"
+    index.write_text(index.read_text() + "<img src='figs/none.png'><a href='https://example.org'>x</a><a href='#top'>t</a>")
+    problems = verify_run(run_dir)
+    assert any("second.ipynb: no metrics.json" in p for p in problems)
+    assert any("figs/none.png" in p for p in problems) and not any("example.org" in p for p in problems)
+    failed_dir, _ = run_report(plan_report(str(profile["fails"])), out=tmp_path / "runs", progress=False,
+                               log=lambda *_: None)
+    assert any("failing.ipynb: status 'failed'" in p for p in verify_run(failed_dir))

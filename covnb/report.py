@@ -15,7 +15,7 @@ replaced by the run folder, so a later notebook can use what an earlier one wrot
 from __future__ import annotations
 
 import datetime as _dt
-import html  # noqa: F401  verify_run (merged from firstrun) unescapes links with it
+import html
 import json
 import os
 import platform

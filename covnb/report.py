@@ -15,6 +15,7 @@ replaced by the run folder, so a later notebook can use what an earlier one wrot
 from __future__ import annotations
 
 import datetime as _dt
+import html
 import json
 import os
 import platform

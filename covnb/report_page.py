@@ -325,14 +325,14 @@ def _skipped(entries) -> list[tuple[str, str]]:
 
 
 def _shared_parameters(records) -> list[tuple[str, str]]:
-    """Parameters with one value in every notebook that has them (the profile's shared ones), as text."""
-    values: dict[str, set] = {}
+    """Parameters that several notebooks take, with one value in all of them (the profile's shared ones), as text."""
+    values: dict[str, list] = {}
     for record in records:
         parameters = record.get("parameters") if isinstance(record, dict) else None
         for name, value in (parameters if isinstance(parameters, dict) else {}).items():
-            values.setdefault(str(name), set()).add(json.dumps(value, default=str, sort_keys=True))
-    return [(name, next(iter(texts))) for name, texts in values.items()
-            if len(texts) == 1 and name not in PER_NOTEBOOK_PARAMETERS]
+            values.setdefault(str(name), []).append(json.dumps(value, default=str, sort_keys=True))
+    return [(name, texts[0]) for name, texts in values.items()
+            if len(texts) > 1 and len(set(texts)) == 1 and name not in PER_NOTEBOOK_PARAMETERS]
 
 
 def _environment() -> jinja2.Environment:

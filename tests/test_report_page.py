@@ -251,9 +251,11 @@ def test_mathjax_is_copied_once_small_and_without_unused_parts(tmp_path):
 def test_shared_parameters_are_listed_once(run):
     run_dir, manifest = run
     manifest["notebooks"][1]["parameters"]["image_size"] = 224
-    page = parse(render_index(run_dir, manifest))
-    assert "Parameters" in page.text and "seed 0" in page.text
-    assert "image_size 64" not in page.text.split("Parameters")[-1]  # differs between notebooks: not shared
+    manifest["notebooks"][1]["parameters"]["epochs"] = 5
+    shared = parse(render_index(run_dir, manifest)).text.split("Parameters")[-1]
+    assert "seed 0" in shared
+    assert "image_size" not in shared  # differs between notebooks
+    assert "epochs" not in shared  # one notebook's own
 
 
 FIGURE_BODY = ("import json, pathlib\n"

@@ -186,3 +186,43 @@ def test_region_of_a_real_linear_video_leaves_out_its_black_band(pocus_root):
     assert region.method == "motion" and 0.6 < region.share < 0.97
     assert right < 0.95 * raw.shape[2] and bottom > 0.95 * raw.shape[1]
     assert raw[:, :, right:].max(axis=-1).mean() < 10  # what was left out is black
+
+
+@pytest.mark.slow
+def test_canonical_setting_travels_in_the_sidecar_to_predict_and_cam(tmp_path):
+    """A model saved with FrameSettings(canonical=...) in its sidecar: covnb predict and covnb cam
+    prepare frames exactly as training did (same probabilities as frames read with the setting)."""
+    import dataclasses
+
+    import keras
+
+    from covnb.cam import predict_probs
+    from covnb.cam_export import export_cam
+    from covnb.models import save_model
+    from covnb.predict import predict_paths
+
+    frames, _, _ = synthetic_video(n_frames=9)
+    video = tmp_path / "data" / "screen.avi"
+    video.parent.mkdir()
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 9.0, (WIDTH, HEIGHT))
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    size = 48
+    settings = FrameSettings(rate_hz=9, max_frames=9, image_size=size, canonical="crop+inpaint")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((size, size, 3), name="image")
+    maps = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv")(inputs / 255.0)
+    logits = keras.layers.Dense(2, name="logits")(keras.layers.GlobalAveragePooling2D()(maps))
+    model = keras.Model(inputs, keras.layers.Softmax(name="probs")(logits))
+    path = save_model(model, tmp_path / "model" / "model.keras",
+                      {"classes": ["covid", "regular"], "frame_settings": dataclasses.asdict(settings)})
+    expected = predict_probs(model, read_frames(video, settings)[0])
+    plain = predict_probs(model, read_frames(video, dataclasses.replace(settings, canonical="off"))[0])
+    assert np.abs(expected - plain).max() > 1e-4  # the setting changes what the model sees
+    predicted = predict_paths(path, [video])
+    np.testing.assert_allclose(predicted.frames[["prob_covid", "prob_regular"]].to_numpy(), expected, atol=1e-5)
+    index = export_cam(path, [video], tmp_path / "cam", class_name="covid", mp4=False, top_k=1)
+    row = index[index["status"] == "ok"].iloc[0]
+    frame_position = list(read_frames(video, settings)[1]["frame_index"]).index(int(row["frame_index"]))
+    assert row["class_prob"] == pytest.approx(expected[frame_position, 0], abs=1e-5)

@@ -139,6 +139,8 @@ def _source_dominance_notes(labels: np.ndarray, sources: np.ndarray, positive_la
                             share: float = 0.5) -> list[str]:
     """Sentences naming every class of which one source sent more than ``share`` of the files."""
     notes = []
+    if len(set(sources)) < 2:
+        return notes  # one source for everything: nothing to single out
     table = pd.crosstab(labels, sources)
     for label, row in table.iterrows():
         ranked = row[row > 0].sort_values(ascending=False)

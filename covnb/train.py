@@ -836,7 +836,10 @@ def selection_configs(config: TrainConfig) -> list[tuple[str, TrainConfig]]:
     """``(name, config)`` of every candidate of ``config.select`` (or ``config`` alone)."""
     if not config.select:
         return [(config.recipe, config)]
-    return [(name, dataclasses.replace(config, **SELECTION_CANDIDATES[name], select=())) for name in config.select]
+    # Candidates whose head needs taps this backbone lacks are left out.
+    return [(name, dataclasses.replace(config, **SELECTION_CANDIDATES[name], select=())) for name in config.select
+            if SELECTION_CANDIDATES[name].get("head") not in POOLED_TAP_HEADS
+            or config.backbone in POOLED_TAP_HEADS[SELECTION_CANDIDATES[name]["head"]]]
 
 
 def inner_cv_groups(index: pd.DataFrame, group_by: str = "patient", positive_label: str = "covid") -> np.ndarray:

@@ -90,3 +90,18 @@ def test_pocus_metadata_leave_one_covid_source_out(pocus_root):
         assert (samples.assign(f=folds).groupby("group")["f"].nunique() == 1).all()
         assert any("pneumonia:" in note and "source 18" in note for note in folds.attrs["notes"])
         assert any(note.startswith("regular: 49 of 56 files come from two sources") for note in folds.attrs["notes"])
+
+
+def test_cli_split_by_source_audits_and_names_held_out_sources(pocus_root, tmp_path, capsys, monkeypatch):
+    from covnb.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["split", str(pocus_root), "--group-by", "source", "--seed", "10", "--out", "folds.csv"]) == 0
+    printed = capsys.readouterr().out
+    assert "grouped by source" in printed and "split audit passed" in printed
+    assert "fold 0: covid files only from source(s)" in printed and "note: pneumonia: 33 of 41" in printed
+    table = pd.read_csv(tmp_path / "folds.csv")
+    assert {"source", "fold"} <= set(table.columns)
+    covid = table[table["label"] == "covid"]
+    for fold, part in covid.groupby("fold"):
+        assert not set(part["source"].astype(str)) & set(table.loc[table["fold"] != fold, "source"].astype(str))

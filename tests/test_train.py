@@ -280,3 +280,51 @@ def test_default_recipe_on_real_ultrasound_beats_chance_and_covers_every_frame(p
     assert (cv.oof.groupby("group")["fold"].nunique() == 1).all()
     video = summarize_cv(cv.oof, cv.classes, n_boot=0)["video_mean"]["pooled_mean"]
     assert video["balanced_accuracy"] > 0.5  # chance is 1/3
+
+
+def sourced_frameset():
+    """The synthetic frames with three COVID-19 sources and two others (patients inside one source)."""
+    frameset = synthetic_frameset(n_groups=6, videos=1, frames=3)
+    index = frameset.index.copy()
+    patient = index["group"].str.extract(r"_g(\d)$")[0].astype(int)
+    index["source"] = np.where(index["label"] == "covid", "c" + (patient % 3).astype(str),
+                               "n" + (patient % 2).astype(str))
+    return FrameSet(frameset.frames, index, frameset.skipped, frameset.settings)
+
+
+def test_source_held_out_cv_never_trains_on_a_test_covid_source():
+    frameset = sourced_frameset()
+    cv = run_cross_validation(frameset, tiny("linear_probe"), n_folds=3, seeds=(0, 1), log=None, group_by="source")
+    assert cv.group_by == "source" and cv.protocol[0]["protocol"] == "source"
+    roles = cv.folds.merge(frameset.index.drop_duplicates("sample_id")[["sample_id", "source"]], on="sample_id",
+                           suffixes=("", "_frame"))
+    for (seed, fold), part in roles.groupby(["seed", "fold"]):
+        test_covid = set(part.loc[(part["role"] == "test") & (part["label"] == "covid"), "source"])
+        trained = set(part.loc[part["role"] != "test", "source"])
+        assert len(test_covid) == 1 and not test_covid & trained
+    assert set(cv.oof["source"]) == set(frameset.index["source"])
+    by_source = train.results_by_source(cv.oof, cv.classes)
+    assert {row["source"] for row in by_source if row["label"] == "covid"} == {"c0", "c1", "c2"}
+
+
+def test_auto_recipe_selects_inside_training_folds():
+    frameset = sourced_frameset()
+    assert [name for name, _ in train.selection_configs(tiny("auto"))] == list(train.SELECTION_CANDIDATES)
+    config = tiny("auto", select=("top_probe", "top_probe_video_mirror"))
+    assert [c.head for _, c in train.selection_configs(config)] == ["gap", "gap"]
+    cv = run_cross_validation(frameset, config, n_folds=3, seeds=(0,), log=None, group_by="source")
+    chosen = cv.oof.drop_duplicates(["seed", "fold"])["selected"]
+    assert len(chosen) == 3 and set(chosen) <= {"top_probe", "top_probe_video_mirror"}
+    assert (cv.histories["selected"].notna()).all()
+    model, histories = fit_final_model(frameset, config, log=None, group_by="source")
+    assert histories["selected"][0]["candidate"] in {"top_probe", "top_probe_video_mirror"}
+    with pytest.raises(ValueError, match="selection candidates"):
+        tiny("auto", select=("magic",))
+
+
+def test_device_appearance_is_seeded_and_changes_the_frame():
+    frames = synthetic_frameset(n_groups=1, videos=1, frames=2).frames
+    once, again = train.device_appearance(frames, seed=3), train.device_appearance(frames, seed=3)
+    assert once.shape == frames.shape and once.dtype == np.uint8
+    assert np.array_equal(once, again) and not np.array_equal(once, frames)
+    assert train.view_kinds(tiny("default", device_views=2, mirror_view=True)) == ["clean", "mirror", "device", "device"]

@@ -152,7 +152,8 @@ def cmd_cam(args) -> int:
     try:
         index = export_cam(model_path, args.paths, args.out, method=args.method, layer=args.layer,
                            class_name=args.class_name, threshold=args.threshold, alpha=args.alpha,
-                           top_k=args.top_k, colormap=args.colormap, mp4=not args.no_mp4, log=print)
+                           top_k=args.top_k, colormap=args.colormap, mp4=not args.no_mp4, log=print,
+                           raw_probabilities=args.raw_probabilities)
     except CamOptionError as error:
         raise UsageError(str(error)) from error
     except ModelFileError as error:
@@ -284,7 +285,8 @@ def cmd_predict(args) -> int:
 
     _existing_path(args.model)  # a missing input file is reported and skipped, not fatal
     try:
-        predictions = predict_paths(args.model, args.paths, batch_size=args.batch_size)
+        predictions = predict_paths(args.model, args.paths, batch_size=args.batch_size,
+                                    raw_probabilities=args.raw_probabilities)
     except ModelFileError as error:
         raise UsageError(str(error)) from error
     if args.format == "json":
@@ -357,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     cam_parser.add_argument("--colormap", default="jet", help="matplotlib colormap (default jet)")
     cam_parser.add_argument("--top-k", type=int, default=3, help="overlay PNGs per video: its most telling frames")
     cam_parser.add_argument("--no-mp4", action="store_true", help="no heatmap video per input video")
+    cam_parser.add_argument("--raw-probabilities", action="store_true",
+                            help="probabilities as the network gives them, without the model's calibration map")
     cam_parser.set_defaults(func=cmd_cam)
 
     train = commands.add_parser("train", help="patient-level cross-validation of a recipe, then a final model")
@@ -400,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", default=None, help="file to write (CSV: also <name>_frames.csv); default stdout")
     predict.add_argument("--frames", action="store_true", help="stdout CSV: one row per frame instead of per file")
     predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--raw-probabilities", action="store_true",
+                         help="probabilities as the network gives them (default: calibrated by the model's map; "
+                              "the uncertain flag always uses the calibrated ones)")
     predict.set_defaults(func=cmd_predict)
     return parser
 

@@ -232,7 +232,7 @@ def calibration_bootstrap(probs, labels, groups, n_boot: int = 1000, seed: int =
     point = _scores_from_sums(per_group.sum(axis=0, keepdims=True), probs.shape[1], n_bins)
     result = {}
     for name in SCORE_NAMES:
-        low, high = np.quantile(boot[name], [alpha / 2, 1 - alpha / 2])
+        low, high = np.quantile(boot[name], [alpha / 2, 1 - alpha / 2]) if int(n_boot) > 0 else (np.nan, np.nan)
         result[name] = {"estimate": float(point[name][0]), "low": float(low), "high": float(high)}
     result["n"] = int(len(labels))
     result["n_groups"] = int(n_groups)

@@ -36,6 +36,7 @@ __all__ = [
     "annotate_predictions",
     "heldout_ood_table",
     "source_shift_aurocs",
+    "shift_check",
 ]
 
 TRUST_SUFFIX = ".trust.npz"
@@ -385,3 +386,23 @@ def annotate_predictions(frames: pd.DataFrame, videos: pd.DataFrame, classes, me
     videos["uncertain"] = flags
     videos["uncertain_reason"] = reasons
     return frames, videos
+
+
+def shift_check(run_dir, paths, batch_size: int = 32) -> dict:
+    """How a run's model scores files of a shifted domain (e.g. the synthetic phantom shown to a
+    model trained on real data) against its held-out files: ROC-AUC of the OOD score separating
+    them (``heldout_ood_scores.csv`` of the run), and how many are flagged ``uncertain``."""
+    from covnb.predict import predict_paths
+    from covnb.uncertainty import separation_auroc
+
+    run = Path(run_dir)
+    heldout = pd.read_csv(run / "heldout_ood_scores.csv")
+    predictions = predict_paths(run / "model.keras", paths, batch_size=batch_size)
+    videos = predictions.videos
+    threshold = json.loads((run / "model.json").read_text())["trust"]["thresholds"].get("max_ood_score")
+    return {"files": int(len(videos)), "auroc": separation_auroc(heldout["ood_score"], videos["ood_score"]),
+            "shifted_median_score": float(videos["ood_score"].median()),
+            "heldout_median_score": float(heldout["ood_score"].median()),
+            "flagged_outside": float((videos["ood_score"] > threshold).mean()) if threshold else None,
+            "flagged_uncertain": float(videos["uncertain"].mean()),
+            "heldout_flagged_outside": float((heldout["ood_score"] > threshold).mean()) if threshold else None}

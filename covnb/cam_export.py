@@ -148,7 +148,8 @@ def _output_stems(files: list[Path]) -> dict[Path, str]:
 def export_cam(model_path, paths, out_dir, method: str = "gradcam", layer: str | None = None,
                class_name: str | None = None, threshold: float | None = None, alpha: float = 0.4,
                top_k: int = 3, colormap: str = "jet", mp4: bool = True, display_size: int = 256,
-               batch_size: int = 16, log: Callable[[str], None] | None = None) -> pd.DataFrame:
+               batch_size: int = 16, log: Callable[[str], None] | None = None,
+               raw_probabilities: bool = False) -> pd.DataFrame:
     """Overlay PNGs (images; top-k frames of videos) and heatmap MP4s (videos) into ``out_dir``.
 
     model_path: a ``.keras`` file with its sidecar JSON, a folder holding one, or a loaded
@@ -156,10 +157,11 @@ def export_cam(model_path, paths, out_dir, method: str = "gradcam", layer: str |
     narrower than ``display_size`` are enlarged for the pictures (the model still sees its own
     input size). Returns the index (also written to ``out_dir/cam_index.csv``): one row per
     written file (``status`` "ok") and one per input that failed (``status`` "error", reason in
-    ``error``).
+    ``error``). Probabilities are calibrated by the model's sidecar map unless ``raw_probabilities``.
     Raises :class:`CamOptionError` for a method, layer or class the model does not have, or an
     ``out_dir`` inside an input folder; :class:`covnb.models.ModelFileError` for a bad model.
     """
+    from covnb.calibration import calibrate_file_probabilities
     from covnb.frames import FrameError, read_frames
     from covnb.models import load_model
     from covnb.predict import expand_paths, frame_settings_from_metadata
@@ -201,8 +203,9 @@ def export_cam(model_path, paths, out_dir, method: str = "gradcam", layer: str |
                 log(f"skipped {path}: {reason}")
             continue
         kind = "image" if info.get("fps_source") == "image" else "video"
-        probs = cam.predict_probs(model, frames, batch_size=batch_size)
-        predicted = int(probs.mean(axis=0).argmax())
+        probs, file_probs = calibrate_file_probabilities(metadata, cam.predict_probs(model, frames, batch_size=batch_size),
+                                                         raw=raw_probabilities)
+        predicted = int(file_probs.argmax())
         target = predicted if options.class_index is None else options.class_index
         result = cam.explain(model, frames, method=options.method, class_index=target, layer=options.layer,
                              batch_size=batch_size)

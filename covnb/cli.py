@@ -187,7 +187,8 @@ def cmd_cam(args) -> int:
         model_and_metadata = _load_model_arg(model_path, args)
         index = export_cam(model_and_metadata, args.paths, args.out, method=args.method, layer=args.layer,
                            class_name=args.class_name, threshold=args.threshold, alpha=args.alpha,
-                           top_k=args.top_k, colormap=args.colormap, mp4=not args.no_mp4, log=print)
+                           top_k=args.top_k, colormap=args.colormap, mp4=not args.no_mp4, log=print,
+                           raw_probabilities=args.raw_probabilities)
     except (CamOptionError, ModelFileError) as error:
         raise UsageError(str(error)) from error
     failed = index[index["status"] == "error"]
@@ -386,7 +387,8 @@ def cmd_predict(args) -> int:
         paths = _input_paths(args.paths)
         if args.out:
             refuse_output_inside_inputs(args.out, [p for p in paths if Path(p).exists()])
-        predictions = predict_paths(_load_model_arg(args.model, args), paths, batch_size=args.batch_size)
+        predictions = predict_paths(_load_model_arg(args.model, args), paths, batch_size=args.batch_size,
+                                    raw_probabilities=args.raw_probabilities)
     except (ModelFileError, OutputInsideInputError) as error:
         raise UsageError(str(error)) from error
     if args.format == "json":
@@ -543,6 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     cam_parser.add_argument("--top-k", type=int, default=3, help="overlay PNGs per video: its most telling frames")
     cam_parser.add_argument("--no-mp4", action="store_true", help="no heatmap video per input video")
     _add_model_settings_args(cam_parser)
+    cam_parser.add_argument("--raw-probabilities", action="store_true",
+                            help="probabilities as the network gives them, without the model's calibration map")
     cam_parser.set_defaults(func=cmd_cam)
 
     train = _command(commands, "train", "patient-level cross-validation of a recipe, then a final model",
@@ -616,6 +620,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--frames", action="store_true", help="stdout CSV: one row per frame instead of per file")
     predict.add_argument("--batch-size", type=int, default=32, help="frames per model call")
     _add_model_settings_args(predict)
+    predict.add_argument("--raw-probabilities", action="store_true",
+                         help="probabilities as the network gives them (default: calibrated by the model's map; "
+                              "the uncertain flag always uses the calibrated ones)")
     predict.set_defaults(func=cmd_predict)
     __import__("covnb.weights").weights.add_cli(commands)  # covnb weights list / fetch / verify
 

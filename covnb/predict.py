@@ -112,11 +112,15 @@ def expand_paths(paths) -> tuple[list[Path], list[dict]]:
 
 
 def predict_paths(model_path, paths, batch_size: int = 32, use_cache: bool = False,
-                  log=None) -> Predictions:
+                  log=None, raw_probabilities: bool = False) -> Predictions:
     """Class probabilities of every frame and every file in ``paths`` (files and/or folders).
 
     ``model_path``: a ``.keras`` file (with its sidecar JSON), a folder holding one, or an
     already loaded ``(model, metadata)`` pair. Unreadable files end up in ``errors``.
+    Probabilities are calibrated by the map in the sidecar (``calibration`` block, see
+    :mod:`covnb.calibration`) unless ``raw_probabilities``; per file, ``confidence`` and
+    ``uncertainty`` are added, and with the model's ``trust`` block the ``uncertain`` flag and its
+    reason (:func:`covnb.trust.annotate_predictions`).
     """
     import cv2
     import tensorflow as tf
@@ -124,21 +128,29 @@ def predict_paths(model_path, paths, batch_size: int = 32, use_cache: bool = Fal
     from covnb.frames import FrameCache, FrameError, read_frames
     from covnb.models import load_model
 
+    from covnb.trust import annotate_predictions, load_trust_arrays
+
     model, metadata = model_path if isinstance(model_path, tuple) else load_model(model_path)
+    arrays = None if isinstance(model_path, tuple) or not metadata.get("trust") else load_trust_arrays(model_path)
+    with_features = bool(arrays) and "head_features" in [layer.name for layer in model.layers]
     classes = [str(c) for c in metadata["classes"]]
     settings = frame_settings_from_metadata(metadata)
     size = int(model.input.shape[1])
     if int(settings.image_size) != size:
         raise ValueError(f"model input is {size} px but its metadata says image_size {settings.image_size}")
-    call = _inference_function(model, size)
+    call = _inference_function(model, size, with_features)
     cache = FrameCache() if use_cache else None
     files, errors = expand_paths(paths)
-    frame_rows, pending, pending_rows, outputs = [], [], [], []
+    frame_rows, pending, pending_rows, outputs, feature_outputs = [], [], [], [], []
 
     def flush():
         if pending:
             batch = np.concatenate(pending)
-            outputs.append(np.asarray(call(tf.constant(batch, dtype=tf.float32))))
+            result = call(tf.constant(batch, dtype=tf.float32))
+            if with_features:
+                result, features = result
+                feature_outputs.append(np.asarray(features))
+            outputs.append(np.asarray(result))
             pending.clear()
 
     read = (lambda path: cache.get(path, settings)) if cache else (lambda path: read_frames(path, settings))
@@ -173,6 +185,9 @@ def predict_paths(model_path, paths, batch_size: int = 32, use_cache: bool = Fal
         frame_table[column] = probs[:, k] if len(probs) else []
     frame_table["pred"] = np.asarray(classes)[probs.argmax(axis=1)] if len(probs) else []
     video_table = _video_table(frame_table, classes)
+    frame_table, video_table = annotate_predictions(
+        frame_table, video_table, classes, metadata, arrays=arrays, raw=raw_probabilities,
+        frame_features=np.concatenate(feature_outputs) if feature_outputs else None)
     error_table = pd.DataFrame(errors, columns=["path", "reason"])
     return Predictions(frame_table, video_table, error_table, classes)
 
@@ -209,8 +224,10 @@ def _read_ahead(files, read, expected_errors, depth: int = 4, workers: int = 2):
 _INFERENCE_FUNCTIONS: "weakref.WeakKeyDictionary" = None
 
 
-def _inference_function(model, size: int):
-    """One traced ``tf.function`` per model (tracing costs about a second; reuse it across calls)."""
+def _inference_function(model, size: int, with_features: bool = False):
+    """One traced ``tf.function`` per model (tracing costs about a second; reuse it across calls).
+
+    ``with_features``: it returns ``(probabilities, head_features)`` (for the uncertainty signals)."""
     import weakref
 
     import tensorflow as tf
@@ -218,11 +235,16 @@ def _inference_function(model, size: int):
     global _INFERENCE_FUNCTIONS
     if _INFERENCE_FUNCTIONS is None:
         _INFERENCE_FUNCTIONS = weakref.WeakKeyDictionary()
-    function = _INFERENCE_FUNCTIONS.get(model)
+    functions = _INFERENCE_FUNCTIONS.setdefault(model, {})
+    function = functions.get(with_features)
     if function is None:
-        function = tf.function(lambda x: model(x, training=False),
+        import keras
+
+        target = keras.Model(model.input, [model.output, model.get_layer("head_features").output]) \
+            if with_features else model
+        function = tf.function(lambda x: target(x, training=False),
                                input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)])
-        _INFERENCE_FUNCTIONS[model] = function
+        functions[with_features] = function
     return function
 
 

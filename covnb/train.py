@@ -1256,4 +1256,7 @@ def run_training(data=None, out_dir: str | Path = "covnb-train", config: TrainCo
     from covnb.models import _jsonable
 
     paths["metrics"].write_text(json.dumps(_jsonable(result), indent=2))
-    return result
+    from covnb.trust import trust_outputs  # calibration, uncertainty, model card (issue 14)
+
+    return trust_outputs(out, result, frameset=frameset, config=config, samples=samples, n_boot=n_boot,
+                         figures=figures, log=log)

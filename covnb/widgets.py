@@ -23,6 +23,8 @@ from typing import Mapping, Sequence
 import cv2
 import numpy as np
 
+from covnb.calibration import calibrate_file_probabilities
+
 import keras
 
 from covnb import cam
@@ -72,15 +74,18 @@ class CamExplorer:
     model: flat Keras model (raw RGB 0..255 in, logits + softmax out). samples: dict name ->
     uint8 frames (T, H, W, 3) (an image is T=1); frames are resized to the model input for the
     model and shown at their own size. class_names: one per model output. layers: names for the
-    layer menu (default: the conv layers, deepest last, at most ``max_layers``).
+    layer menu (default: the conv layers, deepest last, at most ``max_layers``). calibration: a
+    saved model's sidecar ``calibration`` block; the probabilities shown are then calibrated.
     """
 
     def __init__(self, model: keras.Model, samples: Mapping[str, np.ndarray], class_names: Sequence[str],
                  out_dir: str | Path = ".", layers: Sequence[str] | None = None, max_layers: int = 12,
-                 batch_size: int = 16, display_width: int = 360, max_cached_heatmaps: int = 512):
+                 batch_size: int = 16, display_width: int = 360, max_cached_heatmaps: int = 512,
+                 calibration: dict | None = None):
         import ipywidgets as widgets
 
         self.model = model
+        self.calibration = calibration  # a model sidecar's "calibration" block: probabilities shown calibrated
         self.samples = _check_samples(samples)
         self.class_names = [str(name) for name in class_names]
         n_outputs = model.outputs[0].shape[-1]
@@ -211,7 +216,8 @@ class CamExplorer:
         sample = self.sample if sample is None else sample
         if sample not in self._probs:
             self.stats["model_calls"] += 1
-            self._probs[sample] = cam.predict_probs(self.model, self.model_frames(sample), batch_size=self.batch_size)
+            self._probs[sample] = calibrate_file_probabilities({"calibration": self.calibration}, cam.predict_probs(
+                self.model, self.model_frames(sample), batch_size=self.batch_size))[0]
         return self._probs[sample]
 
     def target_class(self) -> int:

@@ -1,0 +1,408 @@
+"""What a training run adds so its probabilities can be trusted: calibration, uncertainty, model card.
+
+:func:`trust_outputs` is called at the end of :func:`covnb.train.run_training`. From the run's
+own files (``oof_predictions.csv``, ``folds.csv``, ``training_history.csv``) and the cached frozen
+features it
+
+* measures calibration out of fold (raw and cross-fitted maps, :mod:`covnb.calibration`) and
+  draws ``reliability.png``;
+* fits the map stored with the model (sidecar ``calibration`` block);
+* keeps the fold models' linear heads and a density of the training features
+  (``model.trust.npz`` beside ``model.keras``; sidecar ``trust`` block with the thresholds
+  calibrated on held-out folds, :mod:`covnb.uncertainty`);
+* measures the risk-coverage curve on held-out files (``risk_coverage.png``);
+* writes ``MODEL_CARD.md`` and ``MODEL_CARD.html`` (:mod:`covnb.model_card`).
+
+:func:`annotate_predictions` applies the stored map and the uncertainty signals to the outputs
+of :func:`covnb.predict.predict_paths`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "TRUST_SUFFIX",
+    "trust_outputs",
+    "trust_arrays_path",
+    "load_trust_arrays",
+    "annotate_predictions",
+    "heldout_ood_table",
+    "source_shift_aurocs",
+    "shift_check",
+]
+
+TRUST_SUFFIX = ".trust.npz"
+RISK_FRACTIONS = (0.0, 0.1, 0.2, 0.3)
+#: Columns of the sample table kept in ``data_samples.csv`` (what the model card says about the data).
+DATA_COLUMNS = ("sample_id", "group", "label", "kind", "probe", "modality", "view", "source", "licence", "license",
+                "fps", "n_frames")
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def trust_arrays_path(model_path: str | os.PathLike) -> Path:
+    """``model.keras`` -> ``model.trust.npz`` (fold heads and feature density)."""
+    path = Path(model_path)
+    if path.is_dir():
+        candidates = sorted(path.glob("*.keras"))
+        path = candidates[0] if len(candidates) == 1 else path / "model.keras"
+    return path.with_name(path.stem + TRUST_SUFFIX)
+
+
+def load_trust_arrays(model_path) -> dict | None:
+    """The arrays of ``model.trust.npz`` beside a model, or None when there is none."""
+    path = trust_arrays_path(model_path)
+    if not path.is_file():
+        return None
+    with np.load(path) as arrays:
+        return {k: arrays[k] for k in arrays.files}
+
+
+# ----------------------------------------------------------------------------- run outputs
+
+
+def _video_features(frameset, config, log) -> tuple[np.ndarray, np.ndarray, dict] | None:
+    """(sample ids, per-file mean clean-view pooled features, all cached features) or None when
+    the recipe has no cached pooled features."""
+    from covnb.train import _model_for, _prepare_features
+    from covnb.uncertainty import video_mean_features
+
+    if config.engine != "cached" or config.trainable != "head" or config.head == "pocovid":
+        return None
+    classes = sorted(frameset.index["label"].unique())
+    model = _model_for(config, len(classes), config.seed)
+    features = _prepare_features(frameset.frames, config, model, log=None)
+    ids, means = video_mean_features(features["head"][0], frameset.index["sample_id"].to_numpy())
+    return ids, means, {"features": features, "model": model}
+
+
+def _fold_heads(frameset, config, classes, folds: pd.DataFrame, history: pd.DataFrame, features: dict,
+                model) -> tuple[np.ndarray, np.ndarray] | None:
+    """Refit the linear head of every outer fold of the first split seed with the C its inner CV
+    chose (``training_history.csv``): the same deterministic fit as in the cross-validation."""
+    from covnb.train import FoldData, _encode_frames, fit_fold
+
+    if config.solver != "logistic" or "C" not in history:
+        return None
+    index, classes, labels, groups, sample_ids, _ = _encode_frames(frameset, classes)
+    seed = folds["seed"].iloc[0]
+    kernels, biases = [], []
+    of_seed = folds[folds["seed"] == seed]
+    for fold in sorted(of_seed["fold"].unique()):
+        roles = of_seed[of_seed["fold"] == fold].set_index("sample_id")["role"]
+        role_of = roles.reindex(sample_ids).to_numpy()
+        c_values = history[(history["seed"] == seed) & (history["fold"] == fold)]["C"].dropna()
+        if c_values.empty:
+            return None
+        fold_config = dataclasses.replace(config, linear_probe_cs=(float(c_values.iloc[0]),))
+        data = FoldData(frameset.frames, labels, np.nonzero(role_of == "train")[0],
+                        np.nonzero(role_of == "validation")[0], features, sample_ids)
+        fit_fold(model, data, fold_config, groups, len(classes), seed=int(config.seed) + 1000 * int(seed) + int(fold),
+                 log=None)
+        kernel, bias = model.get_layer("logits").get_weights()
+        kernels.append(kernel)
+        biases.append(bias)
+    return np.stack(kernels).astype(np.float32), np.stack(biases).astype(np.float32)
+
+
+def heldout_ood_table(ids, video_features, folds: pd.DataFrame) -> pd.DataFrame:
+    """Held-out OOD score of every file (first split seed's outer folds: a density fitted on the
+    other folds scores each fold)."""
+    from covnb.uncertainty import heldout_feature_distances
+
+    test = folds[(folds["role"] == "test") & (folds["seed"] == folds["seed"].iloc[0])]
+    fold_of = test.set_index("sample_id")["fold"].reindex(ids).to_numpy()
+    keep = ~pd.isna(fold_of)
+    table = pd.DataFrame({"sample_id": np.asarray(ids)[keep], "fold": fold_of[keep].astype(int)})
+    table["ood_score"] = heldout_feature_distances(np.asarray(video_features)[keep], table["fold"].to_numpy())
+    return table
+
+
+def source_shift_aurocs(ids, video_features, samples: pd.DataFrame, folds: pd.DataFrame, *,
+                        column: str = "source", min_files: int = 3) -> pd.DataFrame:
+    """Leave-one-source-out OOD check: for each source, densities fitted on the training folds
+    WITHOUT that source score (a) held-out files of the other sources and (b) every file of the
+    left-out source (mean over folds); ROC-AUC of telling (b) from (a).
+
+    An approximation of the source-held-out protocol (issue 13) built from the patient folds.
+    """
+    from covnb.uncertainty import feature_distance, fit_feature_density, separation_auroc
+
+    test = folds[(folds["role"] == "test") & (folds["seed"] == folds["seed"].iloc[0])]
+    fold_of = test.set_index("sample_id")["fold"].reindex(ids).to_numpy()
+    info = samples.drop_duplicates("sample_id").set_index("sample_id").reindex(ids)
+    if column not in info:
+        return pd.DataFrame()
+    source = info[column].fillna("unknown").astype(str).to_numpy()
+    label = info["label"].astype(str).to_numpy()
+    features = np.asarray(video_features)
+    rows = []
+    for name in sorted(set(source)):
+        shifted = source == name
+        if shifted.sum() < min_files or (~shifted).sum() < 10:
+            continue
+        familiar_scores, shifted_scores = [], []
+        for fold in np.unique(fold_of[~pd.isna(fold_of)]):
+            train = (fold_of != fold) & ~shifted
+            held = (fold_of == fold) & ~shifted
+            if train.sum() < 3 or not held.any():
+                continue
+            density = fit_feature_density(features[train])
+            familiar_scores.append(feature_distance(density, features[held]))
+            shifted_scores.append(feature_distance(density, features[shifted]))
+        if not familiar_scores:
+            continue
+        shifted_mean = np.mean(shifted_scores, axis=0)
+        rows.append({column: name, "files": int(shifted.sum()),
+                     "labels": ", ".join(f"{k} {v}" for k, v in pd.Series(label[shifted]).value_counts().items()),
+                     "auroc": separation_auroc(np.concatenate(familiar_scores), shifted_mean)})
+    return pd.DataFrame(rows)
+
+
+def _risk_tables(calibrated_videos: pd.DataFrame, classes, ood: pd.DataFrame | None) -> dict[str, pd.DataFrame]:
+    from covnb.evaluate import _labels_and_probs
+    from covnb.uncertainty import predictive_entropy, risk_coverage
+
+    labels, probs = _labels_and_probs(calibrated_videos, classes)
+    correct = probs.argmax(axis=1) == labels
+    tables = {"confidence": risk_coverage(correct, -probs.max(axis=1), RISK_FRACTIONS, labels),
+              "entropy": risk_coverage(correct, predictive_entropy(probs), RISK_FRACTIONS, labels)}
+    if ood is not None and len(ood):
+        first = calibrated_videos[calibrated_videos["seed"] == calibrated_videos["seed"].iloc[0]]
+        merged = first.merge(ood[["sample_id", "ood_score"]], on="sample_id", how="inner")
+        y, p = _labels_and_probs(merged, classes)
+        tables["ood_score"] = risk_coverage(p.argmax(axis=1) == y, merged["ood_score"].to_numpy(), RISK_FRACTIONS, y)
+    return tables
+
+
+def _plot_risk_coverage(calibrated_videos, classes):
+    import matplotlib.pyplot as plt
+
+    from covnb.evaluate import _labels_and_probs
+    from covnb.uncertainty import risk_coverage
+
+    labels, probs = _labels_and_probs(calibrated_videos, classes)
+    correct = probs.argmax(axis=1) == labels
+    fractions = np.linspace(0, 0.9, 46)
+    curve = risk_coverage(correct, -probs.max(axis=1), fractions, labels)
+    figure, axis = plt.subplots(figsize=(4.8, 3.6))
+    axis.plot(curve["coverage"], curve["accuracy"], label="accuracy")
+    axis.plot(curve["coverage"], curve["balanced_accuracy"], label="balanced accuracy", linestyle="--")
+    for fraction in RISK_FRACTIONS[1:]:
+        axis.axvline(1 - fraction, color="grey", linewidth=0.6, linestyle=":")
+    axis.invert_xaxis()
+    axis.set_xlabel("coverage (share of files the model answers)")
+    axis.set_ylabel("on the answered files")
+    axis.set_title("risk-coverage: abstain on the least confident files\n(calibrated, out-of-fold videos)",
+                   fontsize=10)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def trust_outputs(out_dir, result: dict, *, frameset=None, config=None, samples: pd.DataFrame | None = None,
+                  n_boot: int = 1000, figures: bool = True, log: Callable[[str], None] | None = print) -> dict:
+    """Calibration, uncertainty and model card of the run in ``out_dir`` (see the module doc).
+
+    Adds ``calibration`` and ``uncertainty`` blocks to ``result`` and ``metrics.json``, the
+    ``calibration`` and ``trust`` blocks to ``model.json`` when a final model was saved, and
+    writes ``reliability.png``, ``risk_coverage.png``, ``calibrated_oof_predictions.csv``,
+    ``heldout_ood_scores.csv``, ``MODEL_CARD.md`` and ``MODEL_CARD.html``. Returns ``result``.
+    """
+    from covnb.calibration import DEFAULT_METHOD, evaluate_calibration, fit_final_calibration, plot_reliability
+    from covnb.evaluate import _labels_and_probs
+    from covnb.models import _jsonable, sidecar_path
+    from covnb.uncertainty import (LOW_CONFIDENCE_QUANTILE, MIN_FOLD_AGREEMENT, OOD_QUANTILE, fit_feature_density)
+
+    out = Path(out_dir)
+    classes = list(result["classes"])
+    paths = dict(result.get("paths", {}))
+    oof = pd.read_csv(out / "oof_predictions.csv", dtype={"sample_id": str, "group": str, "label": str})
+    folds = pd.read_csv(out / "folds.csv", dtype={"sample_id": str, "group": str, "label": str})
+    history = pd.read_csv(out / "training_history.csv") if (out / "training_history.csv").is_file() else pd.DataFrame()
+
+    if samples is not None:
+        keep = [c for c in DATA_COLUMNS if c in samples]
+        paths["data_samples"] = out / "data_samples.csv"
+        samples[keep].to_csv(paths["data_samples"], index=False)
+    summary, tables = evaluate_calibration(oof, classes, n_boot=n_boot, seed=int(result.get("config", {}).get("seed", 0)))
+    calibration_block = fit_final_calibration(oof, classes, DEFAULT_METHOD)
+    calibration = {"method": DEFAULT_METHOD, "evaluation": "cross-fitted: the map of outer fold k is fitted on the "
+                   "other outer folds' out-of-fold predictions of the same split seed, never on fold k",
+                   "ece_bins": summary["frame"]["raw"]["ece_bins"], "levels": summary, "final_map": calibration_block}
+    calibrated_frames = tables["frame"][DEFAULT_METHOD]
+    calibrated_videos = tables["video"][DEFAULT_METHOD]
+    paths["calibrated_oof_predictions"] = out / "calibrated_oof_predictions.csv"
+    calibrated_frames.to_csv(paths["calibrated_oof_predictions"], index=False)
+    if log:
+        for level in ("frame", "video"):
+            raw, cal = summary[level]["raw"]["ece"], summary[level][DEFAULT_METHOD]["ece"]
+            log(f"calibration ({level}, out of fold): ECE {raw['estimate']:.3f} raw -> {cal['estimate']:.3f} "
+                f"{DEFAULT_METHOD} [{cal['low']:.3f}, {cal['high']:.3f}]")
+
+    # uncertainty: held-out thresholds, fold heads, feature density
+    _, video_probs = _labels_and_probs(calibrated_videos, classes)
+    thresholds = {"min_confidence": float(np.quantile(video_probs.max(axis=1), LOW_CONFIDENCE_QUANTILE)),
+                  "min_confidence_rule": f"{LOW_CONFIDENCE_QUANTILE:.0%} quantile of the held-out files' calibrated "
+                                         "top probability (video level)"}
+    arrays: dict[str, np.ndarray] = {}
+    ood = None
+    shift = pd.DataFrame()
+    features = _video_features(frameset, config, log) if frameset is not None and config is not None else None
+    if features is not None:
+        ids, video_features, extra = features
+        ood = heldout_ood_table(ids, video_features, folds)
+        paths["heldout_ood_scores"] = out / "heldout_ood_scores.csv"
+        ood.to_csv(paths["heldout_ood_scores"], index=False)
+        thresholds["max_ood_score"] = float(np.quantile(ood["ood_score"], OOD_QUANTILE))
+        thresholds["max_ood_score_rule"] = (f"{OOD_QUANTILE:.0%} quantile of held-out files' scores (densities fitted "
+                                            "on the other outer folds)")
+        arrays.update({f"density_{k}": v for k, v in fit_feature_density(video_features).items()})
+        heads = _fold_heads(frameset, config, classes, folds, history, extra["features"], extra["model"]) \
+            if len(history) else None
+        if heads is not None:
+            arrays["fold_kernels"], arrays["fold_biases"] = heads
+            thresholds["min_fold_agreement"] = MIN_FOLD_AGREEMENT
+        if samples is not None:
+            shift = source_shift_aurocs(ids, video_features, samples, folds)
+    risk = _risk_tables(calibrated_videos, classes, ood)
+    uncertainty = {"thresholds": thresholds, "fold_heads": int(len(arrays.get("fold_biases", []))),
+                   "risk_coverage": {k: v.to_dict(orient="records") for k, v in risk.items()},
+                   "risk_coverage_note": "calibrated out-of-fold videos, every split seed pooled; abstain on the "
+                                         "given fraction of least certain files"}
+    if ood is not None:
+        uncertainty["heldout_ood_score_quantiles"] = {str(q): float(ood["ood_score"].quantile(q))
+                                                      for q in (0.5, 0.9, 0.95)}
+    if len(shift):
+        uncertainty["leave_one_source_out_auroc"] = shift.to_dict(orient="records")
+        uncertainty["leave_one_source_out_note"] = ("approximation of source-held-out evaluation: for each source, "
+                                                    "densities fitted on the training folds without it score held-out "
+                                                    "files of the other sources vs the source's files")
+    if figures:
+        import matplotlib.pyplot as plt
+
+        for name, figure in (("reliability", plot_reliability(tables, classes, ("raw", DEFAULT_METHOD, "vector"),
+                                                              summary=summary)),
+                             ("risk_coverage", _plot_risk_coverage(calibrated_videos, classes))):
+            paths[name] = out / f"{name}.png"
+            figure.savefig(paths[name], dpi=100, bbox_inches="tight")
+            plt.close(figure)
+
+    model_path = paths.get("model")
+    if model_path is not None and Path(model_path).is_file():
+        if arrays:
+            trust_file = trust_arrays_path(model_path)
+            tmp = trust_file.with_name(f".{trust_file.stem}.tmp.npz")
+            np.savez(tmp, **arrays)
+            os.replace(tmp, trust_file)
+            paths["trust_arrays"] = trust_file
+        side = sidecar_path(model_path)
+        metadata = json.loads(side.read_text())
+        metadata["calibration"] = calibration_block
+        metadata["trust"] = {"file": trust_arrays_path(model_path).name if arrays else None,
+                             "thresholds": thresholds, "fold_heads": uncertainty["fold_heads"],
+                             "feature_layer": "head_features (video mean of the clean frames)"}
+        _atomic_write_text(side, json.dumps(_jsonable(metadata), indent=2))
+
+    result["calibration"] = calibration
+    result["uncertainty"] = uncertainty
+    result["paths"] = {k: str(v) for k, v in paths.items()}
+    _atomic_write_text(out / "metrics.json", json.dumps(_jsonable(result), indent=2))
+    try:
+        from covnb.model_card import write_model_card
+    except ImportError:  # the model card module comes in a later commit
+        return result
+    card_paths = write_model_card(out, samples=samples)
+    result["paths"].update({k: str(v) for k, v in card_paths.items()})
+    _atomic_write_text(out / "metrics.json", json.dumps(_jsonable(result), indent=2))
+    return result
+
+
+# ----------------------------------------------------------------------------- predictions
+
+
+def annotate_predictions(frames: pd.DataFrame, videos: pd.DataFrame, classes, metadata: dict, *,
+                         frame_features: np.ndarray | None = None, arrays: dict | None = None,
+                         raw: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Calibrated probabilities (unless ``raw``) and uncertainty columns for predict's tables.
+
+    ``frames``/``videos`` hold raw probabilities (video = mean frame probability). Video columns
+    added: ``probabilities`` ("calibrated (<method>)" or "raw"), ``confidence``, ``uncertainty``
+    (normalised predictive entropy), and with the model's ``trust`` block ``fold_agreement``,
+    ``ood_score``, ``uncertain`` and ``uncertain_reason``.
+    """
+    from covnb.calibration import calibrate_table
+    from covnb.uncertainty import (feature_distance, fold_agreement, fold_head_probabilities, predictive_entropy,
+                                   uncertainty_flags, video_mean_features)
+
+    columns = [f"prob_{c}" for c in classes]
+    calibration = metadata.get("calibration")
+    label = f"calibrated ({calibration['method']})" if calibration and not raw else "raw"
+    calibrated_videos = calibrate_table(videos, classes, calibration.get("video")) if calibration else videos
+    if calibration and not raw:
+        frames = calibrate_table(frames, classes, calibration.get("frame"))
+        videos = calibrated_videos
+    frames = frames.assign(probabilities=label)
+    videos = videos.assign(probabilities=label)
+    if videos.empty:
+        return frames, videos
+    # Confidence, uncertainty and the flags always use the calibrated probabilities (when the model has a map).
+    probs = calibrated_videos[columns].to_numpy(dtype=float)
+    videos["confidence"] = probs.max(axis=1)
+    videos["uncertainty"] = predictive_entropy(probs)
+    trust = metadata.get("trust")
+    if not trust:
+        return frames, videos
+    agreement = ood = None
+    if arrays and frame_features is not None and len(frame_features):
+        ids, means = video_mean_features(frame_features, frames["path"].to_numpy())
+        order = pd.Index(ids).get_indexer(videos["path"].astype(str))
+        means = means[order]
+        if "fold_kernels" in arrays:
+            fold_probs = fold_head_probabilities(frame_features, arrays["fold_kernels"], arrays["fold_biases"])
+            per_video = np.stack([video_mean_features(p, frames["path"].to_numpy())[1][order] for p in fold_probs])
+            predicted = probs.argmax(axis=1)
+            agreement = fold_agreement(per_video, predicted)
+            videos["fold_agreement"] = agreement
+        if "density_mean" in arrays:
+            density = {k[len("density_"):]: v for k, v in arrays.items() if k.startswith("density_")}
+            ood = feature_distance(density, means)
+            videos["ood_score"] = ood
+    thresholds = trust.get("thresholds", {})
+    flags, reasons = uncertainty_flags(videos["confidence"].to_numpy(), thresholds=thresholds, agreement=agreement,
+                                       ood=ood)
+    videos["uncertain"] = flags
+    videos["uncertain_reason"] = reasons
+    return frames, videos
+
+
+def shift_check(run_dir, paths, batch_size: int = 32) -> dict:
+    """How a run's model scores files of a shifted domain (e.g. the synthetic phantom shown to a
+    model trained on real data) against its held-out files: ROC-AUC of the OOD score separating
+    them (``heldout_ood_scores.csv`` of the run), and how many are flagged ``uncertain``."""
+    from covnb.predict import predict_paths
+    from covnb.uncertainty import separation_auroc
+
+    run = Path(run_dir)
+    heldout = pd.read_csv(run / "heldout_ood_scores.csv")
+    predictions = predict_paths(run / "model.keras", paths, batch_size=batch_size)
+    videos = predictions.videos
+    threshold = json.loads((run / "model.json").read_text())["trust"]["thresholds"].get("max_ood_score")
+    return {"files": int(len(videos)), "auroc": separation_auroc(heldout["ood_score"], videos["ood_score"]),
+            "shifted_median_score": float(videos["ood_score"].median()),
+            "heldout_median_score": float(heldout["ood_score"].median()),
+            "flagged_outside": float((videos["ood_score"] > threshold).mean()) if threshold else None,
+            "flagged_uncertain": float(videos["uncertain"].mean()),
+            "heldout_flagged_outside": float((heldout["ood_score"] > threshold).mean()) if threshold else None}

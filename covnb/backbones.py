@@ -756,7 +756,13 @@ def convert_efficientnet_lite0_weights(pth_path: str | os.PathLike | None = None
 
 
 def _cached_lite0_imagenet_weights() -> Path:
-    path = cache_dir("weights") / _LITE0_CACHE_NAME
+    from covnb.cache import CacheError, warn_cache_unwritable
+
+    try:
+        path = cache_dir("weights") / _LITE0_CACHE_NAME
+    except CacheError as error:  # unwritable cache: convert into a private temporary folder instead
+        warn_cache_unwritable("weights", error)
+        path = Path(tempfile.mkdtemp(prefix="covnb-weights-")) / _LITE0_CACHE_NAME
     if not path.is_file():
         convert_efficientnet_lite0_weights(output_path=path)
     return path

@@ -138,6 +138,11 @@ def cmd_report(args) -> int:
         raise UsageError(str(error)) from error
     if args.data == "phantom":
         plan.data_path = None
+    if plan.data_path is not None:  # bad data is refused here, not as a traceback inside a notebook
+        from covnb.datasets import check_usable
+
+        dataset = _load(str(plan.data_path), "auto")
+        check_usable(dataset.samples, dataset.skipped, what="the report")
     run_dir, manifest = run_report(plan, out=args.out, progress=not args.no_progress)
     print(f"report {manifest['status']} in {manifest['seconds']} s: {run_dir}")
     print(f"  open {run_dir / 'index.html'}")

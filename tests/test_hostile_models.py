@@ -169,6 +169,7 @@ def test_commands_give_exit_2_and_no_traceback_for_bad_input(tmp_path, model_dir
         (["split", "one", "--out", "s.csv"], "only one class (covid: 3 file(s))"),
         (["train", "--data", "one", "--out", "t", "--weights", "none"], "only one class (covid: 3 file(s))"),
         (["data", "summary", "csvish"], "looks like the csv layout"),
+        (["report", "--data", "csvish", "--out", "runs"], "looks like the csv layout"),
         (["predict", str(bad_model), "one"], "model.json: field 'classes' holds a name twice"),
         (["cam", str(bad_model), "one", "--out", "c"], "model.json: field 'classes' holds a name twice"),
     ]

@@ -82,7 +82,8 @@ HEADLINES: dict[str, tuple[Headline, ...]] = {
         Headline("few-shot accuracy, {0}", "leak_demo.*.mean", ci="leak_demo.*.ci95"),
     ),
     "04_cam_explorer": (
-        Headline("frame accuracy of the model", "frame_accuracy"),
+        Headline("frame accuracy of the model on this data", "frame_accuracy",
+                 note="not a test score when the model was fitted on this data"),
         Headline("share of {0} heat inside the ultrasound sector (median)", "heat_inside_overall_median.*"),
         Headline("frames whose heat lies mostly outside the sector", "frames_mostly_outside_sector"),
         Headline("{0}: correlation of the maps (median)", "agreement_median.*.correlation"),

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -414,8 +415,16 @@ def cmd_predict(args) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Every option shows its default; descriptions and example epilogs keep their line breaks."""
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option shows its default (unless its help already says it, or there is none to show); example
+    epilogs keep their line breaks."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        nothing = action.default is None or action.default is False or action.default is argparse.SUPPRESS
+        if "default" in text or nothing or action.default == [] or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 class _LazyChoices:
@@ -446,7 +455,8 @@ TASK_HELP = "classes to learn: auto (3 classes for ultrasound, covid vs other fo
 
 
 def _command(commands, name: str, summary: str, description: str, examples: str):
-    return commands.add_parser(name, help=summary, description=description, formatter_class=_HelpFormatter,
+    return commands.add_parser(name, help=summary, description=textwrap.fill(description, 100),
+                               formatter_class=_HelpFormatter,
                                epilog="examples:\n" + "\n".join(f"  {line}" for line in examples.strip().splitlines()))
 
 

@@ -57,6 +57,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import sys
 import time
 import weakref
 from pathlib import Path
@@ -424,6 +425,7 @@ def compute_features(frames: np.ndarray, config: TrainConfig, model: keras.Model
         started = time.perf_counter()
         import tensorflow as tf
 
+        last_report = started
         frozen_call = tf.function(lambda b: frozen(b, training=False), reduce_retracing=True)
         augment_call = tf.function(lambda b: augment(b, training=True), reduce_retracing=True) if augment else None
         for view, path in missing:
@@ -443,6 +445,10 @@ def compute_features(frames: np.ndarray, config: TrainConfig, model: keras.Model
                 if kind == "augment" and from_last_block is None:
                     batch = augment_call(batch)
                 chunks.append(np.asarray(frozen_call(batch)))
+                if log and time.perf_counter() - last_report > 10:  # a sign of life at least every 10 s
+                    last_report = time.perf_counter()
+                    log(f"features: view {view + 1}/{len(kinds)}, {min(i + step, len(source))}/"
+                        f"{len(source)} frames ({last_report - started:.0f} s)")
             dtype = np.float32 if cut == "head" else np.float16
             array = (np.concatenate(chunks) if chunks else np.zeros((0,) + tuple(frozen.output.shape[1:]))).astype(dtype)
             results[view] = array
@@ -1022,7 +1028,8 @@ def _baseline(frameset, config: TrainConfig, classes, n_folds: int, seeds, metri
 
     probe = recipe_config("linear_probe", backbone=config.backbone, weights=config.weights, alpha=config.alpha,
                           image_size=config.image_size, seed=config.seed)
-    cv = run_cross_validation(frameset, probe, n_folds=n_folds, seeds=seeds, log=None, classes=classes,
+    cv = run_cross_validation(frameset, probe, n_folds=n_folds, seeds=seeds, classes=classes,
+                              log=(lambda message: log(f"baseline {message}")) if log else None,
                               group_by=group_by, positive_label=positive_label)
     summary = summarize_cv(cv.oof, classes, n_boot=n_boot)
     entry = {"recipe": "linear_probe", "config": probe.to_dict(), "cv_seconds": cv.seconds}
@@ -1149,7 +1156,10 @@ def run_training(data=None, out_dir: str | Path = "covnb-train", config: TrainCo
     settings = frame_settings or FrameSettings(image_size=config.image_size)
     if int(settings.image_size) != int(config.image_size):
         raise ValueError(f"frame_settings.image_size {settings.image_size} != config.image_size {config.image_size}")
-    frameset = extract_frames(samples, settings, progress=False)
+    if log:
+        log(f"frames: {len(samples)} files at {settings.rate_hz:g} Hz, at most {settings.max_frames} per video "
+            "(decoded once, then read from the cache)")
+    frameset = extract_frames(samples, settings, progress=bool(log) and sys.stderr.isatty())
     skipped = pd.concat([load_skipped.assign(stage="load"), frameset.skipped.assign(stage="frames")], ignore_index=True)
     if log:
         log(f"data: {samples['sample_id'].nunique()} files, {samples['group'].nunique()} patients, "

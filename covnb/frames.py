@@ -37,7 +37,13 @@ CACHE_VERSION = 1  # bump when decoding changes what a cached entry holds
 
 @dataclass(frozen=True)
 class FrameSettings:
-    """How frames are taken from a file. ``crop`` is (top, bottom, left, right) as fractions."""
+    """How frames are taken from a file. ``crop`` is (top, bottom, left, right) as fractions.
+
+    ``canonical`` (:data:`covnb.canonical.CANONICAL_MODES`): "off", or crop every video to its
+    ultrasound image found once from all its sampled frames ("crop"), also inpaint burned-in
+    overlays ("crop+inpaint"), also gray ("crop+inpaint+gray"); ``crop``, CLAHE and the resize
+    then apply to that image. Stored in a model's sidecar, so predict and cam do the same.
+    """
 
     rate_hz: float = 3.0
     max_frames: int = 30

@@ -165,7 +165,9 @@ def apply_calibration(calibration: dict | None, probs) -> np.ndarray:
     if method == "platt":
         log_odds = z - np.log(np.clip(1 - probs, _EPS, 1.0))
         scores = np.asarray(calibration["slope"]) * log_odds + np.asarray(calibration["intercept"])
-        return _renormalise(1.0 / (1.0 + np.exp(-scores)))
+        from scipy.special import expit
+
+        return _renormalise(expit(scores))
     if method == "isotonic":
         columns = [np.interp(probs[:, k], knot["x"], knot["y"]) if len(knot["x"]) else probs[:, k]
                    for k, knot in enumerate(calibration["knots"])]

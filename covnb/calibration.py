@@ -41,6 +41,8 @@ __all__ = [
     "CALIBRATION_METHODS",
     "DEFAULT_METHOD",
     "ECE_BINS",
+    "AUTO_CANDIDATES",
+    "select_method",
     "fit_calibration",
     "apply_calibration",
     "calibration_scores",
@@ -55,7 +57,10 @@ __all__ = [
 ]
 
 CALIBRATION_METHODS = ("temperature", "vector", "platt", "isotonic")
-DEFAULT_METHOD = "temperature"
+#: "auto": the candidate (no map or one of :data:`CALIBRATION_METHODS`) with the lowest cross-fitted ECE
+#: on the data the map is fitted on (:func:`select_method`); nested inside each outer fold when evaluated.
+AUTO_CANDIDATES = ("none",) + CALIBRATION_METHODS
+DEFAULT_METHOD = "auto"
 ECE_BINS = 15
 _EPS = 1e-12
 SCORE_NAMES = ("ece", "classwise_ece", "brier", "log_loss")
@@ -91,10 +96,13 @@ def fit_calibration(probs, labels, method: str = DEFAULT_METHOD) -> dict:
     probs = np.asarray(probs, dtype=float)
     labels = np.asarray(labels, dtype=int)
     n_classes = probs.shape[1]
-    if method not in CALIBRATION_METHODS:
-        raise ValueError(f"Unknown calibration method {method!r}; choose one of {CALIBRATION_METHODS}")
+    if method not in AUTO_CANDIDATES:
+        raise ValueError(f"Unknown calibration method {method!r}; choose one of {AUTO_CANDIDATES} "
+                         "('auto' needs folds: fit_final_calibration / cross_fitted_predictions)")
     if len(labels) == 0:
         raise ValueError("cannot fit a calibration map on no predictions")
+    if method == "none":
+        return {"method": "none"}
     z = _logits(probs)
     if method == "temperature":
         result = minimize_scalar(lambda log_t: _nll(_softmax(z / np.exp(log_t)), labels), bounds=(-4.0, 4.0),
@@ -147,6 +155,8 @@ def apply_calibration(calibration: dict | None, probs) -> np.ndarray:
     if not calibration or len(probs) == 0:
         return probs
     method = calibration["method"]
+    if method == "none":
+        return probs
     z = _logits(probs)
     if method == "temperature":
         return _softmax(z / float(calibration["temperature"]))
@@ -155,7 +165,9 @@ def apply_calibration(calibration: dict | None, probs) -> np.ndarray:
     if method == "platt":
         log_odds = z - np.log(np.clip(1 - probs, _EPS, 1.0))
         scores = np.asarray(calibration["slope"]) * log_odds + np.asarray(calibration["intercept"])
-        return _renormalise(1.0 / (1.0 + np.exp(-scores)))
+        from scipy.special import expit
+
+        return _renormalise(expit(scores))
     if method == "isotonic":
         columns = [np.interp(probs[:, k], knot["x"], knot["y"]) if len(knot["x"]) else probs[:, k]
                    for k, knot in enumerate(calibration["knots"])]
@@ -283,7 +295,9 @@ def calibrate_table(table: pd.DataFrame, classes, calibration: dict | None) -> p
 
 def cross_fitted_predictions(table: pd.DataFrame, classes, method: str = DEFAULT_METHOD) -> pd.DataFrame:
     """Calibrated copy of an out-of-fold table (columns ``seed``, ``fold``): rows of fold ``k`` (seed
-    ``s``) get the map fitted on the other folds of seed ``s`` only (see the module doc)."""
+    ``s``) get the map fitted on the other folds of seed ``s`` only (see the module doc). With
+    ``method="auto"`` the method itself is chosen on those other folds (nested: :func:`select_method`
+    cross-fits the candidates among them), never on fold ``k``."""
     parts = []
     seeds = table["seed"] if "seed" in table else pd.Series(0, index=table.index)
     for seed in pd.unique(seeds):
@@ -291,9 +305,21 @@ def cross_fitted_predictions(table: pd.DataFrame, classes, method: str = DEFAULT
         for fold in sorted(pd.unique(of_seed["fold"])):
             fit_rows = of_seed[of_seed["fold"] != fold]
             test_rows = of_seed[of_seed["fold"] == fold]
+            chosen = select_method(fit_rows, classes)[0] if method == "auto" else method
             labels, probs = _encode(fit_rows, classes)
-            parts.append(calibrate_table(test_rows, classes, fit_calibration(probs, labels, method)))
+            parts.append(calibrate_table(test_rows, classes, fit_calibration(probs, labels, chosen)))
     return pd.concat(parts).loc[table.index]
+
+
+def select_method(table: pd.DataFrame, classes, candidates=AUTO_CANDIDATES) -> tuple[str, dict[str, float]]:
+    """The candidate with the lowest ECE of its cross-fitted predictions on ``table`` (folds of
+    ``table`` only; ties: the simpler, earlier candidate); returns ``(method, {candidate: ECE})``."""
+    scores = {}
+    for candidate in candidates:
+        calibrated = table if candidate == "none" else cross_fitted_predictions(table, classes, candidate)
+        labels, probs = _encode(calibrated, classes)
+        scores[candidate] = calibration_scores(probs, labels)["ece"]
+    return min(scores, key=lambda c: (round(scores[c], 12), candidates.index(c))), scores
 
 
 def _level_tables(oof: pd.DataFrame, classes) -> dict[str, pd.DataFrame]:
@@ -302,7 +328,7 @@ def _level_tables(oof: pd.DataFrame, classes) -> dict[str, pd.DataFrame]:
     return {"frame": oof, "video": video_predictions(oof, classes, "mean")}
 
 
-def evaluate_calibration(oof: pd.DataFrame, classes, methods=CALIBRATION_METHODS, n_boot: int = 1000,
+def evaluate_calibration(oof: pd.DataFrame, classes, methods=CALIBRATION_METHODS + ("auto",), n_boot: int = 1000,
                          seed: int = 0) -> tuple[dict, dict]:
     """Raw and cross-fitted calibrated scores (with patient-bootstrap CIs) per level and method.
 
@@ -333,7 +359,11 @@ def fit_final_calibration(oof: pd.DataFrame, classes, method: str = DEFAULT_METH
                           "video level = mean frame probability"}
     for level, table in _level_tables(oof, classes).items():
         labels, probs = _encode(table, classes)
-        block[level] = fit_calibration(probs, labels, method)
+        chosen = method
+        if method == "auto":
+            chosen, scores = select_method(table, classes)
+            block[f"{level}_selection_ece"] = scores
+        block[level] = fit_calibration(probs, labels, chosen)
     return block
 
 
@@ -349,8 +379,8 @@ def plot_reliability(tables: dict, classes, methods=("raw", DEFAULT_METHOD), n_b
     levels = list(tables)
     figure, axes = plt.subplots(len(levels), len(classes), figsize=(3.2 * len(classes), 3.1 * len(levels)),
                                 squeeze=False)
-    colours = dict(zip(CALIBRATION_METHODS + ("raw",), ("tab:blue", "tab:green", "tab:purple", "tab:brown",
-                                                       "tab:red")))
+    colours = dict(zip(CALIBRATION_METHODS + ("raw", "auto"), ("tab:blue", "tab:green", "tab:purple", "tab:brown",
+                                                                "tab:red", "black")))
     for row, level in enumerate(levels):
         for column, name in enumerate(classes):
             axis = axes[row, column]

@@ -293,7 +293,7 @@ def trust_outputs(out_dir, result: dict, *, frameset=None, config=None, samples:
     if figures:
         import matplotlib.pyplot as plt
 
-        for name, figure in (("reliability", plot_reliability(tables, classes, ("raw", DEFAULT_METHOD, "vector"),
+        for name, figure in (("reliability", plot_reliability(tables, classes, ("raw", DEFAULT_METHOD, "temperature"),
                                                               summary=summary)),
                              ("risk_coverage", _plot_risk_coverage(calibrated_videos, classes))):
             paths[name] = out / f"{name}.png"
@@ -349,7 +349,7 @@ def annotate_predictions(frames: pd.DataFrame, videos: pd.DataFrame, classes, me
 
     columns = [f"prob_{c}" for c in classes]
     calibration = metadata.get("calibration")
-    label = f"calibrated ({calibration['method']})" if calibration and not raw else "raw"
+    label = f"calibrated ({(calibration.get('video') or calibration)['method']})" if calibration and not raw else "raw"
     calibrated_videos = calibrate_table(videos, classes, calibration.get("video")) if calibration else videos
     if calibration and not raw:
         frames = calibrate_table(frames, classes, calibration.get("frame"))

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from covnb.calibration import (CALIBRATION_METHODS, apply_calibration, calibrate_file_probabilities,
+from covnb.calibration import (CALIBRATION_METHODS, apply_calibration, select_method, calibrate_file_probabilities,
                                calibration_bootstrap, calibration_scores, cross_fitted_predictions,
                                evaluate_calibration, fit_calibration, fit_final_calibration, reliability_table)
 
@@ -118,7 +118,8 @@ def test_evaluate_calibration_levels_and_final_map():
     assert summary["frame"]["temperature"]["ece"]["estimate"] < summary["frame"]["raw"]["ece"]["estimate"]
     assert len(tables["video"]["raw"]) == oof.groupby(["seed", "sample_id"]).ngroups
     block = fit_final_calibration(oof, classes)
-    assert block["method"] == "temperature" and block["frame"]["temperature"] > 1.5
+    assert block["method"] == "auto" and block["frame"]["method"] != "none"
+    assert block["frame"]["method"] == min(block["frame_selection_ece"], key=block["frame_selection_ece"].get)
     frames, video = calibrate_file_probabilities({"calibration": block}, oof[[f"prob_{c}" for c in classes]].to_numpy()[:4])
     assert frames.shape == (4, 3) and video.shape == (3,)
     raw_frames, raw_video = calibrate_file_probabilities({"calibration": block}, frames, raw=True)
@@ -132,3 +133,17 @@ def test_reliability_table_top_label_and_per_class():
     assert top["count"].sum() == 3 and top.loc[top["bin"] == 9, "observed"].item() == 1.0
     per_class = reliability_table(probs, labels, class_index=1, n_bins=10)
     assert per_class.loc[per_class["bin"] == 4, "observed"].item() == 1.0
+
+
+def test_auto_selection_finds_a_needed_map_and_is_nested():
+    oof, classes = oof_table(seeds=(0,))
+    chosen, scores = select_method(oof, classes)
+    assert chosen != "none" and scores[chosen] < scores["none"]  # the sharpened model needs a map
+    # nested: poisoning fold 1's labels changes no probability of fold 1 under "auto" either
+    before = cross_fitted_predictions(oof, classes, "auto")
+    poisoned = oof.copy()
+    target = poisoned["fold"] == 1
+    poisoned.loc[target, "label"] = "a"
+    after = cross_fitted_predictions(poisoned, classes, "auto")
+    columns = [f"prob_{c}" for c in classes]
+    np.testing.assert_allclose(after.loc[target, columns], before.loc[target, columns])

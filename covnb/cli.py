@@ -81,6 +81,28 @@ def cmd_data_summary(args) -> int:
     return EXIT_OK
 
 
+def cmd_data_fetch(args) -> int:
+    """Download the public POCUS data (covnb.fetch), or check a downloaded copy with --verify."""
+    from covnb.fetch import FetchError, fetch_pocus, verify_pocus
+
+    try:
+        if args.verify:
+            result = verify_pocus(args.data_home)
+            bad = result["changed"] + result["missing"]
+            print(f"{result['folder']}: {result['checked']} files recorded, {len(result['changed'])} changed, "
+                  f"{len(result['missing'])} missing, {len(result['added'])} added since the download "
+                  f"(archive SHA-256 {result['archive_sha256']})")
+            for name in bad[:20]:
+                print(f"  {'changed' if name in result['changed'] else 'missing'}: {name}")
+            return EXIT_FAILED if bad else EXIT_OK
+        kwargs = {"url": args.url} if args.url else {}
+        folder = fetch_pocus(args.data_home, force=args.force, sha256=args.sha256, **kwargs)
+    except FetchError as error:
+        raise UsageError(str(error)) from error
+    print(folder)
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------- split
 
 
@@ -502,6 +524,18 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--layout", default="auto", choices=LAYOUT_CHOICES, help=LAYOUT_HELP)
     summary.add_argument("--json", action="store_true", help="print JSON instead of text")
     summary.set_defaults(func=cmd_data_summary)
+    fetch = _command(data_commands, "fetch", "download the public POCUS data once (pinned, checked), print its folder",
+                     "Download the data/ folder of the public POCUS repository (Born et al., arXiv:2004.12084) at a "
+                     "pinned commit into the covnb cache, extract it safely, and print its folder; an existing copy "
+                     "is reused without network access. The archive's SHA-256 is checked against --sha256, or "
+                     "against the one recorded by the first download; --verify re-checks every file of the copy.",
+                     "covnb data fetch\ncovnb train \"$(covnb data fetch)\" --out runs/pocus\ncovnb data fetch --verify")
+    fetch.add_argument("--data-home", default=None, metavar="DIR", help="where to keep it (default: the covnb cache)")
+    fetch.add_argument("--sha256", default=None, metavar="HEX", help="expected SHA-256 of the archive")
+    fetch.add_argument("--url", default=None, help="another archive URL (a zip holding <top>/data/)")
+    fetch.add_argument("--force", action="store_true", help="download again and replace the copy")
+    fetch.add_argument("--verify", action="store_true", help="check the copy against its download record; no network")
+    fetch.set_defaults(func=cmd_data_fetch)
 
     split = _command(commands, "split", "patient-grouped, stratified K-fold split, audited for leakage",
                      "Assign every sample to one of K folds so that a patient's files all land in one fold and the "

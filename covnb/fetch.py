@@ -10,7 +10,11 @@ Downloads are all-or-nothing: the archive streams into a temporary file, is chec
 extracted into a temporary folder, and only a complete folder is renamed into place.
 
 The default download is pinned: a commit archive (:data:`POCUS_COMMIT`), not a moving branch,
-checked against :data:`POCUS_ARCHIVE_SHA256` when that constant is set. Extraction resolves
+checked against :data:`POCUS_ARCHIVE_SHA256` when that constant is set, or against a SHA-256 the
+user passes. Without either, the first download is trusted and recorded (``pocus.fetch.json``
+beside the data: URL, archive SHA-256 and the SHA-256 of every extracted file), and every later
+download of that URL (``force=True``) must match it; :func:`verify_pocus` re-checks the data
+folder against the record, so a changed or tampered copy is found. Extraction resolves
 every member's target and refuses anything that would land outside the staging folder (absolute
 names, ``..``, empty components such as ``data//var/x``, drive letters, backslashes), and caps
 the extracted size (:data:`MAX_EXTRACTED_BYTES`).
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import shutil
 import sys
@@ -36,12 +41,15 @@ from covnb.cache import cache_dir
 POCUS_COMMIT = "bed269a62275ff39d58c7c9e9a92405db5f7f6d6"
 DEFAULT_POCUS_URL = f"https://github.com/jannisborn/covid19_ultrasound/archive/{POCUS_COMMIT}.zip"
 #: SHA-256 of the archive at DEFAULT_POCUS_URL. None until someone with network access records it
-#: (``sha256sum`` of the downloaded zip): the download is then checked only for being a complete,
-#: safe zip, and its SHA-256 is printed so it can be pinned here.
+#: (``sha256sum`` of the downloaded zip; covnb was built on machines without access to github.com):
+#: until then the first download is trusted and recorded in ``pocus.fetch.json`` (trust on first
+#: use), later downloads must match that record, and the SHA-256 is printed so it can be pinned here.
 POCUS_ARCHIVE_SHA256: str | None = None
 #: Refuse archives whose data/ folder would extract to more than this (the public data is ~0.3 GB).
 MAX_EXTRACTED_BYTES = 4 * 10**9
 POCUS_FOLDER = "pocus"
+#: The record of a completed download, beside the data folder (not inside it).
+FETCH_RECORD = "pocus.fetch.json"
 _CHUNK = 1 << 20
 
 
@@ -81,7 +89,15 @@ def fetch_pocus(
     (HTTP error, no connection, truncated download, not a zip, no ``data/`` folder, unsafe
     member paths, SHA-256 mismatch, more than ``max_bytes`` extracted) and then leaves no partial
     data set nor temporary file behind. ``sha256``: the archive's expected SHA-256 (default:
-    :data:`POCUS_ARCHIVE_SHA256` for :data:`DEFAULT_POCUS_URL`, no check for other URLs).
+    :data:`POCUS_ARCHIVE_SHA256` for :data:`DEFAULT_POCUS_URL`; otherwise the SHA-256 recorded by
+    the first download of the same URL in ``<data_home>/pocus.fetch.json``; the first download
+    itself is trusted and recorded, with every extracted file's SHA-256, see :func:`verify_pocus`).
+
+    Example
+    -------
+    >>> folder = fetch_pocus()                      # doctest: +SKIP
+    >>> verify_pocus()["changed"]                   # doctest: +SKIP
+    []
     """
     if sha256 is None and url == DEFAULT_POCUS_URL:
         sha256 = POCUS_ARCHIVE_SHA256
@@ -96,6 +112,10 @@ def fetch_pocus(
             "to replace it."
         )
     data_home.mkdir(parents=True, exist_ok=True)
+    record = read_fetch_record(data_home)
+    pinned_by_record = sha256 is None and record is not None and record.get("url") == url
+    if pinned_by_record:
+        sha256 = record["archive_sha256"]
 
     archive = None
     staging = None
@@ -104,12 +124,23 @@ def fetch_pocus(
         os.close(handle)
         archive = Path(name)
         _download(url, archive, timeout=timeout, progress=progress, target=target)
-        check_sha256(archive, sha256, url=url, target=target, progress=progress)
+        try:
+            actual = check_sha256(archive, sha256, url=url, target=target, progress=progress)
+        except FetchError as error:
+            if pinned_by_record:
+                raise FetchError(f"{error} (The pin is the first download's, recorded in "
+                                 f"{data_home / FETCH_RECORD}; delete that file to trust the new archive.)") from None
+            raise
         staging = Path(tempfile.mkdtemp(prefix=".pocus-extract-", dir=data_home))
         _extract_data_folder(archive, staging, url=url, target=target, max_bytes=max_bytes)
         os.chmod(staging, 0o755)  # mkdtemp makes it private
+        files = file_digests(staging)
         _replace_folder(staging, target)
         staging = None
+        _write_fetch_record(data_home, {"url": url, "archive_sha256": actual, "files": files,
+                                        "pinned": "constant or argument" if sha256 and not pinned_by_record
+                                        else "first download (trust on first use)",
+                                        "fetched_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     finally:
         if archive is not None:
             archive.unlink(missing_ok=True)
@@ -329,3 +360,67 @@ def _replace_folder(staging: Path, target: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """SHA-256 of every regular file under ``folder``, keyed by its POSIX path relative to it."""
+    digests = {}
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            digest = hashlib.sha256()
+            with open(path, "rb") as handle:
+                while block := handle.read(_CHUNK):
+                    digest.update(block)
+            digests[path.relative_to(folder).as_posix()] = digest.hexdigest()
+    return digests
+
+
+def read_fetch_record(data_home) -> dict | None:
+    """The record of the last complete download under ``data_home`` (None when there is none).
+    An unreadable record is an error naming it: it is what pins the data."""
+    path = Path(data_home).expanduser() / FETCH_RECORD
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise FetchError(f"{path} cannot be read ({type(error).__name__}: {error}); delete it to fetch anew.") from None
+    if not isinstance(record, dict) or not isinstance(record.get("files"), dict) or \
+            not isinstance(record.get("archive_sha256"), str):
+        raise FetchError(f"{path} is not a covnb fetch record (needs url, archive_sha256 and files); "
+                         "delete it to fetch anew.")
+    return record
+
+
+def _write_fetch_record(data_home: Path, record: dict) -> None:
+    path = data_home / FETCH_RECORD
+    handle, name = tempfile.mkstemp(prefix=f".{FETCH_RECORD}-", dir=data_home)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(record, out, indent=1, sort_keys=True)
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+
+
+def verify_pocus(data_home=None) -> dict:
+    """Check the fetched POCUS folder against its download record.
+
+    Returns ``{"folder", "archive_sha256", "checked", "changed", "missing", "added"}`` (lists of
+    relative paths); raises :class:`FetchError` when there is no record.
+    """
+    data_home = Path(data_home).expanduser() if data_home is not None else cache_dir("data")
+    record = read_fetch_record(data_home)
+    if record is None:
+        raise FetchError(f"No download record in {data_home} ({FETCH_RECORD}): fetch the data first "
+                         "(covnb data fetch).")
+    folder = data_home / POCUS_FOLDER
+    present = file_digests(folder) if folder.is_dir() else {}
+    expected = record["files"]
+    return {
+        "folder": str(folder), "archive_sha256": record["archive_sha256"], "checked": len(expected),
+        "changed": sorted(name for name in expected if name in present and present[name] != expected[name]),
+        "missing": sorted(name for name in expected if name not in present),
+        "added": sorted(name for name in present if name not in expected),
+    }

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from covnb.fetch import DEFAULT_POCUS_URL, FetchError, fetch_pocus
+from covnb.cli import main
+from covnb.fetch import DEFAULT_POCUS_URL, FetchError, fetch_pocus, read_fetch_record, verify_pocus
 
 TOP = "covid19_ultrasound-master"
 VIDEO_BYTES = b"\x00\x00\x00\x18ftypmp42 not really a video"
@@ -66,6 +67,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
+        if self.path == "/moving.zip":  # an archive whose bytes change between downloads
+            routes["/moving.zip"] = self.server.moving
         if self.path not in routes:
             self.send_error(404, "Not Found")
             return
@@ -84,6 +87,7 @@ class _Handler(BaseHTTPRequestHandler):
 def server():
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.requests = []
+    httpd.moving = GOOD_ZIP
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     host, port = httpd.server_address
@@ -112,7 +116,7 @@ def test_download_extracts_data_folder_and_is_cached(server, tmp_path, capsys):
     assert (root / "pocus_videos" / "convex" / "Cov_x.mp4").read_bytes() == VIDEO_BYTES
     assert (root / "pocus_images" / "convex" / "Reg_y.png").exists()
     assert not (root / "README.md").exists() and not (root / "pocovid_net").exists()  # only data/
-    assert _leftovers(tmp_path) == ["pocus"]  # no temporary file or folder
+    assert _leftovers(tmp_path) == ["pocus", "pocus.fetch.json"]  # no temporary file or folder
     assert len(server.requests) == before + 1
     err = capsys.readouterr().err
     assert "Downloading" in err and "100%" in err
@@ -127,7 +131,7 @@ def test_force_replaces_the_copy(server, tmp_path):
     root = fetch_pocus(data_home=tmp_path, url=server.base + "/second.zip", force=True, progress=False)
     assert (root / "pocus_videos" / "convex" / "Cov_z.mp4").exists()
     assert not (root / "pocus_videos" / "convex" / "Cov_x.mp4").exists()
-    assert _leftovers(tmp_path) == ["pocus"]
+    assert _leftovers(tmp_path) == ["pocus", "pocus.fetch.json"]
 
 
 def test_force_keeps_the_old_copy_when_the_download_fails(server, tmp_path):
@@ -135,7 +139,7 @@ def test_force_keeps_the_old_copy_when_the_download_fails(server, tmp_path):
     with pytest.raises(FetchError, match="404"):
         fetch_pocus(data_home=tmp_path, url=server.base + "/missing.zip", force=True, progress=False)
     assert (tmp_path / "pocus" / "pocus_videos" / "convex" / "Cov_x.mp4").exists()
-    assert _leftovers(tmp_path) == ["pocus"]
+    assert _leftovers(tmp_path) == ["pocus", "pocus.fetch.json"]
 
 
 def test_default_data_home_is_the_cache(server, tmp_path, monkeypatch):
@@ -186,3 +190,71 @@ def test_incomplete_existing_folder_is_not_overwritten(server, tmp_path):
         fetch_pocus(data_home=tmp_path, url=server.base + "/good.zip", progress=False)
     assert len(server.requests) == before
     assert (tmp_path / "pocus" / "notes.txt").read_text() == "mine"
+
+
+def test_first_download_is_recorded_and_pins_later_downloads(server, tmp_path):
+    import hashlib
+
+    server.moving = GOOD_ZIP
+    root = fetch_pocus(data_home=tmp_path, url=server.base + "/moving.zip", progress=False)
+    record = read_fetch_record(tmp_path)
+    assert record["archive_sha256"] == hashlib.sha256(GOOD_ZIP).hexdigest()
+    assert record["files"]["pocus_videos/convex/Cov_x.mp4"] == hashlib.sha256(VIDEO_BYTES).hexdigest()
+    assert sorted(record["files"]) == ["dataset_metadata.csv", "pocus_images/convex/Reg_y.png",
+                                       "pocus_videos/convex/Cov_x.mp4"]
+    assert "first download" in record["pinned"]
+
+    server.moving = SECOND_ZIP  # upstream changed (or was tampered with): refused, the old copy stays
+    with pytest.raises(FetchError, match=r"expected .*pocus\.fetch\.json"):
+        fetch_pocus(data_home=tmp_path, url=server.base + "/moving.zip", force=True, progress=False)
+    assert (root / "pocus_videos" / "convex" / "Cov_x.mp4").read_bytes() == VIDEO_BYTES
+    assert _leftovers(tmp_path) == ["pocus", "pocus.fetch.json"]
+
+    # the same bytes again pass the pin
+    server.moving = GOOD_ZIP
+    fetch_pocus(data_home=tmp_path, url=server.base + "/moving.zip", force=True, progress=False)
+
+
+def test_an_explicit_sha256_is_checked_and_recorded(server, tmp_path):
+    with pytest.raises(FetchError, match="SHA-256"):
+        fetch_pocus(data_home=tmp_path, url=server.base + "/good.zip", sha256="ab" * 32, progress=False)
+    assert _leftovers(tmp_path) == []
+    import hashlib
+
+    right = hashlib.sha256(GOOD_ZIP).hexdigest()
+    fetch_pocus(data_home=tmp_path, url=server.base + "/good.zip", sha256=right, progress=False)
+    assert read_fetch_record(tmp_path)["pinned"] == "constant or argument"
+
+
+def test_verify_finds_changed_missing_and_added_files(server, tmp_path, capsys):
+    root = fetch_pocus(data_home=tmp_path, url=server.base + "/good.zip", progress=False)
+    clean = verify_pocus(tmp_path)
+    assert (clean["checked"], clean["changed"], clean["missing"], clean["added"]) == (3, [], [], [])
+    assert main(["data", "fetch", "--verify", "--data-home", str(tmp_path)]) == 0
+    (root / "pocus_videos" / "convex" / "Cov_x.mp4").write_bytes(b"edited")
+    (root / "pocus_images" / "convex" / "Reg_y.png").unlink()
+    (root / "extra.txt").write_text("new")
+    result = verify_pocus(tmp_path)
+    assert result["changed"] == ["pocus_videos/convex/Cov_x.mp4"]
+    assert result["missing"] == ["pocus_images/convex/Reg_y.png"]
+    assert result["added"] == ["extra.txt"]
+    capsys.readouterr()
+    assert main(["data", "fetch", "--verify", "--data-home", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "1 changed, 1 missing, 1 added" in out and "changed: pocus_videos/convex/Cov_x.mp4" in out
+
+
+def test_cli_fetch_prints_the_folder_and_reports_errors_without_traceback(server, tmp_path, capsys):
+    assert main(["data", "fetch", "--data-home", str(tmp_path), "--url", server.base + "/good.zip"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "pocus")
+    assert main(["data", "fetch", "--data-home", str(tmp_path / "other"), "--url", server.base + "/missing.zip"]) == 2
+    err = capsys.readouterr().err
+    assert "HTTP 404" in err and "Traceback" not in err
+    assert main(["data", "fetch", "--verify", "--data-home", str(tmp_path / "none")]) == 2
+    assert "No download record" in capsys.readouterr().err
+
+
+def test_a_corrupt_record_is_named(server, tmp_path):
+    (tmp_path / "pocus.fetch.json").write_text("{not json")
+    with pytest.raises(FetchError, match=r"pocus\.fetch\.json cannot be read"):
+        fetch_pocus(data_home=tmp_path, url=server.base + "/good.zip", progress=False)

@@ -70,7 +70,8 @@ from __future__ import annotations
 
 from covnb.experiments.crossval import (CVResult, RecipeCandidates, _check_disjoint, _split_samples, encode_frames,
                                         fit_final_model, inner_cv_groups, run_cross_validation)
-from covnb.experiments.features import (DEVICE_APPEARANCE_VERSION, FEATURE_CACHE_VERSION, _backbone_fingerprint,
+from covnb.experiments.features import (_CALLS, _TAILS, DEVICE_APPEARANCE_VERSION, FEATURE_CACHE_VERSION,
+                                        _backbone_fingerprint,
                                         _batched_call, _feature_key, _frames_fingerprint, _tail, _weights_key,
                                         compute_features, cut_layer, device_appearance, needed_cuts, predict_frames,
                                         recipe_features, recipe_model, view_kinds)
@@ -83,6 +84,12 @@ from covnb.experiments.recipes import (ENGINES, GROUPINGS, IMBALANCE_CHOICES, RE
 from covnb.experiments.training import (PROTOCOL_KEYS, TrainingResult, _baseline, _protocol_block, _videos_with,
                                         model_metadata, results_by_kind, results_by_source, run_training,
                                         save_final_model, write_figures)
+
+from covnb import __version__  # noqa: F401 (names covnb.train has always had)
+from covnb.cache import read_cached_array, usable_cache_dir, write_cached_array  # noqa: F401
+from covnb.experiments.recipes import _RECIPE_OVERRIDES as _RECIPE_DEFAULTS  # noqa: F401
+from covnb.models import (POOLED_TAP_HEADS, augmentation_spec, build_model, head_feature_layer,  # noqa: F401
+                          last_block_input_layer, save_model, set_trainable)
 
 # Names these helpers had before the split (kept for older callers).
 _model_for = recipe_model

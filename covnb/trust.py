@@ -108,8 +108,9 @@ def _fold_heads(frameset, config, classes, folds: pd.DataFrame, history: pd.Data
         if c_values.empty:
             return None
         fold_config = dataclasses.replace(config, linear_probe_cs=(float(c_values.iloc[0]),))
-        data = FoldData.for_recipe(fold_config, frameset.frames, labels, np.nonzero(role_of == "train")[0],
-                                   np.nonzero(role_of == "validation")[0], features=features, videos=sample_ids)
+        data = FoldData.for_recipe(fold_config, frameset.frames, labels, train_rows=np.nonzero(role_of == "train")[0],
+                                   validation_rows=np.nonzero(role_of == "validation")[0], features=features,
+                                   videos=sample_ids)
         fit_fold(model, data, fold_config, groups, len(classes), seed=int(config.seed) + 1000 * int(seed) + int(fold),
                  log=None)
         kernel, bias = model.get_layer("logits").get_weights()

@@ -357,7 +357,7 @@ def test_fold_data_names_its_training_unit_and_fit_fold_holds_the_recipe_to_it(f
         train.FoldData(frameset.frames, labels, rows, rows, unit="video")
     config = tiny("default", head="gap", mirror_view=False)
     assert config.train_unit == "video"
-    data = train.FoldData.for_recipe(config, frameset.frames, labels, rows, rows,
+    data = train.FoldData.for_recipe(config, frameset.frames, labels, train_rows=rows, validation_rows=rows,
                                      videos=frameset.index["sample_id"].to_numpy())
     assert data.unit == "video"
     frames_only = train.FoldData(frameset.frames, labels, rows, rows, videos=frameset.index["sample_id"].to_numpy())

@@ -222,24 +222,18 @@ def compute_features(frames: np.ndarray, config: TrainConfig, model: keras.Model
     features are derived by running only the last block (no second backbone pass).
     """
     kinds = view_kinds(config, views)
-    spec = augmentation_spec(config.augmentation) if "augment" in kinds else {}
     if model is None:
         keras.utils.set_random_seed(int(config.seed))
         model = recipe_model(config, 2, config.seed)
     layer = cut_layer(cut, config.backbone)
-    # The key holds the frozen weights themselves: random (weights=None) or changed backbones never collide.
-    fingerprint = _frames_fingerprint(frames) + _backbone_fingerprint(model, layer)
-    folder = usable_cache_dir("features") if cache else None
-    paths = [(folder or Path(".")) / f"{_feature_key(fingerprint, config, layer, view, kind)}.npy"
-             for view, kind in enumerate(kinds)]
-    results = [read_cached_array(path, rows=len(frames)) if folder is not None else None for path in paths]
+    paths, results, writable = _stored_views(frames, config, model, layer, kinds, cache)
     missing = [view for view, result in enumerate(results) if result is None]
     if not missing:
         if log:
             log(f"features: {len(kinds)} view(s) x {len(frames)} frames at '{layer}' read from cache")
         return np.stack(results)
-    frozen = _FrozenPass(model, config, layer, derived=from_last_block is not None, augment=bool(spec), log=log)
-    writable = folder is not None
+    frozen = _FrozenPass(model, config, layer, derived=from_last_block is not None, augment="augment" in kinds
+                         and bool(augmentation_spec(config.augmentation)), log=log)
     dtype = np.float32 if cut == "head" else np.float16
     for view in missing:
         source = frames if from_last_block is None else from_last_block[view]
@@ -250,9 +244,22 @@ def compute_features(frames: np.ndarray, config: TrainConfig, model: keras.Model
     if log:
         seconds = time.perf_counter() - frozen.started
         log(f"features: {len(missing)} view(s) x {len(frames)} frames at '{layer}' computed in "
-            f"{seconds:.1f} s ({len(missing) * len(frames) / max(time.perf_counter() - frozen.started, 1e-9):.0f} "
-            "frames/s)")
+            f"{seconds:.1f} s ({len(missing) * len(frames) / max(seconds, 1e-9):.0f} frames/s)")
     return np.stack(results)
+
+
+def _stored_views(frames: np.ndarray, config: TrainConfig, model: keras.Model, layer: str, kinds: list[str],
+                  cache: bool) -> tuple[list[Path], list, bool]:
+    """The store's path of every view and the views found there (None where missing); whether
+    the store is usable. The key holds the frozen weights themselves: random (weights=None) or
+    changed backbones never collide."""
+    fingerprint = _frames_fingerprint(frames) + _backbone_fingerprint(model, layer)
+    folder = usable_cache_dir("features") if cache else None
+    paths = [(folder or Path(".")) / f"{_feature_key(fingerprint, config, layer, view, kind)}.npy"
+             for view, kind in enumerate(kinds)]
+    if folder is None:
+        return paths, [None] * len(kinds), False
+    return paths, [read_cached_array(path, rows=len(frames)) for path in paths], True
 
 
 def needed_cuts(config: TrainConfig) -> list[str]:

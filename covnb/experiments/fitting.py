@@ -61,8 +61,8 @@ class FoldData:
             raise ValueError("FoldData(unit='video') needs the video (sample_id) of every frame: videos=...")
 
     @classmethod
-    def for_recipe(cls, config: TrainConfig, frames: np.ndarray, labels: np.ndarray, train_rows: np.ndarray,
-                   validation_rows: np.ndarray, *, features: dict | None = None,
+    def for_recipe(cls, config: TrainConfig, frames: np.ndarray, labels: np.ndarray, *, train_rows: np.ndarray,
+                   validation_rows: np.ndarray, features: dict | None = None,
                    videos: np.ndarray | None = None) -> "FoldData":
         """Fold data whose unit is ``config.train_unit``."""
         return cls(frames, labels, train_rows, validation_rows, features, videos, unit=config.train_unit)

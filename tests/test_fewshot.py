@@ -298,3 +298,25 @@ def test_learning_curve_trained_recipe_trains_per_video_and_holds_out_the_positi
                               for unit, data_unit, has_videos in seen_units)
     # one covid patient kept: too few for the inner validation split, so it never offers covid patients
     assert candidate_labels and all("covid" not in labels for labels in candidate_labels)
+
+
+def test_cross_domain_evaluation_known_answer_and_misuse():
+    """Source classes at x = +-3; the target is the same picture shifted by (5, 5). Source-centred
+    prototypes call every shifted target sample COVID-19 (balanced accuracy 0.5); centring the
+    target on its own mean undoes the shift (1.0). Pneumonia and regular both become "other"."""
+    rng = np.random.default_rng(0)
+    labels = np.array(["covid"] * 6 + ["pneumonia"] * 3 + ["regular"] * 3)
+    source = np.where((labels == "covid")[:, None], [3.0, 0.0], [-3.0, 0.0]) + rng.normal(0, 0.1, (12, 2))
+    target = source + 5.0
+    groups = [f"p{i}" for i in range(12)]
+    table = fewshot.cross_domain_evaluation(source, labels, target, labels, groups, source_name="cxr",
+                                            target_name="pocus", k_shot=2, q_query=2, n_episodes=20, seed=0)
+    rows = table.set_index("protocol")["balanced_accuracy"]
+    assert rows["transfer, source-centred"] == 0.5
+    assert rows["transfer, target-centred"] == 1.0
+    assert rows["in-domain 2-shot SimpleShot"] == 1.0
+    assert set(table["direction"]) == {"cxr -> pocus", "pocus -> pocus"}
+    with pytest.raises(ValueError, match="both 'covid' and other"):
+        fewshot.cross_domain_evaluation(source, labels, target, np.array(["regular"] * 12), groups)
+    with pytest.raises(ValueError, match="embedding sizes differ"):
+        fewshot.cross_domain_evaluation(source, labels, target[:, :1], labels, groups)

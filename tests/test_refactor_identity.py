@@ -133,7 +133,8 @@ RECORDERS = {"phantom_default": record_phantom_default, "phantom_keras_head": re
              "phantom_auto": record_phantom_auto, "pocus_default": record_pocus_default}
 
 
-@pytest.mark.parametrize("name", ["phantom_default", "phantom_keras_head", "phantom_auto"])
+@pytest.mark.parametrize("name", [pytest.param("phantom_default", marks=pytest.mark.slow),  # ~40-90 s: two protocols
+                                  "phantom_keras_head", "phantom_auto"])
 def test_phantom_out_of_fold_predictions_are_unchanged(name, tmp_path):
     assert RECORDERS[name](tmp_path / name) == GOLDEN[name]
 

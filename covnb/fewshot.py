@@ -573,7 +573,8 @@ def patient_learning_curve(index: pd.DataFrame, n_patients: Sequence[int], *, em
 
     ``recipe="embedding_logreg"``: standardised, class-weighted logistic regression on frozen
     frame ``embeddings`` (fast). ``recipe`` "default" or "linear_probe": the covnb.train recipe
-    (:func:`covnb.train.fit_fold`, cached frozen features) on raw ``frames``; its inner
+    (:class:`covnb.experiments.crossval.RecipeCandidates`, the frozen-feature store and fold data
+    of cross-validation) on raw ``frames``, per video when the recipe says so; its inner
     validation split takes patients of the other classes, and positive patients only when n >= 3.
     Returns ``(rows, notes)``; rows: recipe, fold, repeat, n_patients, balanced_accuracy.
     """
@@ -660,40 +661,34 @@ def _learning_curve_fitter(recipe, index, frame_labels, classes, embeddings, fra
         raise ValueError(f"recipe must be 'embedding_logreg', 'default' or 'linear_probe', not {recipe!r}")
     if frames is None:
         raise ValueError(f"recipe {recipe!r} trains through covnb.train and needs the frames (frames=...)")
-    from covnb.models import build_model, head_feature_layer
-    from covnb.splits import inner_validation
-    from covnb.train import FoldData, compute_features, fit_fold, predict_frames, recipe_config
+    from covnb.experiments.crossval import RecipeCandidates
+    from covnb.train import recipe_config
 
     config = train_config or recipe_config(recipe)
     if config.engine != "cached" or config.trainable != "head" or config.fine_tune_epochs:
         raise ValueError("the learning curve trains recipes on cached features: engine='cached', "
                          "trainable='head', fine_tune_epochs=0")
-    import keras
-
-    keras.utils.set_random_seed(config.seed)
-    model = build_model(config.backbone, n_classes, config.head, config.image_size, config.weights,
-                        trainable="head", augmentation=config.augmentation, dropout=config.dropout,
-                        alpha=config.alpha, seed=config.seed)
-    initial = model.get_weights()
-    views = 0 if recipe == "linear_probe" else config.aug_views
-    features = {"head": compute_features(frames, config, model, cut="head", views=views, log=log)}
-    tail = keras.Model(model.get_layer(head_feature_layer()).output, model.output)
+    # The same models and stored features as covnb.train's cross-validation; every fit goes
+    # through RecipeCandidates.fit_best, whose FoldData carries the recipe's training unit.
+    candidates = RecipeCandidates(frames, config, n_classes, log)
     groups = np.asarray(index["group"], dtype=str)
     videos = np.asarray(index["sample_id"], dtype=str)  # the recipe's training unit may be the video
 
     def fit_predict(kept, test_rows, rng):
+        from covnb.splits import inner_validation
+
         kept = kept.reset_index(drop=True)
         positives = kept["label"] == positive_label
-        candidates = kept if positives.sum() and kept.loc[positives, "group"].nunique() >= 3 else kept[~positives]
-        mask = inner_validation(candidates.reset_index(drop=True), config.validation_fraction,
+        candidates_for_validation = (kept if positives.sum() and kept.loc[positives, "group"].nunique() >= 3
+                                     else kept[~positives]).reset_index(drop=True)
+        mask = inner_validation(candidates_for_validation, config.validation_fraction,
                                 seed=int(rng.integers(1 << 30)))
-        validation_ids = set(candidates.reset_index(drop=True).loc[mask.to_numpy(), "sample_id"])
+        validation_ids = set(candidates_for_validation.loc[mask.to_numpy(), "sample_id"])
         fit_ids = [s for s in kept["sample_id"] if s not in validation_ids]
-        data = FoldData(frames, frame_labels, np.concatenate([rows_of[s] for s in fit_ids]),
-                        np.concatenate([rows_of[s] for s in validation_ids]), features, videos=videos)
-        model.set_weights(initial)
-        fit_fold(model, data, config, groups, n_classes, seed=int(rng.integers(1 << 30)), log=None)
-        return predict_frames(tail, features["head"][0][test_rows], batch_size=256)
+        entry, data, _ = candidates.fit_best(frame_labels, np.concatenate([rows_of[s] for s in fit_ids]),
+                                             np.concatenate([rows_of[s] for s in validation_ids]), videos=videos,
+                                             groups=groups, seed=int(rng.integers(1 << 30)), log=None)
+        return candidates.predict(entry, data, test_rows)
 
     return fit_predict
 

@@ -76,14 +76,14 @@ def load_trust_arrays(model_path) -> dict | None:
 def _video_features(frameset, config, log) -> tuple[np.ndarray, np.ndarray, dict] | None:
     """(sample ids, per-file mean clean-view pooled features, all cached features) or None when
     the recipe has no cached pooled features."""
-    from covnb.train import _model_for, _prepare_features
+    from covnb.experiments.features import recipe_features, recipe_model
     from covnb.uncertainty import video_mean_features
 
     if config.engine != "cached" or config.trainable != "head" or config.head == "pocovid":
         return None
     classes = sorted(frameset.index["label"].unique())
-    model = _model_for(config, len(classes), config.seed)
-    features = _prepare_features(frameset.frames, config, model, log=None)
+    model = recipe_model(config, len(classes), config.seed)
+    features = recipe_features(frameset.frames, config, model, log=None)
     ids, means = video_mean_features(features["head"][0], frameset.index["sample_id"].to_numpy())
     return ids, means, {"features": features, "model": model}
 
@@ -92,11 +92,12 @@ def _fold_heads(frameset, config, classes, folds: pd.DataFrame, history: pd.Data
                 model) -> tuple[np.ndarray, np.ndarray] | None:
     """Refit the linear head of every outer fold of the first split seed with the C its inner CV
     chose (``training_history.csv``): the same deterministic fit as in the cross-validation."""
-    from covnb.train import FoldData, _encode_frames, fit_fold
+    from covnb.experiments.crossval import encode_frames
+    from covnb.experiments.fitting import FoldData, fit_fold
 
     if config.solver != "logistic" or "C" not in history:
         return None
-    index, classes, labels, groups, sample_ids, _ = _encode_frames(frameset, classes)
+    index, classes, labels, groups, sample_ids, _ = encode_frames(frameset, classes)
     seed = folds["seed"].iloc[0]
     kernels, biases = [], []
     of_seed = folds[folds["seed"] == seed]
@@ -107,8 +108,9 @@ def _fold_heads(frameset, config, classes, folds: pd.DataFrame, history: pd.Data
         if c_values.empty:
             return None
         fold_config = dataclasses.replace(config, linear_probe_cs=(float(c_values.iloc[0]),))
-        data = FoldData(frameset.frames, labels, np.nonzero(role_of == "train")[0],
-                        np.nonzero(role_of == "validation")[0], features, sample_ids)
+        data = FoldData.for_recipe(fold_config, frameset.frames, labels, train_rows=np.nonzero(role_of == "train")[0],
+                                   validation_rows=np.nonzero(role_of == "validation")[0], features=features,
+                                   videos=sample_ids)
         fit_fold(model, data, fold_config, groups, len(classes), seed=int(config.seed) + 1000 * int(seed) + int(fold),
                  log=None)
         kernel, bias = model.get_layer("logits").get_weights()

@@ -260,8 +260,8 @@ def test_learning_curve_trained_recipe_trains_per_video_and_holds_out_the_positi
     """Regression: the covnb.train branch of the learning curve used to build its fold data without the
     video ids (the default recipe silently trained on frames) and took the rarest label as the positive
     class. Here the positive class is the most common one and another class is rarer."""
+    import covnb.experiments.crossval
     import covnb.splits
-    import covnb.train
     from covnb.train import recipe_config
 
     rng = np.random.default_rng(0)
@@ -276,17 +276,17 @@ def test_learning_curve_trained_recipe_trains_per_video_and_holds_out_the_positi
                                           np.uint8) + rng.integers(0, 20, (32, 32, 3), dtype=np.uint8))
     index = pd.DataFrame(rows)
     seen_units, candidate_labels = [], []
-    real_fit, real_inner = covnb.train.fit_fold, covnb.splits.inner_validation
+    real_fit, real_inner = covnb.experiments.crossval.fit_fold, covnb.splits.inner_validation
 
     def recording_fit(model, data, config, *args, **kwargs):
-        seen_units.append((config.train_unit, data.videos is not None))
+        seen_units.append((config.train_unit, data.unit, data.videos is not None))
         return real_fit(model, data, config, *args, **kwargs)
 
     def recording_inner(candidates, *args, **kwargs):
         candidate_labels.append(set(candidates["label"]))
         return real_inner(candidates, *args, **kwargs)
 
-    monkeypatch.setattr(covnb.train, "fit_fold", recording_fit)
+    monkeypatch.setattr(covnb.experiments.crossval, "fit_fold", recording_fit)  # the one fitting path
     monkeypatch.setattr(covnb.splits, "inner_validation", recording_inner)
     config = recipe_config("default", backbone="mobilenet_v2", weights=None, image_size=32, head="gap",
                            mirror_view=False)
@@ -294,6 +294,29 @@ def test_learning_curve_trained_recipe_trains_per_video_and_holds_out_the_positi
     result, _ = fewshot.patient_learning_curve(index, [1], frames=np.stack(frames), recipe="default",
                                                train_config=config, positive_label="covid", n_splits=2, repeats=1)
     assert len(result) == 2 and result["balanced_accuracy"].between(0, 1).all()
-    assert seen_units and all(unit == "video" and has_videos for unit, has_videos in seen_units)
+    assert seen_units and all(unit == data_unit == "video" and has_videos
+                              for unit, data_unit, has_videos in seen_units)
     # one covid patient kept: too few for the inner validation split, so it never offers covid patients
     assert candidate_labels and all("covid" not in labels for labels in candidate_labels)
+
+
+def test_cross_domain_evaluation_known_answer_and_misuse():
+    """Source classes at x = +-3; the target is the same picture shifted by (5, 5). Source-centred
+    prototypes call every shifted target sample COVID-19 (balanced accuracy 0.5); centring the
+    target on its own mean undoes the shift (1.0). Pneumonia and regular both become "other"."""
+    rng = np.random.default_rng(0)
+    labels = np.array(["covid"] * 6 + ["pneumonia"] * 3 + ["regular"] * 3)
+    source = np.where((labels == "covid")[:, None], [3.0, 0.0], [-3.0, 0.0]) + rng.normal(0, 0.1, (12, 2))
+    target = source + 5.0
+    groups = [f"p{i}" for i in range(12)]
+    table = fewshot.cross_domain_evaluation(source, labels, target, labels, groups, source_name="cxr",
+                                            target_name="pocus", k_shot=2, q_query=2, n_episodes=20, seed=0)
+    rows = table.set_index("protocol")["balanced_accuracy"]
+    assert rows["transfer, source-centred"] == 0.5
+    assert rows["transfer, target-centred"] == 1.0
+    assert rows["in-domain 2-shot SimpleShot"] == 1.0
+    assert set(table["direction"]) == {"cxr -> pocus", "pocus -> pocus"}
+    with pytest.raises(ValueError, match="both 'covid' and other"):
+        fewshot.cross_domain_evaluation(source, labels, target, np.array(["regular"] * 12), groups)
+    with pytest.raises(ValueError, match="embedding sizes differ"):
+        fewshot.cross_domain_evaluation(source, labels, target[:, :1], labels, groups)

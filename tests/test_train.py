@@ -7,6 +7,7 @@ import pytest
 keras = pytest.importorskip("keras")
 
 import covnb.train as train  # noqa: E402
+from covnb.experiments import crossval, fitting  # noqa: E402
 from covnb.evaluate import summarize_cv  # noqa: E402
 from covnb.frames import FrameSet, FrameSettings  # noqa: E402
 from covnb.train import (_Batches, _fold_standardisation, class_weights, compute_features, fit_final_model,  # noqa: E402
@@ -144,7 +145,7 @@ def test_cross_validation_never_leaks_patients(frameset, monkeypatch):
         seen.append((set(groups[data.train_rows]), set(groups[data.validation_rows])))
         return real_fit_fold(model, data, config, groups, n_classes, **kwargs)
 
-    monkeypatch.setattr(train, "fit_fold", spy)
+    monkeypatch.setattr(crossval, "fit_fold", spy)  # where cross-validation looks it up
     cv = run_cross_validation(frameset, tiny("linear_probe"), n_folds=3, seeds=(0, 1), log=None)
     # Every frame is predicted exactly once per split seed.
     assert len(cv.oof) == 2 * len(frameset)
@@ -221,6 +222,11 @@ def test_run_training_writes_everything_and_predict_uses_it(tmp_path):
     assert 0 <= result["video_mean"]["pooled_mean"]["balanced_accuracy"] <= 1
     oof = pd.read_csv(result["paths"]["oof_predictions"])
     assert {"seed", "fold", "sample_id", "group", "label", "prob_covid", "pred"} <= set(oof.columns)
+    # the result a notebook reads: tables, figures and the model without re-implementing anything
+    pd.testing.assert_frame_equal(result.oof(), oof.astype({"sample_id": str, "group": str, "label": str}))
+    assert result.cv is not None and len(result.cv.oof) == len(oof)
+    assert {"confusion_videos", "roc_videos"} <= set(result.figures) and result.model_path.is_file()
+    assert result.headline_metrics is result[result["headline"]]
     predictions = predict_paths(result["paths"]["model"], [samples["path"].iloc[0]])
     assert len(predictions.videos) == 1 and predictions.videos["n_frames"].iloc[0] <= 3
 
@@ -259,7 +265,7 @@ def test_video_unit_trains_on_one_example_per_video(frameset, monkeypatch):
         seen.append((len(set(videos[rows])), means.shape[1], len(video_labels)))
         return means, video_labels
 
-    monkeypatch.setattr(train, "_video_means", spy)
+    monkeypatch.setattr(fitting, "_video_means", spy)  # where the fitters look it up
     cv = run_cross_validation(frameset, tiny("default", solver="keras", epochs=30, aug_views=1, train_unit="video",
                                              batch_size=4),
                               n_folds=3, log=None)
@@ -333,3 +339,28 @@ def test_device_appearance_is_seeded_and_changes_the_frame():
     assert once.shape == frames.shape and once.dtype == np.uint8
     assert np.array_equal(once, again) and not np.array_equal(once, frames)
     assert train.view_kinds(tiny("default", device_views=2, mirror_view=True)) == ["clean", "mirror", "device", "device"]
+
+
+def test_the_dataclass_defaults_are_the_default_recipe():
+    assert train.TrainConfig() == recipe_config("default")
+    assert (train.TrainConfig().head, train.TrainConfig().solver, train.TrainConfig().train_unit) == \
+        ("midlevel", "logistic", "video")
+    pocovid = recipe_config("pocovid")  # the other recipes name what they change
+    assert (pocovid.solver, pocovid.train_unit, pocovid.aug_views, pocovid.mirror_view) == ("keras", "frame", 4, False)
+    assert recipe_config("linear_probe").train_unit == "frame" and not recipe_config("linear_probe").mirror_view
+
+
+def test_fold_data_names_its_training_unit_and_fit_fold_holds_the_recipe_to_it(frameset):
+    labels = np.zeros(len(frameset), dtype=int)
+    rows = np.arange(len(frameset))
+    with pytest.raises(ValueError, match="videos"):
+        train.FoldData(frameset.frames, labels, rows, rows, unit="video")
+    config = tiny("default", head="gap", mirror_view=False)
+    assert config.train_unit == "video"
+    data = train.FoldData.for_recipe(config, frameset.frames, labels, train_rows=rows, validation_rows=rows,
+                                     videos=frameset.index["sample_id"].to_numpy())
+    assert data.unit == "video"
+    frames_only = train.FoldData(frameset.frames, labels, rows, rows, videos=frameset.index["sample_id"].to_numpy())
+    assert frames_only.unit == "frame"
+    with pytest.raises(ValueError, match="training unit is 'frame' but the recipe trains per 'video'"):
+        train.fit_fold(None, frames_only, config, np.zeros(len(frameset)), 3, log=None)

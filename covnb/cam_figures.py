@@ -159,3 +159,63 @@ def median_or_none(values, digits: int = 4):
     values = np.asarray(values, dtype=float)
     finite = values[np.isfinite(values)]
     return round(float(np.median(finite)), digits) if len(finite) else None
+
+
+def explain_all(model, frames, index, class_names, methods, class_index, *, layer=None, box: int = 19) -> tuple:
+    """Every method's heatmaps of every frame (for ``class_index``) and their peaks.
+
+    Returns ``(method -> CamResult, peaks of all methods, timings)``; the first call of each
+    method compiles it and is not timed.
+    """
+    import time
+
+    results, tables, timings = {}, [], {}
+    for name in methods:
+        name_layer = None if name == "cam" else layer
+        cam.explain(model, frames[:1], method=name, layer=name_layer)  # compile once, untimed
+        clock = time.perf_counter()
+        results[name] = cam.explain(model, frames, method=name, class_index=class_index, layer=name_layer,
+                                    batch_size=16)
+        seconds = time.perf_counter() - clock
+        timings[f"heatmaps_{name}_s"] = round(seconds, 2)
+        timings[f"heatmaps_{name}_ms_per_frame"] = round(1000 * seconds / len(frames), 2)
+        peaks = cam.cam_peaks(None, frames, index=index, class_names=class_names, box=box, result=results[name])
+        tables.append(peaks.assign(method=name))
+    return results, pd.concat(tables, ignore_index=True), timings
+
+
+def heat_statistics(peaks: pd.DataFrame, method: str, methods) -> dict:
+    """Median heat inside the sector per method and class and overall, and the mean peak per class of ``method``."""
+    return {
+        "heat_inside_median": {name: {str(c): median_or_none(group["inside"])
+                                      for c, group in peaks[peaks["method"] == name].groupby("class")}
+                               for name in methods},
+        "heat_inside_overall_median": {name: median_or_none(peaks.loc[peaks["method"] == name, "inside"])
+                                       for name in methods},
+        "peak_mean_by_class": {str(c): {"x": round(float(g["peak_x"].mean()), 4), "y": round(float(g["peak_y"].mean()), 4)}
+                               for c, g in peaks[peaks["method"] == method].groupby("class")},
+    }
+
+
+def agreement_medians(summary: pd.DataFrame) -> dict:
+    """pair -> metric -> median (None when undefined), from the per-pair median table."""
+    return {pair: {k: (None if pd.isna(v) else round(float(v), 4)) for k, v in row.items()}
+            for pair, row in summary.iterrows()}
+
+
+def summary_markdown(metrics: dict, out) -> str:
+    """The closing bullet list of notebook 04, from its metrics."""
+    model, settings, explorer = metrics["model"], metrics["settings"], metrics["explorer"]
+    inside = ", ".join(f"{m} {v:.0%}" for m, v in metrics["heat_inside_overall_median"].items() if v is not None)
+    agree = "; ".join(f"{pair}: r {row['correlation']}, IoU {row['top_iou']}"
+                      for pair, row in metrics["agreement_median"].items())
+    return (f"\n* **Model**: {model['source']}, {model['image_size']} px, classes {', '.join(model['classes'])}.\n"
+            f"* **Data**: {'SYNTHETIC phantom, ' if metrics['synthetic'] else ''}{metrics['samples']} files, "
+            f"{metrics['frames']} frames; frame accuracy {metrics['frame_accuracy']}"
+            f"{' (on its own training frames)' if model['quick_demo'] else ''}.\n"
+            f"* **Heat inside the ultrasound sector** (median over frames): {inside}; "
+            f"{metrics['frames_mostly_outside_sector']} frames put most of their {settings['method']} heat outside it.\n"
+            f"* **Agreement** (median): {agree or 'one method only'}.\n"
+            f"* **Explorer**: cached redraw {explorer['cached_redraw_ms']} ms, new frame "
+            f"{explorer['new_frame_heatmap_ms']} ms for the heatmap.\n"
+            f"* Written to `{out}`: `metrics.json`, `cam_peaks.csv` and {len(metrics['figures'])} figures.\n")

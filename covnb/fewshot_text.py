@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-__all__ = ["Findings", "shot_sentence", "at_k", "best_at_largest_k"]
+__all__ = ["Findings", "shot_sentence", "leak_sentence", "learning_sentence", "at_k", "best_at_largest_k"]
 
 
 class Findings(list):
@@ -50,3 +50,29 @@ def best_at_largest_k(curve: pd.DataFrame) -> dict | None:
     k_top = int(curve["k_shot"].max())
     best = curve[curve["k_shot"] == k_top].sort_values("mean").iloc[-1]
     return {"k_shot": k_top, "method": best["method"], "mean": best["mean"], "ci95": best["ci95"]}
+
+
+def leak_sentence(leak_table: pd.DataFrame | None, n_way: int, k_shot: int) -> str:
+    """Leaky (support and query may share patients) vs patient-disjoint episodes, read from their means and 95% CIs."""
+    if leak_table is None or len(leak_table) != 2:
+        return "**Leaky vs honest.** Too few patients in this run to compare the two protocols."
+    (leaky_mean, leaky_ci), (honest_mean, honest_ci) = leak_table[["mean", "ci95"]].to_numpy()
+    if leaky_mean - honest_mean > leaky_ci + honest_ci:
+        return (f"**Leaky vs honest.** In this run the leaky protocol scores {leaky_mean:.2f} and the patient-disjoint "
+                f"one {honest_mean:.2f} ({n_way}-way {k_shot}-shot, SimpleShot): letting support and query share "
+                f"patients inflates the accuracy by {leaky_mean - honest_mean:.2f}.")
+    return (f"**Leaky vs honest.** In this run the leaky protocol ({leaky_mean:.2f}) and the patient-disjoint one "
+            f"({honest_mean:.2f}) differ by {leaky_mean - honest_mean:+.2f}, within their 95% intervals: this run "
+            "does not show the inflation.")
+
+
+def learning_sentence(summary: pd.DataFrame, recipe: str, positive: str) -> str:
+    """What the patient learning curve (``n_patients`` -> mean balanced accuracy) shows."""
+    if not len(summary):
+        return "**Patients.** The patient learning curve has no point in this run (too few patients)."
+    n_low, n_high = int(summary.index.min()), int(summary.index.max())
+    low, high = float(summary.loc[n_low, "mean"]), float(summary.loc[n_high, "mean"])
+    trend = (f"more {positive} patients helped ({high - low:+.2f})" if high - low > 0.02 else
+             f"more {positive} patients did not help in this run ({high - low:+.2f})")
+    return (f"**Patients.** The {recipe} recipe reaches video balanced accuracy {low:.2f} with "
+            f"{n_low} {positive} patient(s) in training and {high:.2f} with {n_high}: {trend}.")

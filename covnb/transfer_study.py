@@ -249,3 +249,58 @@ def imbalance_summary(per_fold: dict, classes) -> tuple[pd.DataFrame, pd.DataFra
                        **{f"{c}_sensitivity": t[f"{c}_sensitivity"].mean() for c in classes}}
               for option, t in per_fold.items()}
     return sensitivity, table, stored
+
+
+def compare_available_backbones(dataset, names, *, task: str, seeds, n_folds: int, frame_settings):
+    """:func:`covnb.backbone_comparison.compare_backbones` one backbone at a time, skipping those whose
+    weights are not installed. Returns ``(table or None, name -> reason skipped)``."""
+    import matplotlib.pyplot as plt
+
+    from covnb.backbone_comparison import compare_backbones
+    from covnb.backbones import WeightsUnavailableError
+
+    rows, skipped = [], {}
+    for name in names:
+        try:
+            table, figure = compare_backbones(dataset, [name], seeds=seeds, n_folds=n_folds, task=task,
+                                              frame_settings=frame_settings, n_boot=0, log=None)
+        except WeightsUnavailableError as error:
+            skipped[name] = str(error).split(". ")[0]
+            continue
+        plt.close(figure)
+        rows.append(table)
+    return (pd.concat(rows, ignore_index=True) if rows else None), skipped
+
+
+def recipe_variants(recipe: str, *, common: dict, views: dict, epochs: int, fine_tune_epochs: int) -> tuple[dict, str]:
+    """The recipes notebook 02 compares (name -> TrainConfig) and the name of the one it evaluates
+    in detail and saves. ``common``: backbone, weights, alpha, image size and seed (shared, so the
+    cached features are shared); ``views``: ``aug_views`` and ``mirror_view``."""
+    from covnb.train import recipe_config
+
+    variants = {"linear probe": recipe_config("linear_probe", **common)}
+    if recipe_config("default", **common).head == "midlevel":  # isolates what the choice of layers does
+        variants["linear probe, middle layers"] = recipe_config("linear_probe", head="midlevel", **common)
+    variants["covnb default"] = recipe_config("default", epochs=epochs, **views, **common)
+    if fine_tune_epochs > 0:  # the same top-layer head trained by Adam, without and with the last block trained
+        variants["top-layer head, Adam"] = recipe_config("default", head="gap", solver="keras", train_unit="frame",
+                                                         epochs=epochs, **views, **common)
+        variants["top-layer head + fine-tuned last block"] = recipe_config(
+            "default", epochs=epochs, fine_tune_epochs=fine_tune_epochs, **views, **common)
+    if recipe == "pocovid":
+        variants["POCOVID-Net recipe"] = recipe_config("pocovid", epochs=epochs, **common)
+    main_name = {"linear_probe": "linear probe", "pocovid": "POCOVID-Net recipe"}.get(recipe, "covnb default")
+    return variants, main_name
+
+
+def headline_numbers(summary: dict, focus: str, leaky: dict | None) -> dict:
+    """Notebook 02's ``headline`` block: video-level fold means (mean frame probability) of the evaluated
+    recipe on patient-level folds, its frame level, and the leaky split's frame level beside them."""
+    video = summary["video_mean"]
+    return {"video_balanced_accuracy": video["folds_mean"]["balanced_accuracy"],
+            "video_balanced_accuracy_std": video["folds_std"]["balanced_accuracy"],
+            f"video_{focus}_sensitivity": video["folds_mean"][f"{focus}_sensitivity"],
+            f"video_{focus}_specificity": video["folds_mean"][f"{focus}_specificity"],
+            "video_macro_auc": video["folds_mean"]["macro_auc"],
+            "frame_balanced_accuracy": summary["frame"]["folds_mean"]["balanced_accuracy"],
+            "leaky_frame_balanced_accuracy": leaky["frame_balanced_accuracy_folds_mean"] if leaky else None}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-__all__ = ["Findings", "shot_sentence", "leak_sentence", "learning_sentence", "at_k", "best_at_largest_k"]
+__all__ = ["Findings", "shot_sentence", "shots_sentence", "leak_sentence", "learning_sentence", "at_k", "best_at_largest_k"]
 
 
 class Findings(list):
@@ -76,3 +76,11 @@ def learning_sentence(summary: pd.DataFrame, recipe: str, positive: str) -> str:
              f"more {positive} patients did not help in this run ({high - low:+.2f})")
     return (f"**Patients.** The {recipe} recipe reaches video balanced accuracy {low:.2f} with "
             f"{n_low} {positive} patient(s) in training and {high:.2f} with {n_high}: {trend}.")
+
+
+def shots_sentence(curve_held: pd.DataFrame, curve_all: pd.DataFrame, n_way: int) -> str:
+    """The "Shots." finding: both pools' curves, and whether K=5 was reached."""
+    five = ("reached" if (curve_held["k_shot"] == 5).any() or (curve_all["k_shot"] == 5).any()
+            else "not reached (too few patients per class)")
+    return (f"**Shots.** {shot_sentence(curve_held, 'the held-out patients', n_way)} "
+            f"{shot_sentence(curve_all, 'all patients', n_way)} K=5 is {five} in this run.")

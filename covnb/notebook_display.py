@@ -1,7 +1,6 @@
-"""Figures of a notebook run: saved as ``<output_dir>/<name>.png``, shown once, memory freed.
-
-Every notebook shows its figures the same way; the names it saved go into its ``metrics.json``
-(``figures``) so the report page can link them.
+"""What every notebook displays the same way: its figures (saved as ``<output_dir>/<name>.png``,
+shown once, memory freed; the names go into its ``metrics.json`` so the report page links them)
+and the notice above any number measured on the synthetic phantom.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ import matplotlib.pyplot as plt
 
 from covnb.explore import save_figure
 
-__all__ = ["FigureLog"]
+__all__ = ["FigureLog", "show_synthetic_notice"]
 
 
 class FigureLog:
@@ -38,3 +37,12 @@ class FigureLog:
         display(fig)
         plt.close(fig)
         return path
+
+
+def show_synthetic_notice(consequence: str) -> None:
+    """Display :data:`covnb.phantom.SYNTHETIC_NOTICE` as a quote, followed by what it means for this notebook."""
+    from IPython.display import Markdown, display
+
+    from covnb.phantom import SYNTHETIC_NOTICE
+
+    display(Markdown(f"> **⚠ {SYNTHETIC_NOTICE}**\n>\n> {consequence}"))

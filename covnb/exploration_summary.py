@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["source_probe_summary", "heat_summary_text", "exploration_metrics", "summary_markdown"]
+__all__ = ["source_probe_summary", "heat_summary_text", "largest_sources", "gallery_summary", "exploration_metrics",
+           "summary_markdown"]
 
 
 def source_probe_summary(probe: pd.DataFrame) -> tuple[pd.DataFrame, dict, str]:
@@ -101,3 +102,27 @@ def summary_markdown(metrics: dict, out: Path) -> str:
             f"* Written to `{out}`: `metrics.json` and {len(metrics['figures'])} figures.\n\n"
             "Next: notebook 02 trains a classifier on these patient-level folds.\n")
 
+
+
+def largest_sources(source_table: pd.DataFrame) -> tuple[dict, str]:
+    """From :func:`covnb.audit.source_class_table`: each class's largest source's share (kept in
+    ``metrics.json`` as ``largest_source_share``) and one sentence."""
+    by_class = source_table.drop(index="total").drop(columns="total")
+    top_source, top_share = by_class.idxmax(), by_class.max() / by_class.sum()
+    text = f"**{len(by_class)} source(s).** Largest source of each class: " + "; ".join(
+        f"{label}: source {top_source[label]} sends {int(by_class.loc[top_source[label], label])} of "
+        f"{int(by_class[label].sum())} files ({top_share[label]:.0%})" for label in by_class.columns) + "."
+    return {str(k): round(float(v), 3) for k, v in top_share.items()}, text
+
+
+def gallery_summary(gallery_table: pd.DataFrame) -> tuple[dict, str]:
+    """From :func:`covnb.canonical.canonical_gallery`: how each file's region was found (kept as
+    ``canonical_gallery``) and one sentence."""
+    methods = gallery_table["method"].value_counts()
+    stored = {"files": int(len(gallery_table)), "methods": {str(k): int(v) for k, v in methods.items()},
+              "median_region_share": round(float(gallery_table["share"].median()), 3)}
+    text = (f"Of {len(gallery_table)} files, the region came from motion in {int(methods.get('motion', 0))}, from the "
+            f"backdrop of a still in {int(methods.get('still', 0))}, and in {int(methods.get('whole', 0))} nothing was "
+            f"found (the whole frame is kept). The image covers a median {gallery_table['share'].median():.0%} of "
+            "the frame.")
+    return stored, text

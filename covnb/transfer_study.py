@@ -125,7 +125,8 @@ def source_comparison(patient_cv: dict, source_cv: dict, classes, *, main_name: 
     """Patient-grouped vs source-held-out folds for the recipe and the linear probe, with sentences
     written from the numbers. ``patient_cv`` / ``source_cv``: name -> CVResult. Returns what
     notebook 02 stores as ``source_held_out`` (``table``, ``held_out``, ``notes``, ``per_source``,
-    ``prose``) plus the table as a DataFrame (``frame``)."""
+    ``prose``) plus, for display, the table (``frame``), the per-source table (``per_source_frame``)
+    and per-fold video metrics of every cross-validation (``fold_tables``)."""
     from covnb.train import results_by_source
 
     rows = {}
@@ -170,9 +171,14 @@ def source_comparison(patient_cv: dict, source_cv: dict, classes, *, main_name: 
         worst = min(found, key=found.get)
         lines.append(f"Per held-out source, the share of {focus} videos found ranges from {found[worst]:.2f} "
                      f"(source {worst}) to {max(found.values()):.2f}.")
+    per_source = pd.DataFrame(held_rows, columns=["source", "label", "files", "share_correct", "test_folds"])
+    folds = {f"{name}, {split}": fold_metrics(result.oof, classes, "video_mean") for name in patient_cv
+             for split, result in (("patient-grouped", patient_cv[name]), ("source-held-out", source_cv[name]))}
     return {"table": table.reset_index().rename(columns={"index": "split"}).to_dict(orient="records"),
             "held_out": split_attrs["held_out"], "notes": split_attrs["notes"], "per_source": held_rows,
-            "prose": " ".join(lines), "frame": table}
+            "prose": " ".join(lines), "frame": table, "fold_tables": folds,
+            "per_source_frame": per_source.set_index("source")[["files", "share_correct", "test_folds"]].rename(
+                columns={"share_correct": f"{focus} found (share of its videos)"})}
 
 
 def uncertainty_table(summary: dict, classes, level: str = "video_mean") -> pd.DataFrame:

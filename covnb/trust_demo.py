@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["write_unfamiliar_images", "plot_ood_scores"]
+__all__ = ["write_unfamiliar_images", "plot_ood_scores", "calibration_table"]
 
 
 def write_unfamiliar_images(folder: str | Path, seed: int = 0, size: int = 160) -> list[Path]:
@@ -42,3 +42,15 @@ def plot_ood_scores(heldout: pd.Series, unfamiliar: pd.Series | None, threshold:
     axis.legend(fontsize=8)
     figure.tight_layout()
     return figure
+
+
+def calibration_table(calibration: dict) -> pd.DataFrame:
+    """Per level and kind of probabilities: ECE, class-wise ECE, Brier score and log loss, each
+    ``estimate [low, high]`` (the ``calibration`` block of :func:`covnb.train.run_training`'s result)."""
+    rows = []
+    for level, methods in calibration["levels"].items():
+        for method, scores in methods.items():
+            rows.append({"level": level, "probabilities": method,
+                         **{name: f"{scores[name]['estimate']:.3f} [{scores[name]['low']:.3f}, {scores[name]['high']:.3f}]"
+                            for name in ("ece", "classwise_ece", "brier", "log_loss")}})
+    return pd.DataFrame(rows).set_index(["level", "probabilities"])

@@ -16,7 +16,8 @@ import seaborn as sns
 from covnb import cam
 
 __all__ = ["short_name", "most_confident", "plot_gallery", "plot_heat_inside_sector", "plot_method_agreement",
-           "plot_methods_side_by_side", "explorer_samples", "median_or_none"]
+           "plot_methods_side_by_side", "explorer_samples", "median_or_none", "explain_all", "heat_statistics",
+           "agreement_medians", "summary_markdown", "prediction_table", "exercise_explorer"]
 
 
 def short_name(sample_id, width: int = 24) -> str:
@@ -219,3 +220,24 @@ def summary_markdown(metrics: dict, out) -> str:
             f"* **Explorer**: cached redraw {explorer['cached_redraw_ms']} ms, new frame "
             f"{explorer['new_frame_heatmap_ms']} ms for the heatmap.\n"
             f"* Written to `{out}`: `metrics.json`, `cam_peaks.csv` and {len(metrics['figures'])} figures.\n")
+
+
+def prediction_table(index: pd.DataFrame, probs: np.ndarray, class_names) -> pd.DataFrame:
+    """One row per frame: sample, patient, label, frame, kind, predicted class and every class's probability."""
+    table = index[["sample_id", "group", "label", "frame_index", "kind"]].copy()
+    table["predicted"] = np.asarray(class_names)[probs.argmax(axis=1)]
+    for k, name in enumerate(class_names):
+        table[f"prob_{name}"] = probs[:, k]
+    return table
+
+
+def exercise_explorer(explorer) -> tuple[dict, Path]:
+    """Move the explorer as a user would: a new opacity (a cached redraw), then the next frame (a new
+    heatmap); return its timings in ms (what each step cost on this machine) and the PNG it saved."""
+    explorer.opacity_slider.value = 0.6  # a cached redraw
+    timings = {"cached_redraw_ms": round(explorer.timings["overlay"], 1)}
+    explorer.frame_slider.value = (explorer.frame + 1) % (explorer.frame_slider.max + 1)  # a new frame
+    timings.update({"new_frame_heatmap_ms": round(explorer.timings["heatmap"], 1),
+                    "new_frame_overlay_ms": round(explorer.timings["overlay"], 1),
+                    "plot_ms": round(explorer.timings["plot"], 1)})
+    return timings, explorer.save_png()

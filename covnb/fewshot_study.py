@@ -9,7 +9,7 @@ import pandas as pd
 
 from covnb import fewshot
 
-__all__ = ["fit_protonet", "shot_curves", "plot_shot_curve_pair", "cross_domain_both_ways"]
+__all__ = ["fit_protonet", "shot_curves", "plot_shot_curve_pair", "cross_domain_both_ways", "leak_demo"]
 
 _CURVE_COLUMNS = ["method", "k_shot", "mean", "ci95", "std", "n_episodes"]
 
@@ -75,3 +75,19 @@ def cross_domain_both_ways(x, labels, groups, other_path, *, settings, backbone:
                  ((x, labels, here), (other_x, other_labels, other_groups, there)),
                  ((other_x, other_labels, there), (x, labels, groups, here)))]
     return pd.concat(parts, ignore_index=True)
+
+
+def leak_demo(frame_embeddings, index: pd.DataFrame, *, n_way: int, q_query: int, n_episodes: int, seed: int):
+    """SimpleShot on frame items with support and query allowed to share patients ("leaky") and
+    patient-disjoint ("honest"). Returns ``(K used, table of mean / ci95 per protocol or None)``."""
+    labels, groups = index["label"].to_numpy(str), index["group"].to_numpy(str)
+    limit = fewshot.max_k(labels, groups, q_query)
+    k_shot = max(1, min(5, limit))
+    if limit < 1:
+        return k_shot, None
+    rows = {}
+    for name, disjoint in (("leaky: frames, patients may repeat", "item"), ("honest: patient-disjoint", "patient")):
+        episodes = fewshot.evaluate_episodes(frame_embeddings, labels, groups, {"simpleshot": fewshot.SimpleShot()},
+                                             n_way, k_shot, q_query, n_episodes, seed, disjoint=disjoint)
+        rows[name] = fewshot.accuracy_summary(episodes["accuracy"])
+    return k_shot, pd.DataFrame(rows).T

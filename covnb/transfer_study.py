@@ -19,7 +19,8 @@ import pandas as pd
 from covnb.evaluate import classification_metrics, fold_metrics, metrics_frame, video_predictions
 
 __all__ = ["cv_results_of", "recipe_row", "leaky_split_comparison", "source_comparison", "uncertainty_table",
-           "level_table", "frame_agreement", "feature_map", "imbalance_summary"]
+           "level_table", "frame_agreement", "feature_map", "imbalance_comparison", "imbalance_summary",
+           "compare_available_backbones", "recipe_variants", "headline_numbers", "split_audit"]
 
 _TEXT_COLUMNS = {"sample_id": str, "group": str, "label": str, "source": str, "kind": str, "pred": str}
 
@@ -242,6 +243,22 @@ def feature_map(features: np.ndarray, index: pd.DataFrame, projection: str = "ts
             "same_class": float(np.mean(labels[neighbours] == labels))}
 
 
+def imbalance_comparison(frame_set, default, default_cv, classes, *, n_folds: int, seeds) -> tuple:
+    """The default recipe's Keras head (where oversampling and class weights act differently; King &
+    Zeng 2001) with no correction, class weights and oversampling, on the same folds. Returns
+    ``(the config compared, option -> per-fold video metrics)``; ``default_cv`` is reused when it is one of them."""
+    from covnb.train import run_cross_validation
+
+    base = default if default.solver == "keras" else dataclasses.replace(default, solver="keras", train_unit="frame")
+    per_fold = {}
+    for option in ("none", "class_weight", "oversample"):
+        result = default_cv if option == base.imbalance and base == default else run_cross_validation(
+            frame_set, dataclasses.replace(base, imbalance=option), n_folds=n_folds, seeds=seeds, log=None,
+            classes=classes)
+        per_fold[option] = fold_metrics(result.oof, classes, "video_mean")
+    return base, per_fold
+
+
 def imbalance_summary(per_fold: dict, classes) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """From ``option -> per-fold video metrics``: sensitivity per class and option, the summary
     table, and what notebook 02 stores as ``imbalance``."""
@@ -310,3 +327,13 @@ def headline_numbers(summary: dict, focus: str, leaky: dict | None) -> dict:
             "video_macro_auc": video["folds_mean"]["macro_auc"],
             "frame_balanced_accuracy": summary["frame"]["folds_mean"]["balanced_accuracy"],
             "leaky_frame_balanced_accuracy": leaky["frame_balanced_accuracy_folds_mean"] if leaky else None}
+
+
+def split_audit(frame_set, cv, seed: int):
+    """:func:`covnb.splits.audit_split` of the test folds ``cv`` used for split seed ``seed``, frame by frame."""
+    from covnb.splits import audit_split
+
+    index = frame_set.index.reset_index(drop=True)
+    tests = cv.folds[(cv.folds["role"] == "test") & (cv.folds["seed"] == seed)]
+    fold_of_frame = index["sample_id"].map(dict(zip(tests["sample_id"], tests["fold"]))).to_numpy()
+    return audit_split(index, fold_of_frame, frames=frame_set.frames, raise_on_leak=False)

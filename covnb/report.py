@@ -6,8 +6,9 @@ notebooks, their HTML, each notebook's ``metrics.json`` and figures (in a sub-fo
 its ``output_dir`` parameter), and ``manifest.json`` (profile, parameters, seed, package
 versions, data fingerprint, per-notebook time and status). Earlier runs are never touched.
 
-Parameters are checked against each notebook's ``parameters`` cell before anything runs:
-papermill itself only warns about unknown names. A text parameter may contain ``{run_dir}``,
+Parameters are checked against each notebook's ``parameters`` cell and against its schema
+(:func:`covnb.parameters.validate_parameters`, the same check the notebook runs) before anything
+runs: papermill itself only warns about unknown names. A text parameter may contain ``{run_dir}``,
 replaced by the run folder, so a later notebook can use what an earlier one wrote (for example
 ``model_path: "{run_dir}/02_transfer_learning/model.keras"``).
 """

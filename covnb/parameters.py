@@ -33,7 +33,7 @@ class Parameter:
 
     ``kind``: ``"int"``, ``"number"``, ``"bool"``, ``"choice"`` (``choices``), ``"text"``,
     ``"folder"`` / ``"file"`` (a path, checked to exist when the notebook runs), ``"int_list"``
-    or ``"choice_list"``. ``low`` / ``high`` bound numbers (``open_low``: strictly above ``low``);
+    or ``"choice_list"``. ``low`` / ``high`` bound numbers (``open_low`` / ``open_high``: strictly);
     ``optional``: ``None`` is allowed (and means what ``meaning`` says). ``choices`` may be a
     function returning them (registries that import TensorFlow are read only when needed) or a
     mapping of accepted spellings to canonical values.
@@ -44,6 +44,7 @@ class Parameter:
     low: float | None = None
     high: float | None = None
     open_low: bool = False
+    open_high: bool = False
     choices: Any = None
     optional: bool = False
 
@@ -153,8 +154,8 @@ SCHEMAS: dict[str, dict[str, Parameter]] = {
         "max_frames": MAX_FRAMES, "seed": SEED,
         "method": Parameter("choice", "heatmap method of the gallery and the explorer", choices=_cam_methods),
         "layer": Parameter("text", "layer to explain (None: the last convolutional layer)", optional=True),
-        "threshold": Parameter("number", "heat below this share of the maximum is not drawn", low=0, high=0.999999,
-                               optional=True),
+        "threshold": Parameter("number", "heat below this share of the maximum is not drawn", low=0, high=1,
+                               open_high=True, optional=True),
         "n_gallery": Parameter("int", "frames per class in the gallery", low=1, high=12),
         "output_dir": OUTPUT_DIR,
     },
@@ -184,7 +185,7 @@ def _bounds_text(spec: Parameter, what: str) -> str:
     if spec.low is not None and spec.high is not None:
         if what == "an integer":
             return f"{what} in {spec.low:g}..{spec.high:g}"
-        return f"{what} in {'(' if spec.open_low else '['}{spec.low:g}, {spec.high:g}]"
+        return f"{what} in {'(' if spec.open_low else '['}{spec.low:g}, {spec.high:g}{')' if spec.open_high else ']'}"
     if spec.low is not None:
         return f"{what} {'>' if spec.open_low else '>='} {spec.low:g}"
     return what
@@ -193,7 +194,7 @@ def _bounds_text(spec: Parameter, what: str) -> str:
 def _in_bounds(spec: Parameter, value) -> bool:
     if spec.low is not None and (value <= spec.low if spec.open_low else value < spec.low):
         return False
-    return spec.high is None or value <= spec.high
+    return spec.high is None or (value < spec.high if spec.open_high else value <= spec.high)
 
 
 def _check_one(name: str, spec: Parameter, value, running: bool):

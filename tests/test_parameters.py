@@ -56,7 +56,7 @@ def test_every_profile_validates(profile):
     ("03_few_shot", {"shots": []}, "shots must be a non-empty list of integers >= 1"),
     ("03_few_shot", {"base_fraction": 0.9}, r"base_fraction must be a number in \[0.1, 0.5\], got 0.9"),
     ("04_cam_explorer", {"method": "saliency"}, "method must be one of"),
-    ("04_cam_explorer", {"threshold": 1.0}, "threshold must be None or a number"),
+    ("04_cam_explorer", {"threshold": 1.0}, r"threshold must be None or a number in \[0, 1\), got 1.0"),
     ("05_trust", {"n_boot": 5}, "n_boot must be an integer >= 10, got 5"),
     ("05_trust", {"rate_hz": 0}, r"rate_hz must be a number in \(0, 120\], got 0"),
 ])

@@ -197,50 +197,68 @@ def _in_bounds(spec: Parameter, value) -> bool:
     return spec.high is None or (value < spec.high if spec.open_high else value <= spec.high)
 
 
+def _check_int(name, spec, value, none_text, running):
+    if not _is_int(value) or not _in_bounds(spec, value):
+        raise ValueError(f"{name} must be {none_text}{_bounds_text(spec, 'an integer')}, got {value!r}")
+    return int(value)
+
+
+def _check_number(name, spec, value, none_text, running):
+    if not _is_number(value) or not _in_bounds(spec, value):
+        raise ValueError(f"{name} must be {none_text}{_bounds_text(spec, 'a number')}, got {value!r}")
+    return float(value)
+
+
+def _check_bool(name, spec, value, none_text, running):
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _check_choice(name, spec, value, none_text, running):
+    choices = spec.resolved_choices()
+    key = value.lower() if isinstance(value, str) and isinstance(choices, Mapping) else value
+    if not any(key is c or (type(key) is type(c) and key == c) for c in choices):
+        shown = sorted(set(choices.values())) if isinstance(choices, Mapping) else choices
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, shown))}; got {value!r}")
+    return choices[key] if isinstance(choices, Mapping) else value
+
+
+def _check_int_list(name, spec, value, none_text, running):
+    if not isinstance(value, (list, tuple)) or not value or not all(_is_int(v) and _in_bounds(spec, v) for v in value):
+        raise ValueError(f"{name} must be a non-empty list of {_bounds_text(spec, 'integers')}, got {value!r}")
+    return sorted({int(v) for v in value})
+
+
+def _check_choice_list(name, spec, value, none_text, running):
+    choices = spec.resolved_choices()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v in choices for v in value):
+        raise ValueError(f"{name} must be a list of names from {', '.join(sorted(choices))}; got {value!r}")
+    return list(value)
+
+
+def _check_path(name, spec, value, none_text, running):
+    if not isinstance(value, (str, Path)):
+        raise ValueError(f"{name} must be {none_text}{'a path' if spec.kind != 'text' else 'text'}, got {value!r}")
+    if running and spec.kind == "folder" and str(value) != "phantom" and not Path(value).expanduser().is_dir():
+        raise ValueError(f"{name} {str(value)!r} is not an existing folder")
+    if running and spec.kind == "file" and not Path(value).expanduser().exists():
+        raise ValueError(f"{name} {str(value)!r} does not exist")
+    return str(value) if isinstance(value, Path) else value
+
+
+_CHECKS = {"int": _check_int, "number": _check_number, "bool": _check_bool, "choice": _check_choice,
+           "int_list": _check_int_list, "choice_list": _check_choice_list, "text": _check_path,
+           "folder": _check_path, "file": _check_path}
+
+
 def _check_one(name: str, spec: Parameter, value, running: bool):
     """The value, normalised (ints as int, numbers as float, choices canonical); raises ValueError."""
     if value is None and spec.optional:
         return None
-    none_text = "None or " if spec.optional else ""
-    if spec.kind == "int":
-        if not _is_int(value) or not _in_bounds(spec, value):
-            raise ValueError(f"{name} must be {none_text}{_bounds_text(spec, 'an integer')}, got {value!r}")
-        return int(value)
-    if spec.kind == "number":
-        if not _is_number(value) or not _in_bounds(spec, value):
-            raise ValueError(f"{name} must be {none_text}{_bounds_text(spec, 'a number')}, got {value!r}")
-        return float(value)
-    if spec.kind == "bool":
-        if not isinstance(value, bool):
-            raise ValueError(f"{name} must be True or False, got {value!r}")
-        return value
-    if spec.kind == "choice":
-        choices = spec.resolved_choices()
-        key = value.lower() if isinstance(value, str) and isinstance(choices, Mapping) else value
-        if not any(key is c or (type(key) is type(c) and key == c) for c in choices):
-            shown = sorted(set(choices.values())) if isinstance(choices, Mapping) else choices
-            raise ValueError(f"{name} must be one of {', '.join(map(repr, shown))}; got {value!r}")
-        return choices[key] if isinstance(choices, Mapping) else value
-    if spec.kind in ("int_list", "choice_list"):
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{name} must be a list, got {value!r}")
-        if spec.kind == "int_list":
-            if not value or not all(_is_int(v) and _in_bounds(spec, v) for v in value):
-                raise ValueError(f"{name} must be a non-empty list of {_bounds_text(spec, 'integers')}, got {value!r}")
-            return sorted({int(v) for v in value})
-        choices = spec.resolved_choices()
-        if not all(isinstance(v, str) and v in choices for v in value):
-            raise ValueError(f"{name} must be a list of names from {', '.join(sorted(choices))}; got {value!r}")
-        return list(value)
-    if spec.kind in ("text", "folder", "file"):
-        if not isinstance(value, (str, Path)):
-            raise ValueError(f"{name} must be {none_text}{'a path' if spec.kind != 'text' else 'text'}, got {value!r}")
-        if running and spec.kind == "folder" and str(value) != "phantom" and not Path(value).expanduser().is_dir():
-            raise ValueError(f"{name} {str(value)!r} is not an existing folder")
-        if running and spec.kind == "file" and not Path(value).expanduser().exists():
-            raise ValueError(f"{name} {str(value)!r} does not exist")
-        return str(value) if isinstance(value, Path) else value
-    raise TypeError(f"unknown parameter kind {spec.kind!r} of {name}")
+    if spec.kind not in _CHECKS:
+        raise TypeError(f"unknown parameter kind {spec.kind!r} of {name}")
+    return _CHECKS[spec.kind](name, spec, value, "None or " if spec.optional else "", running)
 
 
 def _check_together(notebook: str, values: dict) -> None:

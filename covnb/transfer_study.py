@@ -139,6 +139,21 @@ def source_comparison(patient_cv: dict, source_cv: dict, classes, *, main_name: 
         rows[f"{name}, source-held-out"] = _split_row(source_cv[name].oof, classes, focus)
     table = pd.DataFrame(rows).T
     held_rows = [row for row in results_by_source(source_cv[main_name].oof, classes) if row["label"] == focus]
+    lines = _source_prose(rows, held_rows, main_name=main_name, focus=focus, leaky=leaky,
+                          with_probe="linear probe" in patient_cv)
+    per_source = pd.DataFrame(held_rows, columns=["source", "label", "files", "share_correct", "test_folds"])
+    folds = {f"{name}, {split}": fold_metrics(result.oof, classes, "video_mean") for name in patient_cv
+             for split, result in (("patient-grouped", patient_cv[name]), ("source-held-out", source_cv[name]))}
+    return {"table": table.reset_index().rename(columns={"index": "split"}).to_dict(orient="records"),
+            "held_out": split_attrs["held_out"], "notes": split_attrs["notes"], "per_source": held_rows,
+            "prose": " ".join(lines), "frame": table, "fold_tables": folds,
+            "per_source_frame": per_source.set_index("source")[["files", "share_correct", "test_folds"]].rename(
+                columns={"share_correct": f"{focus} found (share of its videos)"})}
+
+
+def _source_prose(rows: dict, held_rows: list, *, main_name: str, focus: str, leaky: dict | None,
+                  with_probe: bool) -> list[str]:
+    """Sentences comparing patient-grouped and source-held-out folds, each written from the numbers."""
     patient = rows[f"{main_name}, patient-grouped"]["video balanced accuracy"]
     source = rows[f"{main_name}, source-held-out"]["video balanced accuracy"]
     spread = rows[f"{main_name}, source-held-out"]["± std over folds"]
@@ -160,7 +175,7 @@ def source_comparison(patient_cv: dict, source_cv: dict, classes, *, main_name: 
     else:
         lines.append(f"The two differ by {drop:+.3f}, within the fold spread (± {spread:.3f}): this run does not "
                      f"show a source effect.")
-    if main_name != "linear probe" and "linear probe" in patient_cv:
+    if main_name != "linear probe" and with_probe:
         gap_patient = patient - rows["linear probe, patient-grouped"]["video balanced accuracy"]
         gap_source = source - rows["linear probe, source-held-out"]["video balanced accuracy"]
         lines.append(f"Against the linear probe, {main_name} is {gap_patient:+.3f} on patient-grouped folds and "
@@ -172,14 +187,7 @@ def source_comparison(patient_cv: dict, source_cv: dict, classes, *, main_name: 
         worst = min(found, key=found.get)
         lines.append(f"Per held-out source, the share of {focus} videos found ranges from {found[worst]:.2f} "
                      f"(source {worst}) to {max(found.values()):.2f}.")
-    per_source = pd.DataFrame(held_rows, columns=["source", "label", "files", "share_correct", "test_folds"])
-    folds = {f"{name}, {split}": fold_metrics(result.oof, classes, "video_mean") for name in patient_cv
-             for split, result in (("patient-grouped", patient_cv[name]), ("source-held-out", source_cv[name]))}
-    return {"table": table.reset_index().rename(columns={"index": "split"}).to_dict(orient="records"),
-            "held_out": split_attrs["held_out"], "notes": split_attrs["notes"], "per_source": held_rows,
-            "prose": " ".join(lines), "frame": table, "fold_tables": folds,
-            "per_source_frame": per_source.set_index("source")[["files", "share_correct", "test_folds"]].rename(
-                columns={"share_correct": f"{focus} found (share of its videos)"})}
+    return lines
 
 
 def uncertainty_table(summary: dict, classes, level: str = "video_mean") -> pd.DataFrame:

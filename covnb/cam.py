@@ -760,3 +760,14 @@ def method_agreement(results: dict[str, CamResult], frame_size: tuple[int, int] 
                              "peak_distance": float(np.hypot(xa - xb, ya - yb)) / diagonal,
                              "top_iou": float(overlap[i])})
     return pd.DataFrame(rows, columns=["frame", "method_a", "method_b", "correlation", "peak_distance", "top_iou"])
+
+
+#: Public names for notebook 04 and the explorer: the accepted method spellings, and the layer a method explains.
+METHOD_ALIASES = _METHOD_ALIASES
+
+
+def explained_layer_name(model: keras.Model, method: str = "gradcam", layer: str | None = None) -> str:
+    """The layer :func:`explain` explains for ``method`` (CAM: the layer feeding the GAP head)."""
+    if _METHOD_ALIASES[str(method).lower()] == "cam":
+        return cam_feature_layer_name(model)
+    return _resolve_layer(model, layer).name

@@ -6,8 +6,9 @@ notebooks, their HTML, each notebook's ``metrics.json`` and figures (in a sub-fo
 its ``output_dir`` parameter), and ``manifest.json`` (profile, parameters, seed, package
 versions, data fingerprint, per-notebook time and status). Earlier runs are never touched.
 
-Parameters are checked against each notebook's ``parameters`` cell before anything runs:
-papermill itself only warns about unknown names. A text parameter may contain ``{run_dir}``,
+Parameters are checked against each notebook's ``parameters`` cell and against its schema
+(:func:`covnb.parameters.validate_parameters`, the same check the notebook runs) before anything
+runs: papermill itself only warns about unknown names. A text parameter may contain ``{run_dir}``,
 replaced by the run folder, so a later notebook can use what an earlier one wrote (for example
 ``model_path: "{run_dir}/02_transfer_learning/model.keras"``).
 """
@@ -133,6 +134,27 @@ def _check_type(notebook: str, name: str, value, declared: dict) -> None:
         raise ReportError(f"bad value for {name} in {notebook}: {value!r} (expected text like {default_text})")
 
 
+def _validate(nb_path: Path, params: dict, declared: dict) -> None:
+    """The notebook's own parameter schema (:mod:`covnb.parameters`) on its defaults + the profile's values."""
+    import ast
+
+    from covnb.parameters import SCHEMAS, ParameterError, validate_parameters
+
+    if nb_path.stem not in SCHEMAS:
+        return  # a user's own notebook: the type checks above are all there is
+    merged = {}
+    for name, description in declared.items():
+        try:
+            merged[name] = ast.literal_eval(description.get("default", "None"))
+        except (ValueError, SyntaxError):
+            merged[name] = description.get("default")
+    merged.update(params)
+    try:
+        validate_parameters(nb_path.stem, merged, running=False)
+    except ParameterError as error:
+        raise ReportError(str(error)) from None
+
+
 def plan_report(profile: str = "sample", data: str | None = None, overrides: dict | None = None,
                 notebooks_dir: Path = NOTEBOOKS_DIR) -> ReportPlan:
     """Resolve a profile and overrides into a checked plan; raises :class:`ReportError`."""
@@ -163,6 +185,7 @@ def plan_report(profile: str = "sample", data: str | None = None, overrides: dic
         accepted.update(declared)
         for name, value in params.items():
             _check_type(nb_path.name, name, value, declared[name])
+        _validate(nb_path, params, declared)
         plans.append(NotebookPlan(nb_path.stem, nb_path, params, declared))
     unknown = sorted(set(shared) - accepted)
     if unknown:

@@ -4,8 +4,8 @@
   that the image changes.
 - The report a user opens: ``covnb report --profile smoke`` with a relative ``--out``, then its
   index.html and a notebook page opened from disk with every network request refused: no broken
-  image, math typeset by the MathJax inside the run folder, screenshots of both kept in
-  ``$COVNB_SCREENSHOT_DIR`` (default /tmp/covnb_screens).
+  image, math typeset by the MathJax inside the run folder. Screenshots are written inside the
+  test's own temporary folder, and also kept in ``$COVNB_SCREENSHOT_DIR`` when it is set.
 
 Skips cleanly when /usr/bin/chromium or Playwright is missing (``.ci/run`` installs chromium).
 Recipe: /work/shared/docs/conventions.md, "Browser tests".
@@ -32,8 +32,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SCREENSHOT_COPY = Path("/tmp/covnb_browser.png")
-SCREENSHOT_DIR = Path(os.environ.get("COVNB_SCREENSHOT_DIR", "/tmp/covnb_screens"))
+
+
+def _keep_screenshots(shots: dict[str, Path]) -> None:
+    """Copy screenshots to ``$COVNB_SCREENSHOT_DIR`` when it is set (nothing is written outside tmp_path otherwise)."""
+    folder = os.environ.get("COVNB_SCREENSHOT_DIR")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        for name, shot in shots.items():
+            shutil.copyfile(shot, Path(folder) / f"{name}.png")
 LAPTOP = {"width": 1366, "height": 900}
 
 SETUP_CELL = '''
@@ -239,7 +246,7 @@ def test_explorer_in_jupyterlab_with_chromium(jupyter_lab, tmp_path):
         finally:
             browser.close()
     assert screenshot.stat().st_size > 10_000
-    shutil.copyfile(screenshot, SCREENSHOT_COPY)
+    _keep_screenshots({"explorer": screenshot})
 
 
 # ----------------------------------------------------------------------------- the report pages
@@ -330,7 +337,6 @@ def test_report_index_and_notebook_page_render_offline(smoke_report, tmp_path):
             page.screenshot(path=str(shots["notebook"]))
         finally:
             browser.close()
-    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
     for name, shot in shots.items():
         assert shot.stat().st_size > 20_000
-        shutil.copyfile(shot, SCREENSHOT_DIR / f"{name}.png")
+    _keep_screenshots(shots)

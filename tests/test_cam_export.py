@@ -107,8 +107,13 @@ def test_export_writes_overlays_mp4_and_index(model_file, synthetic_inputs, tmp_
     assert (ok.loc[ok["source"] == str(image), "output_kind"]).tolist() == ["overlay_png"]
     video_rows = ok[ok["source"] == str(video)]
     assert sorted(video_rows["output_kind"]) == ["overlay_png", "overlay_png", "video_mp4"]
-    for name in ok["output"]:
-        assert (out / name).is_file() and (out / name).stat().st_size > 0
+    for name in ok["output"]:  # every output decodes: PNGs are frame | overlay, the overlay half carries heat
+        if name.endswith(".png"):
+            picture = cv2.imread(str(out / name))
+            assert picture is not None and picture.shape[1] == 2 * 256 + 4
+            assert not np.array_equal(picture[28:, :256], picture[28:, 260:])
+        else:
+            assert decoded_frames(out / name) > 0
 
     # The PNGs are the top-k frames by probability of the explained class, best first.
     pngs = video_rows[video_rows["output_kind"] == "overlay_png"]

@@ -8,6 +8,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from imagecheck import assert_real_image
+
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "04_cam_explorer.ipynb"
 PARAMETERS = {"data_path": None, "dataset_kind": "auto", "task": "auto", "model_path": None,
               "backbone": "efficientnet_lite0", "weights": "imagenet", "image_size": 224, "rate_hz": 3.0,
@@ -52,7 +54,7 @@ def test_notebook_on_the_phantom_at_tiny_settings(tmp_path):
     assert metrics["synthetic"] is True and metrics["model"]["quick_demo"] is True
     assert metrics["model"]["classes"] == ["covid", "pneumonia", "regular"]
     for name in metrics["figures"]:
-        assert (output / name).stat().st_size > 5_000
+        assert_real_image(output / name)
     assert {"gallery.png", "peak_scatter.png", "heat_inside_sector.png", "method_agreement.png",
             "methods_side_by_side.png", "explorer_view.png"} <= set(metrics["figures"])
     assert (output / "cam_peaks.csv").is_file()
@@ -62,8 +64,13 @@ def test_notebook_on_the_phantom_at_tiny_settings(tmp_path):
     # Grad-CAM equals CAM on the layer feeding a GAP head: perfect agreement, a known answer.
     assert metrics["agreement_median"]["gradcam vs cam"]["correlation"] == pytest.approx(1.0, abs=1e-4)
     assert len(metrics["gallery"]["covid"]) == TINY["n_gallery"]
-    assert metrics["explorer"]["cached_redraw_ms"] > 0
-    assert list(output.glob("covid_*_frame*.png"))  # the explorer's Save PNG
+    # the explorer shows one file per class, the most confident one, and saves the view it shows
+    assert [name.split(":")[0] for name in metrics["explorer"]["samples"]] == ["covid", "pneumonia", "regular"]
+    assert set(metrics["explorer"]) == {"samples", "cached_redraw_ms", "new_frame_heatmap_ms", "new_frame_overlay_ms",
+                                        "plot_ms"}
+    (saved,) = output.glob("covid_*_frame*.png")  # the explorer's Save PNG
+    assert_real_image(saved)
+    assert metrics["settings"]["method"] == "gradcam"
     # The explorer cell shows the widget AND a static figure (the HTML report is never blank).
     explorer_cells = [cell for cell in executed.cells
                       if cell.cell_type == "code" and "display(explorer.widget)" in cell.source]

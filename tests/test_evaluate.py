@@ -102,12 +102,23 @@ def test_bootstrap_resamples_patients():
     table = frame_table(y, one_hot_probs(noisy))
     interval = bootstrap_ci(table, CLASSES, "balanced_accuracy", n_boot=200, seed=1)
     assert interval["low"] <= interval["estimate"] <= interval["high"]
-    assert interval["high"] - interval["low"] > 0.02
+    assert interval["high"] - interval["low"] > 0  # noisy predictions: the resamples disagree
     assert interval["n_groups"] == table["group"].nunique() == 30
     again = bootstrap_ci(table, CLASSES, ["balanced_accuracy", "covid_sensitivity"], n_boot=200, seed=1)
     assert again["balanced_accuracy"] == interval  # seeded: reproducible
     perfect = bootstrap_ci(frame_table(y, one_hot_probs(y)), CLASSES, "accuracy", n_boot=50)
     assert perfect["low"] == perfect["high"] == 1.0
+
+
+def test_bootstrap_interval_of_a_known_case():
+    # 20 patients with one video each, 10 right and 10 wrong: the bootstrap accuracy of a resample is
+    # Binomial(20, 0.5) / 20, whose 2.5% and 97.5% quantiles are 6/20 and 14/20.
+    table = pd.DataFrame({"seed": 0, "fold": 0, "sample_id": [f"v{i}" for i in range(20)],
+                          "group": [f"p{i}" for i in range(20)], "label": ["covid"] * 10 + ["pneumonia"] * 10,
+                          "frame_index": 0, "prob_covid": 0.8, "prob_pneumonia": 0.1, "prob_regular": 0.1})
+    interval = bootstrap_ci(table, CLASSES, "accuracy", n_boot=20000, seed=0)
+    assert interval["estimate"] == 0.5
+    assert (interval["low"], interval["high"]) == (pytest.approx(0.30), pytest.approx(0.70))
 
 
 def test_summarize_cv_reports_every_level():
@@ -129,15 +140,26 @@ def test_unknown_label_is_a_clear_error():
         fold_metrics(table, CLASSES)
 
 
-def test_figures_are_matplotlib_figures():
+def test_figures_plot_the_numbers():
     y = np.array([0, 1, 2, 0, 1, 2])
-    table = frame_table(y, one_hot_probs(y))
+    predicted = np.array([0, 1, 2, 0, 2, 2])  # one pneumonia called regular
+    table = frame_table(y, one_hot_probs(predicted))
+    by_row, by_column = plot_confusion_matrices(table, CLASSES).axes[:2]
+    assert np.allclose(by_row.collections[0].get_array().reshape(3, 3), [[1, 0, 0], [0, 0.5, 0.5], [0, 0, 1]])
+    assert np.allclose(by_column.collections[0].get_array().reshape(3, 3), [[1, 0, 0], [0, 1, 1 / 3], [0, 0, 2 / 3]])
+    roc = plot_roc_curves(table, CLASSES).axes[0]
+    assert [t.get_text() for t in roc.get_legend().get_texts()] == ["covid (AUC 1.00)", "pneumonia (AUC 0.75)",
+                                                                    "regular (AUC 0.88)"]
+    for line in roc.get_lines():  # every ROC curve runs from (0, 0) to (1, 1)
+        assert (line.get_xdata()[0], line.get_ydata()[0], line.get_xdata()[-1], line.get_ydata()[-1]) == (0, 0, 1, 1)
     history = pd.DataFrame({"seed": 0, "fold": 0, "stage": "head", "epoch": [1, 2, 3], "loss": [1.0, 0.8, 0.7],
                             "val_loss": [1.1, 0.9, 0.95]})
-    for figure in (plot_confusion_matrices(table, CLASSES), plot_roc_curves(table, CLASSES),
-                   plot_training_curves(history), plot_training_curves(pd.DataFrame())):
-        assert isinstance(figure, plt.Figure)
-        plt.close(figure)
+    train_axes, validation_axes = plot_training_curves(history).axes[:2]
+    assert list(train_axes.get_lines()[0].get_ydata()) == [1.0, 0.8, 0.7]
+    assert list(validation_axes.get_lines()[0].get_ydata()) == [1.1, 0.9, 0.95]
+    empty = plot_training_curves(pd.DataFrame())
+    assert "no epoch-wise training (linear probe)" in [t.get_text() for ax in empty.axes for t in ax.texts]
+    plt.close("all")
 
 
 @pytest.mark.parametrize("classes", [CLASSES, ["covid", "other"]])

@@ -290,7 +290,8 @@ def test_default_recipe_on_real_ultrasound_beats_chance_and_covers_every_frame(p
     assert len(cv.oof) == len(frameset) and cv.oof["frame_index"].notna().all()
     assert (cv.oof.groupby("group")["fold"].nunique() == 1).all()
     video = summarize_cv(cv.oof, cv.classes, n_boot=0)["video_mean"]["pooled_mean"]
-    assert video["balanced_accuracy"] > 0.5  # chance is 1/3
+    # what the seeded recipe scores on these 18 patients (0.8778, split seed 0; chance is 1/3)
+    assert video["balanced_accuracy"] == pytest.approx(0.878, abs=0.01)
 
 
 def sourced_frameset():

@@ -9,6 +9,8 @@ import nbformat
 import numpy as np
 import pytest
 
+from imagecheck import assert_real_image
+
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "02_transfer_learning.ipynb"
 PARAMETERS = {"data_path": None, "dataset_kind": "auto", "task": "auto", "backbone": "efficientnet_lite0",
               "weights": "imagenet", "alpha": None, "image_size": 224, "rate_hz": 3.0, "max_frames": 30, "seed": 0,
@@ -38,7 +40,8 @@ def test_committed_notebook_is_clean_with_one_literal_parameters_cell():
             assert cell.outputs == [] and cell.execution_count is None
     assert notebook.cells[0].cell_type == "markdown"  # prose first
     position = notebook.cells.index(tagged[0])
-    assert "_check(" in notebook.cells[position + 1].source  # the next cell validates the parameters
+    # the next cell validates the parameters with the package's one function (covnb.parameters)
+    assert 'validate_parameters("02_transfer_learning", globals())' in notebook.cells[position + 1].source
 
 
 def _run(tmp_path, **parameters):
@@ -75,7 +78,7 @@ def test_notebook_on_the_phantom_at_tiny_settings(tmp_path):
     assert metrics["leaky_split"]["audit_shared_patients"] == metrics["data"]["patients"]
     assert metrics["frozen_features"]["dimensions"] == 256  # MobileNet alpha 0.25: 1024 * 0.25 channels
     for name in metrics["figures"]:
-        assert (output / name).stat().st_size > 5_000
+        assert_real_image(output / name)
     assert {"frozen_features.png", "recipes.png", "leaky_vs_honest.png", "imbalance.png", "confusion_videos.png",
             "confusion_frames.png", "roc_videos.png"} <= set(metrics["figures"])
     oof = (output / "oof_predictions.csv").read_text().splitlines()

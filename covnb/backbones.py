@@ -36,6 +36,7 @@ import numpy as np
 import keras
 
 from covnb.cache import CacheError, cache_dir, warn_cache_unwritable
+from covnb.io_utils import atomic_write
 from covnb.registry import BACKBONES, PREPROCESS_MODES, BackboneSpec, backbone_spec, preprocess_layer_name
 
 __all__ = [
@@ -789,18 +790,7 @@ def save_weights_atomically(model: keras.Model, output_path: str | os.PathLike) 
     """``model.save_weights`` to a temporary file renamed into place: never half a file."""
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(suffix=".weights.h5", dir=output_path.parent)
-    os.close(fd)
-    try:
-        model.save_weights(tmp_name, overwrite=True)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes 0600 files
-        os.replace(tmp_name, output_path)
-    finally:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
-    return output_path
+    return atomic_write(output_path, lambda tmp: model.save_weights(str(tmp), overwrite=True), suffix=".weights.h5")
 
 
 def convert_efficientnet_lite_weights(variant: str = "efficientnet_lite0",

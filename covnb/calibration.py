@@ -37,6 +37,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from covnb.evaluate import _labels_and_probs, prob_columns, video_predictions
+
 __all__ = [
     "CALIBRATION_METHODS",
     "DEFAULT_METHOD",
@@ -276,15 +278,11 @@ def reliability_table(probs, labels, class_index: int | None = None, n_bins: int
 
 
 def _encode(table: pd.DataFrame, classes) -> tuple[np.ndarray, np.ndarray]:
-    from covnb.evaluate import _labels_and_probs
-
     return _labels_and_probs(table, classes)
 
 
 def calibrate_table(table: pd.DataFrame, classes, calibration: dict | None) -> pd.DataFrame:
     """A copy of a prediction table with calibrated ``prob_<class>`` columns and ``pred``."""
-    from covnb.evaluate import prob_columns
-
     columns = prob_columns(classes)
     result = table.copy()
     if len(result):
@@ -326,8 +324,6 @@ def select_method(table: pd.DataFrame, classes, candidates=AUTO_CANDIDATES) -> t
 
 
 def _level_tables(oof: pd.DataFrame, classes) -> dict[str, pd.DataFrame]:
-    from covnb.evaluate import video_predictions
-
     return {"frame": oof, "video": video_predictions(oof, classes, "mean")}
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -27,7 +26,12 @@ import numpy as np
 import pandas as pd
 
 from covnb import cam
-from covnb.frames import count_frames
+from covnb.calibration import calibrate_file_probabilities
+from covnb.frames import FrameError, count_frames, read_frames
+from covnb.io_utils import error_reason, slug
+from covnb.models import load_model
+from covnb.predict import (OutputInsideInputError, expand_paths, frame_settings_from_metadata,
+                           refuse_output_inside_inputs)
 
 __all__ = ["CamOptionError", "export_cam", "check_options", "INDEX_COLUMNS"]
 
@@ -49,8 +53,7 @@ class _Options:
     classes: list[str]
 
 
-def _slug(text) -> str:
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text)).strip("_.") or "file"
+_slug = slug
 
 
 def check_options(model, metadata: dict, method: str = "gradcam", layer: str | None = None,
@@ -82,8 +85,6 @@ def check_options(model, metadata: dict, method: str = "gradcam", layer: str | N
 
 def _check_out_dir(out_dir: Path, inputs: list[Path]) -> None:
     """Refuse an output folder inside an input folder or equal to the folder of an input file."""
-    from covnb.predict import OutputInsideInputError, refuse_output_inside_inputs
-
     try:
         refuse_output_inside_inputs(out_dir, inputs, what="output folder")
     except OutputInsideInputError as error:
@@ -161,11 +162,6 @@ def export_cam(model_path, paths, out_dir, method: str = "gradcam", layer: str |
     Raises :class:`CamOptionError` for a method, layer or class the model does not have, or an
     ``out_dir`` inside an input folder; :class:`covnb.models.ModelFileError` for a bad model.
     """
-    from covnb.calibration import calibrate_file_probabilities
-    from covnb.frames import FrameError, read_frames
-    from covnb.models import load_model
-    from covnb.predict import expand_paths, frame_settings_from_metadata
-
     if int(top_k) < 1:
         raise CamOptionError(f"top_k must be at least 1, got {top_k}")
     if not 0.0 <= float(alpha) <= 1.0:
@@ -196,8 +192,7 @@ def export_cam(model_path, paths, out_dir, method: str = "gradcam", layer: str |
         try:
             frames, info = read_frames(path, settings)
         except (FrameError, OSError, cv2.error, ValueError) as error:
-            message = str(error)
-            reason = message.split(": ", 1)[-1] if message.startswith(str(path)) else message
+            reason = error_reason(error, path)
             rows.append({"source": str(path), "status": "error", "error": reason})
             if log:
                 log(f"skipped {path}: {reason}")

@@ -28,6 +28,7 @@ import seaborn as sns
 from covnb.canonical import canonicalize
 from covnb.frames import FrameError, FrameSettings, apply_clahe, read_frames
 from covnb.splits import AuditReport, perceptual_hash
+from covnb.phantom import make_clip
 
 #: Pattern each synthetic class is drawn with (see :mod:`covnb.phantom`).
 PHANTOM_PATTERNS = {
@@ -595,8 +596,6 @@ def plot_phantom_patterns(size: int = 192, seed: int = 0, classes=("regular", "c
     The drawings follow the lung-ultrasound signs of Lichtenstein (2014) and Soldati et al.
     (2020); they are synthetic and only teach what to look for.
     """
-    from covnb.phantom import make_clip
-
     fig, axes = plt.subplots(1, len(classes), figsize=(3.6 * len(classes), 4.1), squeeze=False)
     for ax, label in zip(axes[0], classes):
         clip = make_clip(label, np.random.default_rng(seed), n_frames=1, size=size)

@@ -27,7 +27,7 @@ import pandas as pd
 
 from covnb.cache import cache_enabled, cache_root, warn_cache_unwritable
 from covnb.canonical import canonicalize, check_mode
-from covnb.io_utils import atomic_write, atomic_write_text, to_jsonable
+from covnb.io_utils import atomic_write, atomic_write_text, error_reason, to_jsonable
 from covnb.media import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, check_image_header, check_video_header,  # noqa: F401
                          count_frames, file_sha1)
 
@@ -74,6 +74,19 @@ class FrameSettings:
             del fields["canonical"]  # the keys of caches made before the field existed stay valid
         text = json.dumps({"v": CACHE_VERSION, **fields}, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def frame_settings_from_metadata(metadata: dict):
+    """The :class:`FrameSettings` a model was trained with (from its sidecar JSON; also
+    importable from :mod:`covnb.predict`)."""
+    stored = dict(metadata.get("frame_settings") or {})
+    if not stored:
+        stored = {"image_size": metadata.get("image_size", 224), "rate_hz": metadata.get("rate_hz", 3.0),
+                  "max_frames": metadata.get("max_frames", 30)}
+    if stored.get("crop") is not None:
+        stored["crop"] = tuple(stored["crop"])
+    known = {f.name for f in dataclasses.fields(FrameSettings)}
+    return FrameSettings(**{k: v for k, v in stored.items() if k in known})
 
 
 class FrameError(ValueError):
@@ -445,8 +458,7 @@ def extract_frames(samples: pd.DataFrame, settings: FrameSettings = FrameSetting
         try:
             frames, info = frame_cache.get(path, settings) if frame_cache else read_frames(path, settings)
         except (FrameError, OSError, cv2.error) as error:
-            message = str(error)
-            skipped.append({"path": str(path), "reason": message.split(": ", 1)[-1] if message.startswith(str(path)) else message})
+            skipped.append({"path": str(path), "reason": error_reason(error, path)})
             continue
         chunks.append(frames)
         for position, (frame_index, time_s) in enumerate(zip(info["frame_index"], info["time_s"])):

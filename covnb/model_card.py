@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import importlib.resources
 import json
-import os
 import platform
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from covnb import __version__
+from covnb.evaluate import video_predictions
+from covnb.io_utils import atomic_write_text
+from covnb.registry import BACKBONES
 
 __all__ = ["SECTIONS", "NOT_ADDRESSED", "CLAIM_ITEMS", "model_card_context", "render_model_card",
            "write_model_card", "markdown_table"]
@@ -86,8 +90,6 @@ def _read_json(path: Path) -> dict:
 def _versions(model_meta: dict, metrics: dict) -> dict:
     import importlib.metadata
 
-    from covnb import __version__
-
     versions = {"covnb (card)": __version__, "covnb (model)": model_meta.get("covnb_version", "no final model"),
                 "keras (model)": model_meta.get("keras_version", "no final model"), "python": platform.python_version()}
     for package in ("tensorflow", "keras", "numpy", "scikit-learn", "pandas", "opencv-python-headless"):
@@ -127,8 +129,6 @@ def _data_context(run: Path, metrics: dict, folds: pd.DataFrame, oof: pd.DataFra
 
 
 def _results_context(metrics: dict, oof: pd.DataFrame, samples: pd.DataFrame) -> dict:
-    from covnb.evaluate import video_predictions
-
     classes = metrics["classes"]
     rows = []
     for level, caption in (("video_mean", "videos (mean probability)"), ("frame", "frames")):
@@ -298,8 +298,6 @@ def model_card_context(run_dir, samples: pd.DataFrame | None = None) -> dict:
     config = metrics.get("config", {})
     settings = model_meta.get("frame_settings") or {}
     try:
-        from covnb.backbones import BACKBONES
-
         provenance = BACKBONES[config.get("backbone")].weights_source if config.get("weights") == "imagenet" else \
             ("random initialisation" if config.get("weights") in (None, "None") else f"local file {config.get('weights')}")
     except KeyError:
@@ -354,7 +352,5 @@ def write_model_card(run_dir, samples: pd.DataFrame | None = None) -> dict[str, 
     markdown, html = render_model_card(model_card_context(run, samples))
     paths = {"model_card_md": run / "MODEL_CARD.md", "model_card_html": run / "MODEL_CARD.html"}
     for path, text in ((paths["model_card_md"], markdown), (paths["model_card_html"], html)):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
     return paths

@@ -44,6 +44,7 @@ import keras
 
 from covnb import __version__
 from covnb.backbones import build_backbone
+from covnb.frames import frame_settings_from_metadata
 from covnb.io_utils import atomic_write_text, to_jsonable
 from covnb.registry import (HEAD_DENSE, HEAD_FEATURES, HEAD_PREFIX, IMAGE_INPUT, LAST_BLOCK_INPUT, LOGITS,
                             MIDLEVEL_TAPS, MULTISCALE_TAPS, POOLED_TAP_HEADS, PROBS)
@@ -400,8 +401,6 @@ def validate_sidecar(metadata, source: str | os.PathLike, n_outputs: int | None 
                 raise ModelFileError(f"{source}: {where} is {table['image_size']} but the model takes "
                                      f"{input_size} px images")
     try:
-        from covnb.predict import frame_settings_from_metadata
-
         frame_settings_from_metadata(metadata)
     except (ValueError, TypeError) as error:
         raise ModelFileError(f"{source}: frame settings are not usable ({error})") from None

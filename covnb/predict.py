@@ -26,10 +26,11 @@ import keras
 
 from covnb.aggregate import video_level
 from covnb.compiled import cached_for_model
-from covnb.frames import FrameCache, FrameError, FrameSettings, read_frames
+from covnb.frames import FrameCache, FrameError, frame_settings_from_metadata, read_frames  # noqa: F401 (API)
 from covnb.io_utils import atomic_write_text, error_reason
 from covnb.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from covnb.models import load_model
+from covnb.prediction_trust import annotate_predictions, load_trust_arrays
 from covnb.registry import HEAD_FEATURES
 
 __all__ = ["Predictions", "predict_paths", "frame_settings_from_metadata", "expand_paths",
@@ -87,18 +88,6 @@ class Predictions:
         return text
 
 
-def frame_settings_from_metadata(metadata: dict):
-    """The :class:`covnb.frames.FrameSettings` a model was trained with (from its sidecar)."""
-    stored = dict(metadata.get("frame_settings") or {})
-    if not stored:
-        stored = {"image_size": metadata.get("image_size", 224), "rate_hz": metadata.get("rate_hz", 3.0),
-                  "max_frames": metadata.get("max_frames", 30)}
-    if stored.get("crop") is not None:
-        stored["crop"] = tuple(stored["crop"])
-    known = {f.name for f in dataclasses.fields(FrameSettings)}
-    return FrameSettings(**{k: v for k, v in stored.items() if k in known})
-
-
 def expand_paths(paths) -> tuple[list[Path], list[dict]]:
     """Files to predict (folders searched recursively for videos/images) and missing paths."""
     if isinstance(paths, (str, os.PathLike)):
@@ -132,8 +121,6 @@ def predict_paths(model_path, paths, batch_size: int = 32, use_cache: bool = Fal
     reason (:func:`covnb.trust.annotate_predictions`).
     """
     import tensorflow as tf
-
-    from covnb.trust import annotate_predictions, load_trust_arrays
 
     model, metadata = model_path if isinstance(model_path, tuple) else load_model(model_path)
     arrays = None if isinstance(model_path, tuple) or not metadata.get("trust") else load_trust_arrays(model_path)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold

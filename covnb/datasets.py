@@ -457,21 +457,32 @@ def explain_layout(root: Path) -> tuple[str, str]:
     headers = {path: _csv_header(path) for path in csvs}
     for path, header in headers.items():
         if _index_csv_problem(header) is None:
-            patient = next((c for c in PATIENT_COLUMNS if c in header), None)
-            return "csv", (f"{path.name} has columns filename and {'label' if 'label' in header else 'finding'}"
-                           f"{f' and patient column {patient}' if patient else ' but NO patient column'}")
-    index_like = {"filename", "label", "finding", *PATIENT_COLUMNS}
-    suspicious = [path for path, header in headers.items() if header and index_like & set(header)]
-    if suspicious or (csvs and (root / "images").is_dir()):
-        path = (suspicious or csvs)[0]
-        raise DataError(f"{root}: looks like the csv layout ({path.name}"
-                        f"{' beside images/' if (root / 'images').is_dir() else ''}) but {path.name} "
-                        f"{_index_csv_problem(headers[path])}. Fix the CSV, or pass --layout folders to read "
-                        "class folders")
+            return "csv", _csv_layout_reason(path, header)
+    _refuse_csv_lookalike(root, headers)
     classes = [p.name for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
     ignored = f"; ignored {', '.join(p.name for p in csvs)} (no index columns)" if csvs else ""
     return "folders", (f"no pocus_videos/, pocus_images/ nor index CSV: one class per folder "
                        f"({', '.join(classes[:10]) or 'none'}){ignored}")
+
+
+def _csv_layout_reason(path: Path, header: list[str]) -> str:
+    patient = next((c for c in PATIENT_COLUMNS if c in header), None)
+    return (f"{path.name} has columns filename and {'label' if 'label' in header else 'finding'}"
+            f"{f' and patient column {patient}' if patient else ' but NO patient column'}")
+
+
+def _refuse_csv_lookalike(root: Path, headers: dict[Path, list[str] | None]) -> None:
+    """Raise :class:`DataError` when ``root`` looks like the csv layout but none of its CSVs passes."""
+    index_like = {"filename", "label", "finding", *PATIENT_COLUMNS}
+    suspicious = [path for path, header in headers.items() if header and index_like & set(header)]
+    has_images = (root / "images").is_dir()
+    if not suspicious and not (headers and has_images):
+        return
+    path = (suspicious or list(headers))[0]
+    raise DataError(f"{root}: looks like the csv layout ({path.name}"
+                    f"{' beside images/' if has_images else ''}) but {path.name} "
+                    f"{_index_csv_problem(headers[path])}. Fix the CSV, or pass --layout folders to read "
+                    "class folders")
 
 
 def detect_layout(root: Path) -> str:
@@ -602,24 +613,55 @@ def merge_duplicate_groups(samples: pd.DataFrame, max_distance: int = NEAR_DUPLI
         return samples, []
     table = samples.reset_index(drop=True)
     paths = [Path(p) for p in table["path"]]
-    groups = [str(g) for g in table["group"]]
-    parent = {g: g for g in groups}
+    union = _GroupUnion([str(g) for g in table["group"]])
+    _join_identical_files(union, paths, table["sample_id"])
+    if near:
+        _join_near_duplicates(union, paths, table["sample_id"], max_distance)
+    if not union.evidence:
+        return samples, []
+    merged = samples.copy()
+    merged["group"] = [union.find(str(g)) for g in samples["group"]]
+    return merged, union.merges()
 
-    def find(g):
+
+class _GroupUnion:
+    """Union-find over patient groups, keeping why each pair of rows was joined."""
+
+    def __init__(self, groups: list[str]):
+        self.groups = groups  # the group of each row
+        self.parent = {g: g for g in groups}
+        self.evidence: dict[tuple, list[str]] = {}
+
+    def find(self, g: str) -> str:
+        parent = self.parent
         while parent[g] != g:
             parent[g] = parent[parent[g]]
             g = parent[g]
         return g
 
-    evidence: dict[tuple, list[str]] = {}
-
-    def join(i, j, why):
-        a, b = find(groups[i]), find(groups[j])
+    def join(self, i: int, j: int, why: str) -> None:
+        """Join the groups of rows ``i`` and ``j`` (the smaller name becomes the group's name)."""
+        a, b = self.find(self.groups[i]), self.find(self.groups[j])
         if a == b:
             return
-        parent[max(a, b)] = min(a, b)
-        evidence.setdefault((groups[i], groups[j]), []).append(why)
+        self.parent[max(a, b)] = min(a, b)
+        self.evidence.setdefault((self.groups[i], self.groups[j]), []).append(why)
 
+    def merges(self) -> list[dict]:
+        """``{"groups", "into", "reason"}`` of every joined group, by name."""
+        members: dict[str, list[str]] = {}
+        for g in dict.fromkeys(self.groups):
+            members.setdefault(self.find(g), []).append(g)
+        merges = []
+        for root_group, joined in sorted(members.items()):
+            if len(joined) < 2:
+                continue
+            reasons = [why for (a, b), whys in self.evidence.items() if self.find(a) == root_group for why in whys]
+            merges.append({"groups": sorted(joined), "into": root_group, "reason": "; ".join(reasons)})
+        return merges
+
+
+def _join_identical_files(union: _GroupUnion, paths: list[Path], sample_ids) -> None:
     digests: dict[str, int] = {}
     for i, path in enumerate(paths):
         try:
@@ -627,35 +669,25 @@ def merge_duplicate_groups(samples: pd.DataFrame, max_distance: int = NEAR_DUPLI
         except OSError:
             continue
         if digest in digests:
-            join(digests[digest], i, f"identical files {table['sample_id'][digests[digest]]} and {table['sample_id'][i]}")
+            union.join(digests[digest], i, f"identical files {sample_ids[digests[digest]]} and {sample_ids[i]}")
         else:
             digests[digest] = i
-    if near:
-        hashes = [first_frame_hash(p) for p in paths]
-        usable = [i for i, h in enumerate(hashes) if h is not None]
-        if len(usable) > 1:
-            bits = np.unpackbits(np.stack([hashes[i] for i in usable]), axis=1)
-            for a in range(len(usable)):
-                distance = (bits[a + 1:] != bits[a]).sum(axis=1)
-                for b in np.nonzero(distance <= max_distance)[0]:
-                    i, j = usable[a], usable[a + 1 + int(b)]
-                    if groups[i] != groups[j]:
-                        join(i, j, f"near-identical first frames ({int(distance[b])} of 256 bits differ): "
-                                   f"{table['sample_id'][i]} and {table['sample_id'][j]}")
-    if not evidence:
-        return samples, []
-    members: dict[str, list[str]] = {}
-    for g in dict.fromkeys(groups):
-        members.setdefault(find(g), []).append(g)
-    merges = []
-    for root_group, joined in sorted(members.items()):
-        if len(joined) < 2:
-            continue
-        reasons = [why for (a, b), whys in evidence.items() if find(a) == root_group for why in whys]
-        merges.append({"groups": sorted(joined), "into": root_group, "reason": "; ".join(reasons)})
-    merged = samples.copy()
-    merged["group"] = [find(str(g)) for g in samples["group"]]
-    return merged, merges
+
+
+def _join_near_duplicates(union: _GroupUnion, paths: list[Path], sample_ids, max_distance: int) -> None:
+    hashes = [first_frame_hash(p) for p in paths]
+    usable = [i for i, h in enumerate(hashes) if h is not None]
+    if len(usable) < 2:
+        return
+    bits = np.unpackbits(np.stack([hashes[i] for i in usable]), axis=1)
+    groups = union.groups
+    for a in range(len(usable)):
+        distance = (bits[a + 1:] != bits[a]).sum(axis=1)
+        for b in np.nonzero(distance <= max_distance)[0]:
+            i, j = usable[a], usable[a + 1 + int(b)]
+            if groups[i] != groups[j]:
+                union.join(i, j, f"near-identical first frames ({int(distance[b])} of 256 bits differ): "
+                                 f"{sample_ids[i]} and {sample_ids[j]}")
 
 
 def describe_merge(merge: dict) -> str:

@@ -622,17 +622,35 @@ def render_screen(clip: np.ndarray, source: str, rng: np.random.Generator, *, st
         small = cv2.resize(clip[t], (inner, inner), interpolation=cv2.INTER_AREA).astype(np.float32)
         canvas[t, y0:y0 + inner, x0:x0 + inner] = np.clip(small[..., None] * tint + 0.5, 0, 255).astype(np.uint8)
     overlay = np.zeros((size, size, 3), np.uint8)
+    _screen_text(overlay, source, design["text"], rng, still)
+    _screen_scales(overlay, design, tint, x0, y0, inner)
+    if design["logo"]:
+        _screen_logo(overlay, design, tint)
+    if design["border"]:
+        cv2.rectangle(overlay, (0, 0), (size - 1, size - 1), tuple(int(c) for c in design["border"]), 1)
+    drawn = overlay.any(axis=-1)
+    canvas[:, drawn] = overlay[drawn]
+    return canvas
+
+
+def _screen_text(overlay: np.ndarray, source: str, corner: str, rng: np.random.Generator, still: bool) -> None:
+    """Probe, frequency, depth, time and frame rate in one corner of the screen."""
+    size = overlay.shape[0]
     font_scale = max(0.22, size / 520)
     thickness = 1
     line_height = max(6, int(round(size / 22)))
     lines = [f"{source.upper()} C5-2", f"{rng.uniform(2.5, 5.0):.1f}MHz D{rng.integers(10, 17)}cm",
              f"{int(rng.integers(0, 24)):02d}:{int(rng.integers(0, 60)):02d}" + ("" if still else f" {rng.integers(18, 31)}Hz")]
-    corner = design["text"]
     for i, text in enumerate(lines):
         (width, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
         x = 2 if corner.endswith("left") else size - width - 2
         y = (line_height * (i + 1)) if corner.startswith("top") else size - 3 - line_height * (len(lines) - 1 - i)
         cv2.putText(overlay, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (235, 235, 235), thickness, cv2.LINE_AA)
+
+
+def _screen_scales(overlay: np.ndarray, design: dict, tint: np.ndarray, x0: int, y0: int, inner: int) -> None:
+    """The depth ruler beside the fan and the grey-scale bar, when the design has them."""
+    size = overlay.shape[0]
     if design["ruler"]:
         x = max(1, x0 - 4) if design["ruler"] == "left" else min(size - 2, x0 + inner + 3)
         for k, y in enumerate(range(y0, y0 + inner, max(3, inner // 12))):
@@ -643,23 +661,23 @@ def render_screen(clip: np.ndarray, source: str, rng: np.random.Generator, *, st
         for y in range(top, bottom):
             level = int(255 * (bottom - y) / (bottom - top))
             overlay[y, bar_x:bar_x + 4] = np.clip(np.asarray([level] * 3, np.float32) * tint, 0, 255).astype(np.uint8)
-    if design["logo"]:
-        centre = (size - int(0.08 * size), int(0.08 * size)) if corner != "top-right" else (int(0.08 * size), int(0.08 * size))
-        radius = max(2, int(0.035 * size))
-        colour = tuple(int(c) for c in np.clip(np.asarray((80, 180, 230)) * tint, 0, 255))
-        if design["logo"] == "circle":
-            cv2.circle(overlay, centre, radius, colour, -1, cv2.LINE_AA)
-        elif design["logo"] == "square":
-            cv2.rectangle(overlay, (centre[0] - radius, centre[1] - radius), (centre[0] + radius, centre[1] + radius), colour, -1)
-        else:
-            points = np.array([[centre[0], centre[1] - radius], [centre[0] - radius, centre[1] + radius],
-                               [centre[0] + radius, centre[1] + radius]], np.int32)
-            cv2.fillPoly(overlay, [points], colour, cv2.LINE_AA)
-    if design["border"]:
-        cv2.rectangle(overlay, (0, 0), (size - 1, size - 1), tuple(int(c) for c in design["border"]), 1)
-    drawn = overlay.any(axis=-1)
-    canvas[:, drawn] = overlay[drawn]
-    return canvas
+
+
+def _screen_logo(overlay: np.ndarray, design: dict, tint: np.ndarray) -> None:
+    """The site's logo (circle, square or triangle) in a top corner free of text."""
+    size = overlay.shape[0]
+    corner = design["text"]
+    centre = (size - int(0.08 * size), int(0.08 * size)) if corner != "top-right" else (int(0.08 * size), int(0.08 * size))
+    radius = max(2, int(0.035 * size))
+    colour = tuple(int(c) for c in np.clip(np.asarray((80, 180, 230)) * tint, 0, 255))
+    if design["logo"] == "circle":
+        cv2.circle(overlay, centre, radius, colour, -1, cv2.LINE_AA)
+    elif design["logo"] == "square":
+        cv2.rectangle(overlay, (centre[0] - radius, centre[1] - radius), (centre[0] + radius, centre[1] + radius), colour, -1)
+    else:
+        points = np.array([[centre[0], centre[1] - radius], [centre[0] - radius, centre[1] + radius],
+                           [centre[0] + radius, centre[1] + radius]], np.int32)
+        cv2.fillPoly(overlay, [points], colour, cv2.LINE_AA)
 
 
 # --------------------------------------------------------------------------- writing
@@ -785,25 +803,10 @@ def write_phantom_dataset(
     unless ``overwrite``.
     """
     out_dir = Path(out_dir).expanduser()
-    for name, value, minimum in (
-        ("n_patients_per_class", n_patients_per_class, 1),
-        ("videos_per_patient", videos_per_patient, 0),
-        ("images_per_class", images_per_class, 0),
-        ("n_frames", n_frames, 1),
-        ("size", size, 32),
-    ):
-        if int(value) != value or value < minimum:
-            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if not fps or fps <= 0:
-        raise ValueError(f"fps must be > 0, got {fps!r}")
-    for name, value in (("label_noise", label_noise), ("borderline_fraction", borderline_fraction)):
-        if not 0.0 <= float(value) <= 1.0:
-            raise ValueError(f"{name} must be a fraction in [0, 1], got {value!r}")
-    classes = tuple(_canonical_label(c) for c in classes)
-    if not classes or len(set(classes)) != len(classes):
-        raise ValueError(f"classes must be distinct and non-empty, got {classes!r}")
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists and is not empty; pass overwrite=True to replace it.")
+    classes = _check_phantom_args(out_dir, overwrite=overwrite, n_patients_per_class=n_patients_per_class,
+                                  videos_per_patient=videos_per_patient, images_per_class=images_per_class,
+                                  n_frames=n_frames, size=size, fps=fps, label_noise=label_noise,
+                                  borderline_fraction=borderline_fraction, classes=classes)
 
     params = {
         "n_patients_per_class": int(n_patients_per_class),
@@ -824,35 +827,9 @@ def write_phantom_dataset(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
-        video_dir = tmp / "pocus_videos" / "convex"
-        image_dir = tmp / "pocus_images" / "convex"
-        video_dir.mkdir(parents=True)
-        image_dir.mkdir(parents=True)
-        rows = []
-
-        def draw(patient, rng, frames):
-            clip = make_clip(patient["drawn"], rng, n_frames=frames, size=size, patient_style=patient["style"])
-            return render_screen(clip, patient["source"], rng, still=frames == 1) if screens else clip
-
-        for label in PHANTOM_CLASSES:
-            mine = [patient for patient in patients if patient["label"] == label]
-            for patient in mine:
-                key = [seed, PHANTOM_CLASSES.index(patient["drawn"]), patient["index"]]
-                common = _metadata_common(patient, size)
-                for v in range(videos_per_patient):
-                    clip = draw(patient, np.random.default_rng([*key, 1, v]), n_frames)
-                    path = _write_video(video_dir / f"{patient['name']}_v{v + 1}", clip, fps)
-                    rows.append({**common, "Current location": "pocus_videos/convex", "Filename": path.stem,
-                                 "Type": "video", "Framerate": f"{float(fps):g}", "Length (frames)": n_frames})
-            for i in range(images_per_class if mine else 0):
-                patient = mine[i % len(mine)]
-                key = [seed, PHANTOM_CLASSES.index(patient["drawn"]), patient["index"]]
-                still = draw(patient, np.random.default_rng([*key, 2, i]), 1)[0]
-                name = f"{patient['name']}_img{i + 1}"
-                if not cv2.imwrite(str(image_dir / f"{name}.png"), still):
-                    raise RuntimeError(f"OpenCV could not write {image_dir / (name + '.png')}")
-                rows.append({**_metadata_common(patient, size), "Current location": "pocus_images/convex",
-                             "Filename": name, "Type": "image", "Framerate": "", "Length (frames)": 1})
+        rows = _write_phantom_media(tmp, patients, seed=seed, size=size, fps=fps, n_frames=n_frames,
+                                    videos_per_patient=videos_per_patient, images_per_class=images_per_class,
+                                    screens=screens)
         with open(tmp / "dataset_metadata.csv", "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(METADATA_COLUMNS))
             writer.writeheader()
@@ -864,6 +841,67 @@ def write_phantom_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _check_phantom_args(out_dir: Path, *, overwrite: bool, n_patients_per_class, videos_per_patient,
+                        images_per_class, n_frames, size, fps, label_noise, borderline_fraction, classes) -> tuple:
+    """Raise ``ValueError`` / ``FileExistsError`` for arguments :func:`write_phantom_dataset` cannot use;
+    return the canonical class names."""
+    for name, value, minimum in (
+        ("n_patients_per_class", n_patients_per_class, 1),
+        ("videos_per_patient", videos_per_patient, 0),
+        ("images_per_class", images_per_class, 0),
+        ("n_frames", n_frames, 1),
+        ("size", size, 32),
+    ):
+        if int(value) != value or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if not fps or fps <= 0:
+        raise ValueError(f"fps must be > 0, got {fps!r}")
+    for name, value in (("label_noise", label_noise), ("borderline_fraction", borderline_fraction)):
+        if not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"{name} must be a fraction in [0, 1], got {value!r}")
+    classes = tuple(_canonical_label(c) for c in classes)
+    if not classes or len(set(classes)) != len(classes):
+        raise ValueError(f"classes must be distinct and non-empty, got {classes!r}")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists and is not empty; pass overwrite=True to replace it.")
+    return classes
+
+
+def _write_phantom_media(tmp: Path, patients: list[dict], *, seed, size: int, fps: float, n_frames: int,
+                         videos_per_patient: int, images_per_class: int, screens: bool) -> list[dict]:
+    """Write every video and still of the planned ``patients`` under ``tmp``; their metadata rows.
+
+    Each file draws from its own generator, keyed by seed, drawn class, patient and file."""
+    video_dir = tmp / "pocus_videos" / "convex"
+    image_dir = tmp / "pocus_images" / "convex"
+    video_dir.mkdir(parents=True)
+    image_dir.mkdir(parents=True)
+    rows = []
+
+    def draw(patient, kind, number, frames):
+        rng = np.random.default_rng([seed, PHANTOM_CLASSES.index(patient["drawn"]), patient["index"], kind, number])
+        clip = make_clip(patient["drawn"], rng, n_frames=frames, size=size, patient_style=patient["style"])
+        return render_screen(clip, patient["source"], rng, still=frames == 1) if screens else clip
+
+    for label in PHANTOM_CLASSES:
+        mine = [patient for patient in patients if patient["label"] == label]
+        for patient in mine:
+            common = _metadata_common(patient, size)
+            for v in range(videos_per_patient):
+                path = _write_video(video_dir / f"{patient['name']}_v{v + 1}", draw(patient, 1, v, n_frames), fps)
+                rows.append({**common, "Current location": "pocus_videos/convex", "Filename": path.stem,
+                             "Type": "video", "Framerate": f"{float(fps):g}", "Length (frames)": n_frames})
+        for i in range(images_per_class if mine else 0):
+            patient = mine[i % len(mine)]
+            still = draw(patient, 2, i, 1)[0]
+            name = f"{patient['name']}_img{i + 1}"
+            if not cv2.imwrite(str(image_dir / f"{name}.png"), still):
+                raise RuntimeError(f"OpenCV could not write {image_dir / (name + '.png')}")
+            rows.append({**_metadata_common(patient, size), "Current location": "pocus_images/convex",
+                         "Filename": name, "Type": "image", "Framerate": "", "Length (frames)": 1})
+    return rows
 
 
 def plan_patients(*, n_patients_per_class: int, seed: int, classes=PHANTOM_CLASSES, label_noise: float = 0.0,

@@ -109,19 +109,39 @@ def expand_paths(paths) -> tuple[list[Path], list[dict]]:
     return files, errors
 
 
-def predict_paths(model_path, paths, batch_size: int = 32, use_cache: bool = False,
+def predict_paths(model_path, paths, *, batch_size: int = 32, use_cache: bool = False,
                   log=None, raw_probabilities: bool = False) -> Predictions:
     """Class probabilities of every frame and every file in ``paths`` (files and/or folders).
 
-    ``model_path``: a ``.keras`` file (with its sidecar JSON), a folder holding one, or an
-    already loaded ``(model, metadata)`` pair. Unreadable files end up in ``errors``.
-    Probabilities are calibrated by the map in the sidecar (``calibration`` block, see
-    :mod:`covnb.calibration`) unless ``raw_probabilities``; per file, ``confidence`` and
-    ``uncertainty`` are added, and with the model's ``trust`` block the ``uncertain`` flag and its
-    reason (:func:`covnb.trust.annotate_predictions`).
-    """
-    import tensorflow as tf
+    Parameters
+    ----------
+    model_path : path or (keras.Model, dict)
+        A ``.keras`` file (with its sidecar JSON), a folder holding one, or an already loaded
+        ``(model, metadata)`` pair.
+    paths : path or list of paths
+        Videos, images and folders (searched recursively).
+    batch_size : int
+        Frames per model call (frames of several files are batched together).
+    use_cache : bool
+        Keep decoded frames in covnb's frame cache (:class:`covnb.frames.FrameCache`).
+    log : callable, optional
+        Called with a line per skipped file.
+    raw_probabilities : bool
+        Skip the calibration map of the sidecar (``calibration`` block, :mod:`covnb.calibration`).
 
+    Returns
+    -------
+    Predictions
+        ``frames`` (one row per frame), ``videos`` (one row per file: mean frame probability, majority
+        vote, ``confidence``, ``uncertainty``, and with the model's ``trust`` block the ``uncertain``
+        flag and its reason, :func:`covnb.prediction_trust.annotate_predictions`) and ``errors``
+        (unreadable files, with why; the others are still predicted).
+
+    Examples
+    --------
+    >>> result = predict_paths("runs/pocus/model.keras", ["clips/"], batch_size=16)  # doctest: +SKIP
+    >>> result.videos[["path", "pred", "confidence", "uncertain"]]  # doctest: +SKIP
+    """
     model, metadata = model_path if isinstance(model_path, tuple) else load_model(model_path)
     arrays = None if isinstance(model_path, tuple) or not metadata.get("trust") else load_trust_arrays(model_path)
     with_features = bool(arrays) and HEAD_FEATURES in [layer.name for layer in model.layers]
@@ -130,23 +150,11 @@ def predict_paths(model_path, paths, batch_size: int = 32, use_cache: bool = Fal
     size = int(model.input.shape[1])
     if int(settings.image_size) != size:
         raise ValueError(f"model input is {size} px but its metadata says image_size {settings.image_size}")
-    call = _inference_function(model, size, with_features)
+    batches = _Batches(_inference_function(model, size, with_features), int(batch_size), with_features)
     cache = FrameCache() if use_cache else None
     files, errors = expand_paths(paths)
-    frame_rows, pending, pending_rows, outputs, feature_outputs = [], [], [], [], []
-
-    def flush():
-        if pending:
-            batch = np.concatenate(pending)
-            result = call(tf.constant(batch, dtype=tf.float32))
-            if with_features:
-                result, features = result
-                feature_outputs.append(np.asarray(features))
-            outputs.append(np.asarray(result))
-            pending.clear()
-
+    frame_rows = []
     read = (lambda path: cache.get(path, settings)) if cache else (lambda path: read_frames(path, settings))
-    buffered = 0
     for path, result, error in _read_ahead(files, read, (FrameError, OSError, cv2.error, ValueError)):
         if error is not None:
             reason = error_reason(error, path)
@@ -159,28 +167,57 @@ def predict_paths(model_path, paths, batch_size: int = 32, use_cache: bool = Fal
         for frame_index, time_s in zip(info["frame_index"], info["time_s"]):
             frame_rows.append({"path": str(path), "kind": kind, "frame_index": int(frame_index),
                                "time_s": float(time_s)})
-        start = 0
-        while start < len(frames):
-            take = min(batch_size - buffered, len(frames) - start)
-            pending.append(frames[start:start + take])
-            buffered += take
-            start += take
-            if buffered >= batch_size:
-                flush()
-                buffered = 0
-    flush()
-    probs = np.concatenate(outputs) if outputs else np.zeros((0, len(classes)), np.float32)
-    columns = [f"prob_{c}" for c in classes]
-    frame_table = pd.DataFrame(frame_rows, columns=["path", "kind", "frame_index", "time_s"])
-    for k, column in enumerate(columns):
-        frame_table[column] = probs[:, k] if len(probs) else []
-    frame_table["pred"] = np.asarray(classes)[probs.argmax(axis=1)] if len(probs) else []
+        batches.add(frames)
+    batches.flush()
+    probs = np.concatenate(batches.outputs) if batches.outputs else np.zeros((0, len(classes)), np.float32)
+    frame_table = _frame_table(frame_rows, probs, classes)
     video_table = _video_table(frame_table, classes)
     frame_table, video_table = annotate_predictions(
         frame_table, video_table, classes, metadata, arrays=arrays, raw=raw_probabilities,
-        frame_features=np.concatenate(feature_outputs) if feature_outputs else None)
+        frame_features=np.concatenate(batches.features) if batches.features else None)
     error_table = pd.DataFrame(errors, columns=["path", "reason"])
     return Predictions(frame_table, video_table, error_table, classes)
+
+
+class _Batches:
+    """Frames of several files gathered into batches of ``batch_size`` for one compiled ``call``."""
+
+    def __init__(self, call, batch_size: int, with_features: bool):
+        self.call, self.batch_size, self.with_features = call, batch_size, with_features
+        self.pending: list[np.ndarray] = []
+        self.buffered = 0
+        self.outputs: list[np.ndarray] = []
+        self.features: list[np.ndarray] = []
+
+    def add(self, frames: np.ndarray) -> None:
+        start = 0
+        while start < len(frames):
+            take = min(self.batch_size - self.buffered, len(frames) - start)
+            self.pending.append(frames[start:start + take])
+            self.buffered += take
+            start += take
+            if self.buffered >= self.batch_size:
+                self.flush()
+
+    def flush(self) -> None:
+        import tensorflow as tf
+
+        if self.pending:
+            result = self.call(tf.constant(np.concatenate(self.pending), dtype=tf.float32))
+            if self.with_features:
+                result, features = result
+                self.features.append(np.asarray(features))
+            self.outputs.append(np.asarray(result))
+            self.pending.clear()
+        self.buffered = 0
+
+
+def _frame_table(frame_rows: list[dict], probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    frame_table = pd.DataFrame(frame_rows, columns=["path", "kind", "frame_index", "time_s"])
+    for k, column in enumerate(f"prob_{c}" for c in classes):
+        frame_table[column] = probs[:, k] if len(probs) else []
+    frame_table["pred"] = np.asarray(classes)[probs.argmax(axis=1)] if len(probs) else []
+    return frame_table
 
 
 def _read_ahead(files, read, expected_errors, depth: int = 4, workers: int = 2):

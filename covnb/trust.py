@@ -34,6 +34,7 @@ from covnb.model_card import write_model_card
 from covnb.models import sidecar_path
 from covnb.predict import predict_paths
 from covnb.prediction_trust import TRUST_SUFFIX, annotate_predictions, load_trust_arrays, trust_arrays_path
+from covnb.registry import HEAD_FEATURES
 from covnb.train import FoldData, _encode_frames, _model_for, _prepare_features, fit_fold
 from covnb.uncertainty import (LOW_CONFIDENCE_QUANTILE, MIN_FOLD_AGREEMENT, OOD_QUANTILE, feature_distance,
                                fit_feature_density, heldout_feature_distances, predictive_entropy, risk_coverage,
@@ -203,22 +204,56 @@ def trust_outputs(out_dir, result: dict, *, frameset=None, config=None, samples:
         keep = [c for c in DATA_COLUMNS if c in samples]
         paths["data_samples"] = out / "data_samples.csv"
         samples[keep].to_csv(paths["data_samples"], index=False)
-    summary, tables = evaluate_calibration(oof, classes, n_boot=n_boot, seed=int(result.get("config", {}).get("seed", 0)))
+    calibration, tables = _calibration_outputs(out, oof, classes, paths, n_boot=n_boot,
+                                               seed=int(result.get("config", {}).get("seed", 0)), log=log)
+    calibrated_videos = tables["video"][DEFAULT_METHOD]
+    uncertainty, arrays = _uncertainty_outputs(out, calibrated_videos, classes, paths, folds=folds, history=history,
+                                               frameset=frameset, config=config, samples=samples, log=log)
+    if figures:
+        import matplotlib.pyplot as plt
+
+        for name, figure in (("reliability", plot_reliability(tables, classes, ("raw", DEFAULT_METHOD, "temperature"),
+                                                              summary=calibration["levels"])),
+                             ("risk_coverage", _plot_risk_coverage(calibrated_videos, classes))):
+            paths[name] = out / f"{name}.png"
+            figure.savefig(paths[name], dpi=100, bbox_inches="tight")
+            plt.close(figure)
+    model_path = paths.get("model")
+    if model_path is not None and Path(model_path).is_file():
+        _update_model_files(model_path, paths, arrays, calibration["final_map"], uncertainty)
+
+    result["calibration"] = calibration
+    result["uncertainty"] = uncertainty
+    result["paths"] = {k: str(v) for k, v in paths.items()}
+    atomic_write_json(out / "metrics.json", result)
+    card_paths = write_model_card(out, samples=samples)
+    result["paths"].update({k: str(v) for k, v in card_paths.items()})
+    atomic_write_json(out / "metrics.json", result)
+    return result
+
+
+def _calibration_outputs(out: Path, oof: pd.DataFrame, classes, paths: dict, *, n_boot: int, seed: int,
+                         log) -> tuple[dict, dict]:
+    """Cross-fitted calibration of the out-of-fold predictions and the final map: (``calibration``
+    block of ``metrics.json``, calibrated tables by level and method). Writes the calibrated frames."""
+    summary, tables = evaluate_calibration(oof, classes, n_boot=n_boot, seed=seed)
     calibration_block = fit_final_calibration(oof, classes, DEFAULT_METHOD)
     calibration = {"method": DEFAULT_METHOD, "evaluation": "cross-fitted: the map of outer fold k is fitted on the "
                    "other outer folds' out-of-fold predictions of the same split seed, never on fold k",
                    "ece_bins": summary["frame"]["raw"]["ece_bins"], "levels": summary, "final_map": calibration_block}
-    calibrated_frames = tables["frame"][DEFAULT_METHOD]
-    calibrated_videos = tables["video"][DEFAULT_METHOD]
     paths["calibrated_oof_predictions"] = out / "calibrated_oof_predictions.csv"
-    calibrated_frames.to_csv(paths["calibrated_oof_predictions"], index=False)
+    tables["frame"][DEFAULT_METHOD].to_csv(paths["calibrated_oof_predictions"], index=False)
     if log:
         for level in ("frame", "video"):
             raw, cal = summary[level]["raw"]["ece"], summary[level][DEFAULT_METHOD]["ece"]
             log(f"calibration ({level}, out of fold): ECE {raw['estimate']:.3f} raw -> {cal['estimate']:.3f} "
                 f"{DEFAULT_METHOD} [{cal['low']:.3f}, {cal['high']:.3f}]")
+    return calibration, tables
 
-    # uncertainty: held-out thresholds, fold heads, feature density
+
+def _uncertainty_outputs(out: Path, calibrated_videos: pd.DataFrame, classes, paths: dict, *, folds: pd.DataFrame,
+                         history: pd.DataFrame, frameset, config, samples, log) -> tuple[dict, dict]:
+    """Held-out thresholds, fold heads and feature density: (``uncertainty`` block, arrays of ``model.trust.npz``)."""
     _, video_probs = _labels_and_probs(calibrated_videos, classes)
     thresholds = {"min_confidence": float(np.quantile(video_probs.max(axis=1), LOW_CONFIDENCE_QUANTILE)),
                   "min_confidence_rule": f"{LOW_CONFIDENCE_QUANTILE:.0%} quantile of the held-out files' calibrated "
@@ -256,38 +291,22 @@ def trust_outputs(out_dir, result: dict, *, frameset=None, config=None, samples:
         uncertainty["leave_one_source_out_note"] = ("approximation of source-held-out evaluation: for each source, "
                                                     "densities fitted on the training folds without it score held-out "
                                                     "files of the other sources vs the source's files")
-    if figures:
-        import matplotlib.pyplot as plt
+    return uncertainty, arrays
 
-        for name, figure in (("reliability", plot_reliability(tables, classes, ("raw", DEFAULT_METHOD, "temperature"),
-                                                              summary=summary)),
-                             ("risk_coverage", _plot_risk_coverage(calibrated_videos, classes))):
-            paths[name] = out / f"{name}.png"
-            figure.savefig(paths[name], dpi=100, bbox_inches="tight")
-            plt.close(figure)
 
-    model_path = paths.get("model")
-    if model_path is not None and Path(model_path).is_file():
-        if arrays:
-            trust_file = trust_arrays_path(model_path)
-            atomic_write(trust_file, lambda tmp: np.savez(tmp, **arrays), suffix=".npz")
-            paths["trust_arrays"] = trust_file
-        side = sidecar_path(model_path)
-        metadata = json.loads(side.read_text())
-        metadata["calibration"] = calibration_block
-        metadata["trust"] = {"file": trust_arrays_path(model_path).name if arrays else None,
-                             "thresholds": thresholds, "fold_heads": uncertainty["fold_heads"],
-                             "feature_layer": "head_features (video mean of the clean frames)"}
-        atomic_write_json(side, metadata)
-
-    result["calibration"] = calibration
-    result["uncertainty"] = uncertainty
-    result["paths"] = {k: str(v) for k, v in paths.items()}
-    atomic_write_json(out / "metrics.json", result)
-    card_paths = write_model_card(out, samples=samples)
-    result["paths"].update({k: str(v) for k, v in card_paths.items()})
-    atomic_write_json(out / "metrics.json", result)
-    return result
+def _update_model_files(model_path, paths: dict, arrays: dict, calibration_block: dict, uncertainty: dict) -> None:
+    """Write ``model.trust.npz`` and the ``calibration`` and ``trust`` blocks of the model's sidecar."""
+    if arrays:
+        trust_file = trust_arrays_path(model_path)
+        atomic_write(trust_file, lambda tmp: np.savez(tmp, **arrays), suffix=".npz")
+        paths["trust_arrays"] = trust_file
+    side = sidecar_path(model_path)
+    metadata = json.loads(side.read_text())
+    metadata["calibration"] = calibration_block
+    metadata["trust"] = {"file": trust_arrays_path(model_path).name if arrays else None,
+                         "thresholds": uncertainty["thresholds"], "fold_heads": uncertainty["fold_heads"],
+                         "feature_layer": f"{HEAD_FEATURES} (video mean of the clean frames)"}
+    atomic_write_json(side, metadata)
 
 
 def shift_check(run_dir, paths, batch_size: int = 32) -> dict:

@@ -202,42 +202,53 @@ def read_tfjs_weights(model_json: dict, read_shard: Callable[[str], bytes], sour
             raise ManifestError(f"{where}: needs 'paths' and 'weights' lists")
         specs = []
         for spec in group["weights"]:
-            if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-                raise ManifestError(f"{where}: a weight entry without a name: {spec!r}")
-            name = spec["name"]
-            extra = set(spec) - _TFJS_WEIGHT_KEYS
-            if extra:
-                raise ManifestError(f"{where}: tensor {name!r} has unsupported entries "
-                                    f"{sorted(extra)} (quantized or grouped weights are refused)")
-            if spec.get("dtype") != "float32":
-                raise ManifestError(f"{where}: tensor {name!r} has dtype {spec.get('dtype')!r}; "
-                                    "only float32 is read")
-            shape = spec.get("shape")
-            if not isinstance(shape, list) or not all(
-                    isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-                raise ManifestError(f"{where}: tensor {name!r} has an invalid shape {shape!r}")
+            name, shape = _tfjs_weight_spec(spec, where)
             if name in tensors or any(name == s[0] for s in specs):
                 raise ManifestError(f"{where}: tensor {name!r} appears twice")
-            specs.append((name, tuple(shape)))
+            specs.append((name, shape))
         shards = []
         for path in group["paths"]:
             if not isinstance(path, str) or PurePosixPath(path).name != path or path in ("", ".", ".."):
                 raise ManifestError(f"{where}: shard path {path!r} is not a plain file name")
             shards.append(read_shard(path))
-        data = b"".join(shards)
-        shard_names = ", ".join(group["paths"])
-        offset = 0
-        for name, shape in specs:
-            n_bytes = 4 * math.prod(shape)
-            if offset + n_bytes > len(data):
-                raise ManifestError(f"{source}: shards {shard_names} hold {len(data)} bytes and end "
-                                    f"inside tensor {name!r} (needs bytes {offset}..{offset + n_bytes})")
-            tensors[name] = np.frombuffer(data, dtype="<f4", count=math.prod(shape),
-                                          offset=offset).reshape(shape).astype(np.float32)
-            offset += n_bytes
-        if offset != len(data):
-            raise ManifestError(f"{source}: shards {shard_names} hold {len(data) - offset} bytes "
-                                "after the last declared tensor")
+        tensors.update(_tfjs_tensors(b"".join(shards), specs, f"{source}: shards {', '.join(group['paths'])}"))
+    return tensors
+
+
+def _tfjs_weight_spec(spec, where: str) -> tuple[str, tuple[int, ...]]:
+    """(name, shape) of one ``weightsManifest`` entry; :class:`ManifestError` for anything but plain float32."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise ManifestError(f"{where}: a weight entry without a name: {spec!r}")
+    name = spec["name"]
+    extra = set(spec) - _TFJS_WEIGHT_KEYS
+    if extra:
+        raise ManifestError(f"{where}: tensor {name!r} has unsupported entries "
+                            f"{sorted(extra)} (quantized or grouped weights are refused)")
+    if spec.get("dtype") != "float32":
+        raise ManifestError(f"{where}: tensor {name!r} has dtype {spec.get('dtype')!r}; "
+                            "only float32 is read")
+    shape = spec.get("shape")
+    if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise ManifestError(f"{where}: tensor {name!r} has an invalid shape {shape!r}")
+    return name, tuple(shape)
+
+
+def _tfjs_tensors(data: bytes, specs: list[tuple[str, tuple]], where: str) -> OrderedDict[str, np.ndarray]:
+    """The tensors ``specs`` read one after another from a group's bytes, which must end with the last one."""
+    tensors: OrderedDict[str, np.ndarray] = OrderedDict()
+    offset = 0
+    for name, shape in specs:
+        n_bytes = 4 * math.prod(shape)
+        if offset + n_bytes > len(data):
+            raise ManifestError(f"{where} hold {len(data)} bytes and end "
+                                f"inside tensor {name!r} (needs bytes {offset}..{offset + n_bytes})")
+        tensors[name] = np.frombuffer(data, dtype="<f4", count=math.prod(shape),
+                                      offset=offset).reshape(shape).astype(np.float32)
+        offset += n_bytes
+    if offset != len(data):
+        raise ManifestError(f"{where} hold {len(data) - offset} bytes "
+                            "after the last declared tensor")
     return tensors
 
 

@@ -173,6 +173,7 @@ def build_backbone(
     name: str,
     image_size: int | None = 224,
     weights: str | os.PathLike | None = "imagenet",
+    *,
     inputs: keras.KerasTensor | None = None,
     alpha: float | None = None,
 ):
@@ -263,6 +264,7 @@ def feature_extractor(
     name: str,
     image_size: int | None = 224,
     weights: str | os.PathLike | None = "imagenet",
+    *,
     pooling: str | None = "avg",
     alpha: float | None = None,
 ) -> keras.Model:
@@ -624,6 +626,7 @@ def _relu6(name):
 
 def efficientnet_lite(
     variant: str = "efficientnet_lite0",
+    *,
     include_top: bool = False,
     weights: str | os.PathLike | None = "imagenet",
     input_tensor: keras.KerasTensor | None = None,

@@ -225,7 +225,7 @@ def calibration_scores(probs, labels, n_bins: int = ECE_BINS) -> dict:
     return {name: float(values[0]) for name, values in scores.items()} | {"n": int(len(labels))}
 
 
-def calibration_bootstrap(probs, labels, groups, n_boot: int = 1000, seed: int = 0, n_bins: int = ECE_BINS,
+def calibration_bootstrap(probs, labels, groups, *, n_boot: int = 1000, seed: int = 0, n_bins: int = ECE_BINS,
                           alpha: float = 0.05) -> dict:
     """Scores with patient-bootstrap intervals: ``{name: {estimate, low, high}}``.
 
@@ -327,7 +327,7 @@ def _level_tables(oof: pd.DataFrame, classes) -> dict[str, pd.DataFrame]:
     return {"frame": oof, "video": video_predictions(oof, classes, "mean")}
 
 
-def evaluate_calibration(oof: pd.DataFrame, classes, methods=CALIBRATION_METHODS + ("auto",), n_boot: int = 1000,
+def evaluate_calibration(oof: pd.DataFrame, classes, *, methods=CALIBRATION_METHODS + ("auto",), n_boot: int = 1000,
                          seed: int = 0) -> tuple[dict, dict]:
     """Raw and cross-fitted calibrated scores (with patient-bootstrap CIs) per level and method.
 
@@ -369,7 +369,7 @@ def fit_final_calibration(oof: pd.DataFrame, classes, method: str = DEFAULT_METH
 # ----------------------------------------------------------------------------- figure
 
 
-def plot_reliability(tables: dict, classes, methods=("raw", DEFAULT_METHOD), n_bins: int = ECE_BINS,
+def plot_reliability(tables: dict, classes, *, methods=("raw", DEFAULT_METHOD), n_bins: int = ECE_BINS,
                      summary: dict | None = None):
     """Reliability diagrams, one row per level (frame, video), one column per class (one-vs-rest),
     one line per method; marker area grows with the bin's count. One matplotlib Figure."""

@@ -399,7 +399,7 @@ def _run(model, frames, class_index, layer_name, method, batch_size, compiled) -
     return CamResult(heatmaps.astype(np.float32), probs, logits, chosen.astype(np.int64), layer_name, method)
 
 
-def class_activation_map(model: keras.Model, frames, class_index=None, layer: str | None = None,
+def class_activation_map(model: keras.Model, frames, *, class_index=None, layer: str | None = None,
                          batch_size: int = 16, compiled: bool = True) -> CamResult:
     """Class activation map (Zhou et al. 2016) for a GlobalAveragePooling2D + Dense head.
 
@@ -416,7 +416,7 @@ def class_activation_map(model: keras.Model, frames, class_index=None, layer: st
     return _run(model, frames, class_index, feature_layer, "cam", batch_size, compiled)
 
 
-def grad_cam(model: keras.Model, frames, class_index=None, layer: str | None = None,
+def grad_cam(model: keras.Model, frames, *, class_index=None, layer: str | None = None,
              batch_size: int = 16, compiled: bool = True) -> CamResult:
     """Grad-CAM (Selvaraju et al. 2017) on the gradients of the logits.
 
@@ -428,14 +428,14 @@ def grad_cam(model: keras.Model, frames, class_index=None, layer: str | None = N
     return _run(model, frames, class_index, layer_name, "gradcam", batch_size, compiled)
 
 
-def grad_cam_plus_plus(model: keras.Model, frames, class_index=None, layer: str | None = None,
+def grad_cam_plus_plus(model: keras.Model, frames, *, class_index=None, layer: str | None = None,
                        batch_size: int = 16, compiled: bool = True) -> CamResult:
     """Grad-CAM++ (Chattopadhay et al. 2018) on the gradients of the logits; arguments as grad_cam."""
     layer_name = _resolve_layer(model, layer).name
     return _run(model, frames, class_index, layer_name, "gradcam++", batch_size, compiled)
 
 
-def explain(model: keras.Model, frames, method: str = "gradcam", class_index=None, layer: str | None = None,
+def explain(model: keras.Model, frames, *, method: str = "gradcam", class_index=None, layer: str | None = None,
             batch_size: int = 16, compiled: bool = True) -> CamResult:
     """Explain frames with ``method``: "gradcam", "gradcam++" or "cam" (see the functions above)."""
     canonical = _METHOD_ALIASES.get(str(method).lower())
@@ -505,7 +505,7 @@ def _as_uint8_rgb(frame) -> np.ndarray:
     return array
 
 
-def overlay(frame_rgb_uint8, heatmap, alpha: float = 0.4, colormap: str = "jet",
+def overlay(frame_rgb_uint8, heatmap, *, alpha: float = 0.4, colormap: str = "jet",
             threshold: float | None = None) -> np.ndarray:
     """Blend a colour-mapped heatmap over a frame; returns uint8 RGB at the frame's size.
 
@@ -557,7 +557,7 @@ def _frames_and_index(frames) -> tuple[np.ndarray, pd.DataFrame | None]:
     return np.asarray(frames), None
 
 
-def cam_peaks(model: keras.Model | None, frames, index: pd.DataFrame | None = None,
+def cam_peaks(model: keras.Model | None, frames, *, index: pd.DataFrame | None = None,
               class_names: Sequence[str] | None = None, method: str = "gradcam", class_index=None,
               layer: str | None = None, box: int = 19, batch_size: int = 16,
               result: CamResult | None = None) -> pd.DataFrame:
@@ -620,7 +620,7 @@ def heat_inside_fraction(heatmap, mask) -> float:
     return float(heat[mask].sum() / total)
 
 
-def plot_peak_scatter(peaks: pd.DataFrame, hue: str = "class", background=None, kde: bool = True,
+def plot_peak_scatter(peaks: pd.DataFrame, *, hue: str = "class", background=None, kde: bool = True,
                       title: str | None = "CAM peaks by class"):
     """Scatter of heatmap peaks (``cam_peaks`` output) per class, with a density per class.
 

@@ -56,7 +56,7 @@ class _Options:
 _slug = slug
 
 
-def check_options(model, metadata: dict, method: str = "gradcam", layer: str | None = None,
+def check_options(model, metadata: dict, *, method: str = "gradcam", layer: str | None = None,
                   class_name: str | None = None) -> _Options:
     """Validate method, layer and class against ``model``; raise :class:`CamOptionError`."""
     classes = [str(name) for name in metadata.get("classes") or []]
@@ -210,7 +210,7 @@ def export_cam(model_path, paths, out_dir, *, method: str = "gradcam", layer: st
     """
     _check_picture_options(top_k, alpha, threshold, colormap)
     model, metadata = model_path if isinstance(model_path, tuple) else load_model(model_path)
-    options = check_options(model, metadata, method, layer, class_name)
+    options = check_options(model, metadata, method=method, layer=layer, class_name=class_name)
     settings = frame_settings_from_metadata(metadata)
     size = tuple(model.input.shape[1:3])
     if size != (settings.image_size, settings.image_size):

@@ -716,7 +716,7 @@ def default_task(dataset: Dataset) -> str:
     return "pocovid3" if dataset.layout == "pocus" else "covid_vs_other"
 
 
-def select_task(samples: pd.DataFrame, task: str = "pocovid3", viral: str = "drop",
+def select_task(samples: pd.DataFrame, task: str = "pocovid3", *, viral: str = "drop",
                 probe: str | None = None, modality: str | None = None) -> pd.DataFrame:
     """Rows and labels for a classification task.
 

@@ -201,7 +201,7 @@ def pooled_metrics(oof: pd.DataFrame, classes, level: str = "frame") -> pd.DataF
     return pd.DataFrame(rows)
 
 
-def bootstrap_ci(table: pd.DataFrame, classes, metric="balanced_accuracy", n_boot: int = 1000,
+def bootstrap_ci(table: pd.DataFrame, classes, metric="balanced_accuracy", *, n_boot: int = 1000,
                  seed: int = 0, level: str | None = None, alpha: float = 0.05, vectorised: bool = True) -> dict:
     """Patient-level bootstrap interval of flattened metrics (e.g. "covid_sensitivity").
 
@@ -326,7 +326,7 @@ def summarize_cv(oof: pd.DataFrame, classes, n_boot: int = 1000, seed: int = 0) 
             table = level_table(oof, classes, level)
             metrics = list(SUMMARY_METRICS) + [f"{c}_sensitivity" for c in classes] + \
                 [f"{c}_specificity" for c in classes]
-            entry["bootstrap_95ci"] = bootstrap_ci(table, classes, metrics, n_boot, seed)
+            entry["bootstrap_95ci"] = bootstrap_ci(table, classes, metrics, n_boot=n_boot, seed=seed)
         summary[level] = entry
     return summary
 

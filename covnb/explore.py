@@ -189,7 +189,7 @@ def _frame_labels(frame_index: pd.DataFrame, frames: np.ndarray) -> np.ndarray:
     return np.asarray(frame_index["label"], dtype=str)
 
 
-def sample_grid(frames: np.ndarray, frame_index: pd.DataFrame, per_class: int = 4, seed: int = 0,
+def sample_grid(frames: np.ndarray, frame_index: pd.DataFrame, *, per_class: int = 4, seed: int = 0,
                 palette: dict | None = None) -> matplotlib.figure.Figure:
     """A row of example frames per class, each from a different patient where possible.
 
@@ -262,7 +262,7 @@ def sampling_summary(samples: pd.DataFrame, frame_index: pd.DataFrame) -> pd.Dat
     return table
 
 
-def plot_video_sampling(samples: pd.DataFrame, frame_index: pd.DataFrame | None = None, rate_hz: float = 3.0,
+def plot_video_sampling(samples: pd.DataFrame, frame_index: pd.DataFrame | None = None, *, rate_hz: float = 3.0,
                         max_frames: int = 30, palette: dict | None = None) -> matplotlib.figure.Figure:
     """Video durations, frame rates and frames kept by sampling at ``rate_hz`` up to ``max_frames``.
 
@@ -312,7 +312,7 @@ def intensity_table(frames: np.ndarray, frame_index: pd.DataFrame) -> pd.DataFra
                          "black_share": (flat < 10).mean(axis=1)})
 
 
-def plot_intensity_histograms(frames: np.ndarray, frame_index: pd.DataFrame, palette: dict | None = None,
+def plot_intensity_histograms(frames: np.ndarray, frame_index: pd.DataFrame, *, palette: dict | None = None,
                               max_frames_per_class: int = 300, seed: int = 0) -> matplotlib.figure.Figure:
     """Gray-level histogram per class and each frame's mean brightness per class.
 
@@ -385,7 +385,7 @@ def plot_mean_frames(frames: np.ndarray, frame_index: pd.DataFrame, per_file: bo
     return fig
 
 
-def plot_clahe(frames: np.ndarray, frame_index: pd.DataFrame, per_class: int = 1, clip_limit: float = 2.0,
+def plot_clahe(frames: np.ndarray, frame_index: pd.DataFrame, *, per_class: int = 1, clip_limit: float = 2.0,
                seed: int = 0) -> matplotlib.figure.Figure:
     """Frames before and after CLAHE (Zuiderveld 1994), with their gray-level histograms.
 
@@ -469,7 +469,7 @@ def hash_distances(frames: np.ndarray, frame_index: pd.DataFrame, max_pairs: int
 RELATION_COLOURS = {"same file": "tab:red", "same patient, other file": "tab:orange", "other patient": "tab:blue"}
 
 
-def plot_near_duplicates(frames: np.ndarray, frame_index: pd.DataFrame, max_distance: int = 12,
+def plot_near_duplicates(frames: np.ndarray, frame_index: pd.DataFrame, *, max_distance: int = 12,
                          seed: int = 0, distances: pd.DataFrame | None = None) -> matplotlib.figure.Figure:
     """Two frames of one video, a frame of another patient, and the distance histogram.
 

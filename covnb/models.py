@@ -136,6 +136,7 @@ def build_model(
     head: str = "gap",
     image_size: int = 224,
     weights: str | os.PathLike | None = "imagenet",
+    *,
     trainable: str = "head",
     augmentation=None,
     dropout: float | None = None,

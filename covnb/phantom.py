@@ -280,6 +280,7 @@ def _complex_field(rng: np.random.Generator, shape, sigma_lateral: float, sigma_
 def make_clip(
     label: str,
     rng: np.random.Generator,
+    *,
     n_frames: int = 20,
     size: int = 160,
     patient_style: dict | None = None,
@@ -772,6 +773,7 @@ def _readme_text(params: dict) -> str:
 
 def write_phantom_dataset(
     out_dir,
+    *,
     n_patients_per_class: int = 12,
     videos_per_patient: int = 2,
     images_per_class: int = 2,
@@ -781,7 +783,6 @@ def write_phantom_dataset(
     seed: int = 0,
     classes=("covid", "pneumonia", "regular"),
     overwrite: bool = False,
-    *,
     label_noise: float = 0.06,
     borderline_fraction: float = 0.3,
     screens: bool = True,

@@ -244,7 +244,7 @@ class AuditReport:
         return "\n".join(lines)
 
 
-def audit_split(table: pd.DataFrame, folds, frames: np.ndarray | None = None, max_distance: int = 12,
+def audit_split(table: pd.DataFrame, folds, frames: np.ndarray | None = None, *, max_distance: int = 12,
                 check_files: bool = True, raise_on_leak: bool = True) -> AuditReport:
     """Check that no patient group, identical file or near-identical frame appears in two folds.
 

@@ -212,7 +212,7 @@ def trust_outputs(out_dir, result: dict, *, frameset=None, config=None, samples:
     if figures:
         import matplotlib.pyplot as plt
 
-        for name, figure in (("reliability", plot_reliability(tables, classes, ("raw", DEFAULT_METHOD, "temperature"),
+        for name, figure in (("reliability", plot_reliability(tables, classes, methods=("raw", DEFAULT_METHOD, "temperature"),
                                                               summary=calibration["levels"])),
                              ("risk_coverage", _plot_risk_coverage(calibrated_videos, classes))):
             paths[name] = out / f"{name}.png"

@@ -224,7 +224,7 @@ class CamExplorer:
         chosen = int(self.class_dropdown.value)
         return int(self.probabilities()[self.frame].argmax()) if chosen == PREDICTED else chosen
 
-    def heatmap(self, sample: str | None = None, frame: int | None = None, layer: str | None = None,
+    def heatmap(self, sample: str | None = None, frame: int | None = None, *, layer: str | None = None,
                 class_index: int | None = None, method: str | None = None) -> np.ndarray:
         """Heatmap (h, w) 0..1 at conv resolution; defaults to the current view. Cached."""
         sample = self.sample if sample is None else sample

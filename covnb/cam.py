@@ -437,7 +437,37 @@ def grad_cam_plus_plus(model: keras.Model, frames, *, class_index=None, layer: s
 
 def explain(model: keras.Model, frames, *, method: str = "gradcam", class_index=None, layer: str | None = None,
             batch_size: int = 16, compiled: bool = True) -> CamResult:
-    """Explain frames with ``method``: "gradcam", "gradcam++" or "cam" (see the functions above)."""
+    """Class activation maps of ``frames`` by ``method`` (computed on the logits, never on softmax).
+
+    Parameters
+    ----------
+    model : keras.Model
+        A flat Keras model (raw RGB 0..255 in; a ``logits`` layer, or a final Dense, before the softmax).
+    frames : array (N, H, W, 3) or (H, W, 3)
+        Raw RGB frames (0..255) at the model's input size (:func:`resize_frames` otherwise).
+    method : {"gradcam", "gradcam++", "cam"}
+        Grad-CAM (Selvaraju et al. 2017), Grad-CAM++ (Chattopadhay et al. 2018) or CAM (Zhou et al.
+        2016; needs a global-average-pooling + Dense head). Spellings such as "grad-cam" are accepted.
+    class_index : int or array of int, optional
+        Class to explain, per batch or per frame; default the predicted class of each frame.
+    layer : str, optional
+        Layer to explain; default the last conv feature map (:func:`last_conv_layer_name`; for CAM
+        the layer feeding the global pooling).
+    batch_size : int
+        Frames per model call.
+    compiled : bool
+        Run inside a ``tf.function`` cached per model, layer and method (faster after the first call).
+
+    Returns
+    -------
+    CamResult
+        Heatmaps (N, h, w) in 0..1 at the layer's resolution, probabilities, logits, explained classes.
+
+    Examples
+    --------
+    >>> result = explain(model, frames, method="gradcam++", layer="top_activation")  # doctest: +SKIP
+    >>> overlay(frames[0], result.heatmaps[0], alpha=0.4)  # doctest: +SKIP
+    """
     canonical = _METHOD_ALIASES.get(str(method).lower())
     if canonical is None:
         raise ValueError(f"Unknown CAM method {method!r}; choose one of {', '.join(METHODS)}.")

@@ -68,16 +68,45 @@ def _check_samples(samples: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 class CamExplorer:
-    """Interactive CAM explorer for a covnb model.
+    """Interactive CAM explorer for a covnb model: pick a sample, a frame, a method (Grad-CAM,
+    Selvaraju et al. 2017; Grad-CAM++, Chattopadhay et al. 2018; CAM, Zhou et al. 2016), a layer
+    and a class, and see the heatmap over the frame with the class probabilities.
 
-    model: flat Keras model (raw RGB 0..255 in, logits + softmax out). samples: dict name ->
-    uint8 frames (T, H, W, 3) (an image is T=1); frames are resized to the model input for the
-    model and shown at their own size. class_names: one per model output. layers: names for the
-    layer menu (default: the conv layers, deepest last, at most ``max_layers``). calibration: a
-    saved model's sidecar ``calibration`` block; the probabilities shown are then calibrated.
+    Parameters
+    ----------
+    model : keras.Model
+        A flat Keras model (raw RGB 0..255 in, logits + softmax out), e.g. from :func:`covnb.models.load_model`.
+    samples : dict of str to ndarray
+        Name -> uint8 frames (T, H, W, 3) (an image is T=1); frames are resized to the model input
+        for the model and shown at their own size.
+    class_names : sequence of str
+        One per model output.
+    out_dir : path
+        Where "save" writes the overlay PNGs.
+    layers : sequence of str, optional
+        Names for the layer menu (default: the conv layers, deepest last, at most ``max_layers``).
+    max_layers : int
+        Longest default layer menu.
+    batch_size : int
+        Frames per model call.
+    display_width : int
+        Width of the shown frame, in pixels.
+    max_cached_heatmaps : int
+        Heatmaps kept in memory (least recently used ones go first).
+    calibration : dict, optional
+        A saved model's sidecar ``calibration`` block; the probabilities shown are then calibrated.
+
+    Examples
+    --------
+    >>> from covnb.models import load_model
+    >>> from covnb.frames import read_frames, frame_settings_from_metadata
+    >>> model, metadata = load_model("runs/pocus/model.keras")  # doctest: +SKIP
+    >>> frames, _ = read_frames("clip.mp4", frame_settings_from_metadata(metadata))  # doctest: +SKIP
+    >>> CamExplorer(model, {"clip": frames}, metadata["classes"], out_dir="cams",
+    ...             calibration=metadata.get("calibration"))  # doctest: +SKIP
     """
 
-    def __init__(self, model: keras.Model, samples: Mapping[str, np.ndarray], class_names: Sequence[str],
+    def __init__(self, model: keras.Model, samples: Mapping[str, np.ndarray], class_names: Sequence[str], *,
                  out_dir: str | Path = ".", layers: Sequence[str] | None = None, max_layers: int = 12,
                  batch_size: int = 16, display_width: int = 360, max_cached_heatmaps: int = 512,
                  calibration: dict | None = None):

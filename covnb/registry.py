@@ -20,6 +20,7 @@ import dataclasses
 __all__ = [
     "BackboneSpec",
     "BACKBONES",
+    "WeightsUnavailableError",
     "PREPROCESS_MODES",
     "backbone_spec",
     "preprocess_layer_name",
@@ -34,6 +35,10 @@ __all__ = [
     "MIDLEVEL_TAPS",
     "POOLED_TAP_HEADS",
 ]
+
+class WeightsUnavailableError(RuntimeError):
+    """ImageNet weights are neither in the Keras cache nor downloadable (offline machine)."""
+
 
 # ----------------------------------------------------------------------------- layer names
 

@@ -21,7 +21,7 @@ STAGES = {
     "base": {"__init__", "io_utils", "registry", "cache", "quiet", "aggregate", "compiled", "media", "canonical"},
     "data": {"phantom", "datasets", "fetch", "splits"},
     "frames": {"frames"},
-    "features": {"backbones", "models", "weights"},
+    "features": {"torch_pickle", "efficientnet_lite", "backbones", "models", "weights"},
     "fit": {"train", "fewshot", "uncertainty"},
     "evaluate": {"evaluate", "calibration", "predict", "prediction_trust", "cam", "cam_export", "widgets", "audit",
                  "explore", "backbone_comparison"},

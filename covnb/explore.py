@@ -28,7 +28,7 @@ import seaborn as sns
 from covnb.canonical import canonicalize
 from covnb.frames import FrameError, FrameSettings, apply_clahe, read_frames
 from covnb.splits import AuditReport, perceptual_hash
-from covnb.phantom import make_clip
+from covnb.phantom_draw import make_clip
 
 #: Pattern each synthetic class is drawn with (see :mod:`covnb.phantom`).
 PHANTOM_PATTERNS = {

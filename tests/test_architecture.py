@@ -23,7 +23,8 @@ STAGES = {
     "frames": {"frames"},
     "features": {"torch_pickle", "efficientnet_lite", "backbones", "models", "weights"},
     "fit": {"train", "fewshot", "uncertainty"},
-    "evaluate": {"evaluate", "calibration", "predict", "prediction_trust", "cam", "cam_export", "widgets", "audit",
+    "evaluate": {"evaluate", "calibration", "predict", "prediction_trust", "heatmaps", "cam", "cam_export", "widgets",
+                 "audit",
                  "explore", "backbone_comparison"},
     "report": {"trust", "model_card", "report", "report_page", "notebook_html", "cli", "__main__"},
 }

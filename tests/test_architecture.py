@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "covnb"
 #: stage, never of a later one. (A module not listed here is still checked for cycles.)
 STAGES = {
     "base": {"__init__", "io_utils", "registry", "cache", "quiet", "aggregate", "compiled", "media", "canonical"},
-    "data": {"phantom_draw", "phantom", "datasets", "fetch", "splits"},
+    "data": {"phantom_draw", "phantom", "near_duplicates", "datasets", "fetch", "splits"},
     "frames": {"frames"},
     "features": {"torch_pickle", "efficientnet_lite", "backbones", "models", "weights"},
     "fit": {"train", "fewshot", "uncertainty"},

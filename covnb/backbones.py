@@ -179,28 +179,9 @@ def build_backbone(
     x = BackbonePreprocess(spec.preprocessing, name=preprocess_layer_name(name))(inputs)
     weights_arg = None if weights is None else (weights if weights == "imagenet" else str(weights))
 
-    converted = imagenet_weights_cache_path(name) if weights == "imagenet" else None
-    source_desc = spec.weights_source
-    if name in EFFICIENTNET_LITE_VARIANTS:
-        base = efficientnet_lite(name, include_top=False, weights=weights_arg, input_tensor=x)
-    elif converted is not None and alpha is None and converted.is_file():
-        # covnb's own converted ImageNet file (`covnb weights fetch NAME`) before Keras's cache.
-        constructor = getattr(keras.applications, spec.constructor)
-        base = constructor(include_top=False, weights=None, input_tensor=x)
-        _load_weights_by_name(base, converted, name)
-        source_desc = f"converted file {converted}"
-    else:
-        constructor = getattr(keras.applications, spec.constructor)
-        kwargs: dict[str, Any] = dict(include_top=False, weights=weights_arg, input_tensor=x)
-        if alpha is not None:
-            kwargs["alpha"] = alpha
-        base = _call_with_download_guard(name, constructor, kwargs)
-
+    base, source_desc = _backbone_graph(spec, x, weights, weights_arg, alpha)
     features = base.output
-    if alpha is not None:
-        weights_desc = f"alpha={alpha}, "
-    else:
-        weights_desc = ""
+    weights_desc = f"alpha={alpha}, " if alpha is not None else ""
     if weights is None:
         weights_desc += "random initialisation"
     elif weights == "imagenet":
@@ -219,6 +200,24 @@ def build_backbone(
         "weights": weights_desc,
     }
     return inputs, features, info
+
+
+def _backbone_graph(spec: BackboneSpec, x, weights, weights_arg, alpha) -> tuple[keras.Model, str]:
+    """The backbone's layers on the preprocessed tensor ``x``, and where its weights came from."""
+    name = spec.name
+    converted = imagenet_weights_cache_path(name) if weights == "imagenet" else None
+    if name in EFFICIENTNET_LITE_VARIANTS:
+        return efficientnet_lite(name, include_top=False, weights=weights_arg, input_tensor=x), spec.weights_source
+    constructor = getattr(keras.applications, spec.constructor)
+    if converted is not None and alpha is None and converted.is_file():
+        # covnb's own converted ImageNet file (`covnb weights fetch NAME`) before Keras's cache.
+        base = constructor(include_top=False, weights=None, input_tensor=x)
+        _load_weights_by_name(base, converted, name)
+        return base, f"converted file {converted}"
+    kwargs: dict[str, Any] = dict(include_top=False, weights=weights_arg, input_tensor=x)
+    if alpha is not None:
+        kwargs["alpha"] = alpha
+    return _call_with_download_guard(name, constructor, kwargs), spec.weights_source
 
 
 def _call_with_download_guard(name, constructor, kwargs):

@@ -489,6 +489,29 @@ def _frames_and_index(frames) -> tuple[np.ndarray, pd.DataFrame | None]:
     return np.asarray(frames), None
 
 
+def _peak_row(i: int, array: np.ndarray, result: CamResult, index: pd.DataFrame | None, class_names,
+              box: int) -> dict:
+    """The :func:`cam_peaks` row of frame ``i``."""
+    height, width = array.shape[1:3]
+    heatmap = result.heatmaps[i]
+    x, y = heatmap_peak(heatmap, box=box, frame_size=(height, width))
+    chosen = int(result.class_index[i])
+    known = set(index) if index is not None else set()
+    row = {
+        "sample": index["sample_id"].iloc[i] if "sample_id" in known else i,
+        "frame": int(index["frame_index"].iloc[i]) if "frame_index" in known else i,
+        "class": class_names[chosen] if class_names is not None else chosen,
+        "class_index": chosen,
+        "prob": float(result.probs[i, chosen]),
+        "peak_x": (x + 0.5) / width,
+        "peak_y": (y + 0.5) / height,
+        "inside": heat_inside_fraction(heatmap, sector_mask(array[i])),
+    }
+    if "label" in known:
+        row["label"] = index["label"].iloc[i]
+    return row
+
+
 def cam_peaks(model: keras.Model | None, frames, *, index: pd.DataFrame | None = None,
               class_names: Sequence[str] | None = None, method: str = "gradcam", class_index=None,
               layer: str | None = None, box: int = 19, batch_size: int = 16,
@@ -513,24 +536,7 @@ def cam_peaks(model: keras.Model | None, frames, *, index: pd.DataFrame | None =
         result = explain(model, array, method=method, class_index=class_index, layer=layer, batch_size=batch_size)
     elif len(result) != len(array):
         raise ValueError(f"result has {len(result)} heatmaps but there are {len(array)} frames.")
-    height, width = array.shape[1:3]
-    rows = []
-    for i, heatmap in enumerate(result.heatmaps):
-        x, y = heatmap_peak(heatmap, box=box, frame_size=(height, width))
-        chosen = int(result.class_index[i])
-        row = {
-            "sample": index["sample_id"].iloc[i] if index is not None and "sample_id" in index else i,
-            "frame": int(index["frame_index"].iloc[i]) if index is not None and "frame_index" in index else i,
-            "class": class_names[chosen] if class_names is not None else chosen,
-            "class_index": chosen,
-            "prob": float(result.probs[i, chosen]),
-            "peak_x": (x + 0.5) / width,
-            "peak_y": (y + 0.5) / height,
-            "inside": heat_inside_fraction(heatmap, sector_mask(array[i])),
-        }
-        if index is not None and "label" in index:
-            row["label"] = index["label"].iloc[i]
-        rows.append(row)
+    rows = [_peak_row(i, array, result, index, class_names, box) for i in range(len(result.heatmaps))]
     columns = ["sample", "frame", "label", "class", "class_index", "prob", "peak_x", "peak_y", "inside"]
     table = pd.DataFrame(rows)
     return table[[column for column in columns if column in table]]

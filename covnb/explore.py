@@ -469,6 +469,52 @@ def hash_distances(frames: np.ndarray, frame_index: pd.DataFrame, max_pairs: int
 RELATION_COLOURS = {"same file": "tab:red", "same patient, other file": "tab:orange", "other patient": "tab:blue"}
 
 
+def _near_duplicate_panels(fig, grid, frames: np.ndarray, frame_index: pd.DataFrame, distances: pd.DataFrame,
+                           pair) -> None:
+    """Top row of :func:`plot_near_duplicates`: the pair's two frames and the closest frame of
+    another patient (same class when there is one), with their distances."""
+    first, second = int(pair["a"]), int(pair["b"])
+    third = _closest_other_patient(frame_index, distances, first)
+    bits = {i: perceptual_hash(frames[i]) for i in (first, second, third) if i is not None}
+
+    def distance(i, j):
+        return int(np.unpackbits(np.bitwise_xor(bits[i], bits[j])).sum())
+
+    ids = np.asarray(frame_index["sample_id"], dtype=str)
+    groups = np.asarray(frame_index["group"], dtype=str)
+    times = frame_index["time_s"].to_numpy() if "time_s" in frame_index else np.zeros(len(frame_index))
+    videos = np.asarray(frame_index["kind"] == "video") if "kind" in frame_index else np.zeros(len(times), bool)
+
+    def when(i):
+        return f"t = {times[i]:.2f} s" if videos[i] else "image"
+
+    panels = [(first, f"{_short(Path(ids[first]).name)}\n{when(first)}"),
+              (second, f"{pair['relation']}, {when(second)}\ndistance {distance(first, second)} bits")]
+    if third is not None:
+        panels.append((third, f"other patient ({_short_tail(groups[third], 16)})\ndistance {distance(first, third)} bits"))
+    for col, (index, title) in enumerate(panels):
+        ax = fig.add_subplot(grid[0, col])
+        ax.imshow(frames[index])
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+
+
+def _closest_other_patient(frame_index: pd.DataFrame, distances: pd.DataFrame, first: int) -> int | None:
+    """The frame of another patient closest to frame ``first`` (same class when possible), else
+    any frame of another patient, else None."""
+    others = distances[(distances["relation"] == "other patient")
+                       & ((distances["a"] == first) | (distances["b"] == first))]
+    labels = np.asarray(frame_index["label"], dtype=str)
+    same_label = others[[labels[int(x)] == labels[first] for x in np.where(others["a"] == first, others["b"], others["a"])]]
+    others = same_label if len(same_label) else others
+    if len(others):
+        row = others.sort_values("distance").iloc[0]
+        return int(row["b"] if row["a"] == first else row["a"])
+    group = np.asarray(frame_index["group"], dtype=str)
+    candidates = np.nonzero(group != group[first])[0]
+    return int(candidates[0]) if len(candidates) else None
+
+
 def plot_near_duplicates(frames: np.ndarray, frame_index: pd.DataFrame, *, max_distance: int = 12,
                          seed: int = 0, distances: pd.DataFrame | None = None) -> matplotlib.figure.Figure:
     """Two frames of one video, a frame of another patient, and the distance histogram.
@@ -487,42 +533,7 @@ def plot_near_duplicates(frames: np.ndarray, frame_index: pd.DataFrame, *, max_d
     close = (close if len(close) else distances[distances["relation"] != "other patient"]).sort_values("distance")
     if len(close):
         pair = close.iloc[len(close) // 10]  # a close pair, but not the most extreme one
-        first, second = int(pair["a"]), int(pair["b"])
-        others = distances[(distances["relation"] == "other patient")
-                           & ((distances["a"] == first) | (distances["b"] == first))]
-        labels = np.asarray(frame_index["label"], dtype=str)
-        same_label = others[[labels[int(x)] == labels[first] for x in np.where(others["a"] == first, others["b"], others["a"])]]
-        others = same_label if len(same_label) else others
-        third = None
-        if len(others):
-            row = others.sort_values("distance").iloc[0]
-            third = int(row["b"] if row["a"] == first else row["a"])
-        if third is None:
-            group = np.asarray(frame_index["group"], dtype=str)
-            candidates = np.nonzero(group != group[first])[0]
-            third = int(candidates[0]) if len(candidates) else None
-        bits = {i: perceptual_hash(frames[i]) for i in (first, second, third) if i is not None}
-
-        def distance(i, j):
-            return int(np.unpackbits(np.bitwise_xor(bits[i], bits[j])).sum())
-
-        ids = np.asarray(frame_index["sample_id"], dtype=str)
-        groups = np.asarray(frame_index["group"], dtype=str)
-        times = frame_index["time_s"].to_numpy() if "time_s" in frame_index else np.zeros(len(frame_index))
-        videos = np.asarray(frame_index["kind"] == "video") if "kind" in frame_index else np.zeros(len(times), bool)
-
-        def when(i):
-            return f"t = {times[i]:.2f} s" if videos[i] else "image"
-
-        panels = [(first, f"{_short(Path(ids[first]).name)}\n{when(first)}"),
-                  (second, f"{pair['relation']}, {when(second)}\ndistance {distance(first, second)} bits")]
-        if third is not None:
-            panels.append((third, f"other patient ({_short_tail(groups[third], 16)})\ndistance {distance(first, third)} bits"))
-        for col, (index, title) in enumerate(panels):
-            ax = fig.add_subplot(grid[0, col])
-            ax.imshow(frames[index])
-            ax.set_title(title, fontsize=9)
-            ax.axis("off")
+        _near_duplicate_panels(fig, grid, frames, frame_index, distances, pair)
     ax = fig.add_subplot(grid[1, :])
     top = int(distances["distance"].max()) + 2
     bins = np.arange(0, max(top, max_distance + 4), 2)

@@ -240,6 +240,30 @@ def read_video(path: Path, settings: FrameSettings) -> tuple[np.ndarray, dict]:
     One pass reads up to the last frame the reported rate asks for, decoding only those; when
     the timestamps contradict the reported rate, a second pass decodes the right frames.
     """
+    reported, guess_fps, stamps, frames, ended = _first_pass(path, settings)
+    n_read = len(stamps)
+    if n_read == 0:
+        raise FrameError(f"{path}: video has no decodable frame (empty, truncated or corrupt)")
+    fps, fps_source = effective_fps(reported, stamps)
+    if fps != guess_fps:
+        # The container lied or said nothing: count the whole stream, then decode the right frames.
+        if not ended:
+            n_read = count_frames(path)
+        wanted = sample_indices(n_read, fps, settings.rate_hz, settings.max_frames)
+        frames = _decode_indices(path, set(int(i) for i in wanted), settings)
+    else:
+        wanted = sample_indices(n_read, fps, settings.rate_hz, settings.max_frames)
+    kept = [int(i) for i in wanted if i in frames]
+    if not kept:
+        raise FrameError(f"{path}: none of the sampled frames could be decoded")
+    info = {"fps_used": fps, "fps_source": fps_source, "fps_reported": reported, "frames_read": n_read,
+            "frame_index": kept, "time_s": [i / fps for i in kept]}
+    return np.stack([frames[i] for i in kept]), info
+
+
+def _first_pass(path: Path, settings: FrameSettings) -> tuple[float, float, list[float], dict[int, np.ndarray], bool]:
+    """Read a video up to the last frame its reported rate asks for, decoding only those:
+    (reported fps, fps used for the guess, timestamps in ms, {index: frame}, whether the stream ended)."""
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise FrameError(f"{path}: not a readable video")
@@ -263,24 +287,7 @@ def read_video(path: Path, settings: FrameSettings) -> tuple[np.ndarray, dict]:
         ended = len(stamps) <= last_guess
     finally:
         cap.release()
-    n_read = len(stamps)
-    if n_read == 0:
-        raise FrameError(f"{path}: video has no decodable frame (empty, truncated or corrupt)")
-    fps, fps_source = effective_fps(reported, stamps)
-    if fps != guess_fps:
-        # The container lied or said nothing: count the whole stream, then decode the right frames.
-        if not ended:
-            n_read = count_frames(path)
-        wanted = sample_indices(n_read, fps, settings.rate_hz, settings.max_frames)
-        frames = _decode_indices(path, set(int(i) for i in wanted), settings)
-    else:
-        wanted = sample_indices(n_read, fps, settings.rate_hz, settings.max_frames)
-    kept = [int(i) for i in wanted if i in frames]
-    if not kept:
-        raise FrameError(f"{path}: none of the sampled frames could be decoded")
-    info = {"fps_used": fps, "fps_source": fps_source, "fps_reported": reported, "frames_read": n_read,
-            "frame_index": kept, "time_s": [i / fps for i in kept]}
-    return np.stack([frames[i] for i in kept]), info
+    return reported, guess_fps, stamps, frames, ended
 
 
 def _decode_indices(path: Path, wanted: set[int], settings: FrameSettings) -> dict[int, np.ndarray]:

@@ -71,22 +71,31 @@ def annotate_predictions(frames: pd.DataFrame, videos: pd.DataFrame, classes, me
         return frames, videos
     agreement = ood = None
     if arrays and frame_features is not None and len(frame_features):
-        ids, means = video_mean_features(frame_features, frames["path"].to_numpy())
-        order = pd.Index(ids).get_indexer(videos["path"].astype(str))
-        means = means[order]
-        if "fold_kernels" in arrays:
-            fold_probs = fold_head_probabilities(frame_features, arrays["fold_kernels"], arrays["fold_biases"])
-            per_video = np.stack([video_mean_features(p, frames["path"].to_numpy())[1][order] for p in fold_probs])
-            predicted = probs.argmax(axis=1)
-            agreement = fold_agreement(per_video, predicted)
-            videos["fold_agreement"] = agreement
-        if "density_mean" in arrays:
-            density = {k[len("density_"):]: v for k, v in arrays.items() if k.startswith("density_")}
-            ood = feature_distance(density, means)
-            videos["ood_score"] = ood
+        agreement, ood = _feature_signals(frames, videos, probs, arrays, frame_features)
     thresholds = trust.get("thresholds", {})
     flags, reasons = uncertainty_flags(videos["confidence"].to_numpy(), thresholds=thresholds, agreement=agreement,
                                        ood=ood)
     videos["uncertain"] = flags
     videos["uncertain_reason"] = reasons
     return frames, videos
+
+
+def _feature_signals(frames: pd.DataFrame, videos: pd.DataFrame, probs: np.ndarray, arrays: dict,
+                     frame_features: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Agreement of the fold heads with the prediction and the OOD score of each video, added to
+    ``videos`` (``fold_agreement``, ``ood_score``) when the trust arrays have them."""
+    agreement = ood = None
+    ids, means = video_mean_features(frame_features, frames["path"].to_numpy())
+    order = pd.Index(ids).get_indexer(videos["path"].astype(str))
+    means = means[order]
+    if "fold_kernels" in arrays:
+        fold_probs = fold_head_probabilities(frame_features, arrays["fold_kernels"], arrays["fold_biases"])
+        per_video = np.stack([video_mean_features(p, frames["path"].to_numpy())[1][order] for p in fold_probs])
+        predicted = probs.argmax(axis=1)
+        agreement = fold_agreement(per_video, predicted)
+        videos["fold_agreement"] = agreement
+    if "density_mean" in arrays:
+        density = {k[len("density_"):]: v for k, v in arrays.items() if k.startswith("density_")}
+        ood = feature_distance(density, means)
+        videos["ood_score"] = ood
+    return agreement, ood

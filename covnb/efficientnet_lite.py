@@ -176,21 +176,7 @@ def efficientnet_lite(
     x = _bn("stem_bn")(x)
     x = _relu6("stem_activation")(x)
     for name, _index, in_ch, out_ch, kernel, stride, expansion in _lite_blocks(variant):
-        block_input = x
-        if expansion != 1:
-            x = keras.layers.Conv2D(in_ch * expansion, 1, padding="same", use_bias=False,
-                                    name=f"{name}_expand_conv")(x)
-            x = _bn(f"{name}_expand_bn")(x)
-            x = _relu6(f"{name}_expand_activation")(x)
-        x = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False,
-                                         name=f"{name}_dwconv")(x)
-        x = _bn(f"{name}_bn")(x)
-        x = _relu6(f"{name}_activation")(x)
-        x = keras.layers.Conv2D(out_ch, 1, padding="same", use_bias=False,
-                                name=f"{name}_project_conv")(x)
-        x = _bn(f"{name}_project_bn")(x)
-        if stride == 1 and in_ch == out_ch:
-            x = keras.layers.Add(name=f"{name}_add")([x, block_input])
+        x = _mbconv_block(x, name, in_ch, out_ch, kernel, stride, expansion)
     x = keras.layers.Conv2D(1280, 1, padding="same", use_bias=False, name="top_conv")(x)
     x = _bn("top_bn")(x)
     x = _relu6("top_activation")(x)
@@ -204,7 +190,13 @@ def efficientnet_lite(
     elif pooling == "max":
         x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
     model = keras.Model(model_inputs, x, name=variant)
+    _load_lite_weights(model, weights, variant)
+    return model
 
+
+def _load_lite_weights(model: keras.Model, weights, variant: str) -> None:
+    """Set the weights of a Lite model: "imagenet" (converted once, then cached), a ``.pth`` of the
+    same architecture, or a Keras weights file (by layer name); None leaves them random."""
     if weights == "imagenet":
         _load_weights_by_name(model, _cached_lite_imagenet_weights(variant), variant)
     elif weights is not None:
@@ -213,7 +205,26 @@ def efficientnet_lite(
             _assign_lite_state_dict(model, read_legacy_torch_state_dict(path), str(path), variant)
         else:
             _load_weights_by_name(model, path, variant)
-    return model
+
+
+def _mbconv_block(x, name: str, in_ch: int, out_ch: int, kernel: int, stride: int, expansion: int):
+    """One inverted-residual (MBConv) block of EfficientNet-Lite: expand, depthwise, project, add."""
+    block_input = x
+    if expansion != 1:
+        x = keras.layers.Conv2D(in_ch * expansion, 1, padding="same", use_bias=False,
+                                name=f"{name}_expand_conv")(x)
+        x = _bn(f"{name}_expand_bn")(x)
+        x = _relu6(f"{name}_expand_activation")(x)
+    x = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False,
+                                     name=f"{name}_dwconv")(x)
+    x = _bn(f"{name}_bn")(x)
+    x = _relu6(f"{name}_activation")(x)
+    x = keras.layers.Conv2D(out_ch, 1, padding="same", use_bias=False,
+                            name=f"{name}_project_conv")(x)
+    x = _bn(f"{name}_project_bn")(x)
+    if stride == 1 and in_ch == out_ch:
+        x = keras.layers.Add(name=f"{name}_add")([x, block_input])
+    return x
 
 
 def efficientnet_lite0(include_top: bool = False, weights="imagenet", input_tensor=None,

@@ -130,6 +130,24 @@ def _data_context(run: Path, metrics: dict, folds: pd.DataFrame, oof: pd.DataFra
 
 def _results_context(metrics: dict, oof: pd.DataFrame, samples: pd.DataFrame) -> dict:
     classes = metrics["classes"]
+    context = {"table": markdown_table(pd.DataFrame(_metric_rows(metrics, classes))), "n_boot": _n_boot(metrics),
+               "baseline": "", "subgroup_table": "",
+               "source_held_out": metrics.get("source_held_out_summary", NOT_ADDRESSED + " in this run (patient folds "
+                                                                                         "only; see the leave-one-source-"
+                                                                                         "out OOD check below)")}
+    baseline = (metrics.get("baseline") or {}).get("video_mean", {})
+    if baseline.get("pooled_mean"):
+        context["baseline"] = (f"{_fmt(baseline['pooled_mean'].get('balanced_accuracy'))} +- "
+                               f"{_fmt(baseline.get('pooled_std', {}).get('balanced_accuracy'))} (difference "
+                               f"{metrics['baseline'].get('video_balanced_accuracy_difference', float('nan')):+.3f})")
+    parts = _subgroup_tables(oof, samples, classes)
+    if parts:
+        context["subgroup_table"] = markdown_table(pd.concat(parts, ignore_index=True))
+    return context
+
+
+def _metric_rows(metrics: dict, classes) -> list[dict]:
+    """Rows of the results table: mean +- std over seeds and the patient-bootstrap CI of each metric."""
     rows = []
     for level, caption in (("video_mean", "videos (mean probability)"), ("frame", "frames")):
         entry = metrics.get(level) or {}
@@ -142,16 +160,11 @@ def _results_context(metrics: dict, oof: pd.DataFrame, samples: pd.DataFrame) ->
                              "mean +- std over seeds": f"{_fmt(mean[name])} +- {_fmt(std.get(name))}",
                              "95% CI (patient bootstrap)": _with_ci(ci.get(name, {}).get("estimate"), ci.get(name))
                              if name in ci else "n/a"})
-    context = {"table": markdown_table(pd.DataFrame(rows)), "n_boot": _n_boot(metrics), "baseline": "",
-               "subgroup_table": "",
-               "source_held_out": metrics.get("source_held_out_summary", NOT_ADDRESSED + " in this run (patient folds "
-                                                                                         "only; see the leave-one-source-"
-                                                                                         "out OOD check below)")}
-    baseline = (metrics.get("baseline") or {}).get("video_mean", {})
-    if baseline.get("pooled_mean"):
-        context["baseline"] = (f"{_fmt(baseline['pooled_mean'].get('balanced_accuracy'))} +- "
-                               f"{_fmt(baseline.get('pooled_std', {}).get('balanced_accuracy'))} (difference "
-                               f"{metrics['baseline'].get('video_balanced_accuracy_difference', float('nan')):+.3f})")
+    return rows
+
+
+def _subgroup_tables(oof: pd.DataFrame, samples: pd.DataFrame, classes) -> list[pd.DataFrame]:
+    """Video accuracy by kind, probe, modality and source (those with more than one value)."""
     videos = video_predictions(oof, classes, "mean").merge(
         samples.drop(columns=[c for c in ("group", "label") if c in samples]), on="sample_id", how="left")
     videos["correct"] = videos["pred"] == videos["label"]
@@ -162,9 +175,7 @@ def _results_context(metrics: dict, oof: pd.DataFrame, samples: pd.DataFrame) ->
             table = pd.DataFrame({"by": column, "group": grouped.size().index, "predictions": grouped.size().values,
                                   "accuracy": grouped["correct"].mean().values})
             parts.append(table)
-    if parts:
-        context["subgroup_table"] = markdown_table(pd.concat(parts, ignore_index=True))
-    return context
+    return parts
 
 
 def _n_boot(metrics: dict) -> int | str:

@@ -307,12 +307,7 @@ def load_csv_indexed(root: str | Path, index_csv: str | Path | None = None, imag
     patient_column = next((c for c in PATIENT_COLUMNS if c in table.columns), None)
     folder = root / image_dir if (root / image_dir).is_dir() else root
     rows, skipped, notes = [], [], []
-    if patient_column is None:
-        grouping = (f"NO PATIENT COLUMN in {index_path.name} (looked for {', '.join(PATIENT_COLUMNS)}): every image "
-                    "is its own group, so images of one patient can land in different folds")
-        print(f"covnb: warning: {grouping}", file=sys.stderr)
-    else:
-        grouping = f"patient groups from column {patient_column!r} of {index_path.name}"
+    grouping = _csv_grouping(index_path, patient_column)
     by_name: dict[str, list[dict]] = {}
     for record in table.to_dict("records"):
         by_name.setdefault(_clean(record.get("filename")), []).append(record)
@@ -338,12 +333,27 @@ def load_csv_indexed(root: str | Path, index_csv: str | Path | None = None, imag
         grouping += f"; {len(empty_ids)} image(s) with an empty id are their own groups"
     notes.insert(0, f"grouping: {grouping}")
     for path in _media_files(folder, skipped):
-        if path.relative_to(folder).as_posix() not in by_name and path.name not in by_name \
-                and path.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
+        if _unlisted_media(path, folder, by_name):
             skipped.append({"path": str(path), "reason": "unknown label: not listed in the index CSV"})
     dataset = _finish(rows, skipped, root, "csv", notes)
     dataset.grouping = grouping
     return dataset
+
+
+def _csv_grouping(index_path: Path, patient_column: str | None) -> str:
+    """How the csv layout groups patients; without a patient column a loud warning on stderr too."""
+    if patient_column is not None:
+        return f"patient groups from column {patient_column!r} of {index_path.name}"
+    grouping = (f"NO PATIENT COLUMN in {index_path.name} (looked for {', '.join(PATIENT_COLUMNS)}): every image "
+                "is its own group, so images of one patient can land in different folds")
+    print(f"covnb: warning: {grouping}", file=sys.stderr)
+    return grouping
+
+
+def _unlisted_media(path: Path, folder: Path, listed) -> bool:
+    """A video or image file under ``folder`` that the index does not list."""
+    return (path.relative_to(folder).as_posix() not in listed and path.name not in listed
+            and path.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS)
 
 
 def _read_index_csv(root: Path, index_csv) -> tuple[Path, pd.DataFrame]:

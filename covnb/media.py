@@ -105,37 +105,45 @@ def probe_media(path: Path) -> dict:
         raise ValueError("zero-byte file")
     ext = path.suffix.lower()
     if ext in VIDEO_EXTENSIONS:
-        cap = cv2.VideoCapture(str(path))
-        try:
-            if not cap.isOpened():
-                raise ValueError("not a readable video (OpenCV cannot open it)")
-            check_video_header(cap)
-            ok, frame = cap.read()
-            if not ok or frame is None:
-                raise ValueError("video has no decodable frame (empty, truncated or corrupt)")
-            fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-            count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        finally:
-            cap.release()
-        height, width = frame.shape[:2]
-        fps_value = fps if 0 < fps < 1000 else np.nan
-        return {
-            "kind": "video",
-            "fps": fps_value,
-            "frame_count": count if count > 0 else np.nan,
-            "width": width,
-            "height": height,
-            "duration_s": count / fps_value if count > 0 and fps_value == fps_value else np.nan,
-        }
+        return _probe_video(path)
     if ext in IMAGE_EXTENSIONS:
-        check_image_header(path)
-        data = np.fromfile(str(path), dtype=np.uint8)
-        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-        if image is None:
-            raise ValueError("not a decodable image (wrong content for its extension?)")
-        return {"kind": "image", "fps": np.nan, "frame_count": 1, "width": image.shape[1],
-                "height": image.shape[0], "duration_s": np.nan}
+        return _probe_image(path)
     raise ValueError(f"unsupported file type {ext or '(no extension)'}")
+
+
+def _probe_video(path: Path) -> dict:
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            raise ValueError("not a readable video (OpenCV cannot open it)")
+        check_video_header(cap)
+        ok, frame = cap.read()
+        if not ok or frame is None:
+            raise ValueError("video has no decodable frame (empty, truncated or corrupt)")
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    finally:
+        cap.release()
+    height, width = frame.shape[:2]
+    fps_value = fps if 0 < fps < 1000 else np.nan
+    return {
+        "kind": "video",
+        "fps": fps_value,
+        "frame_count": count if count > 0 else np.nan,
+        "width": width,
+        "height": height,
+        "duration_s": count / fps_value if count > 0 and fps_value == fps_value else np.nan,
+    }
+
+
+def _probe_image(path: Path) -> dict:
+    check_image_header(path)
+    data = np.fromfile(str(path), dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError("not a decodable image (wrong content for its extension?)")
+    return {"kind": "image", "fps": np.nan, "frame_count": 1, "width": image.shape[1],
+            "height": image.shape[0], "duration_s": np.nan}
 
 
 def file_sha1(path: Path, chunk: int = 1 << 20) -> str:

@@ -142,8 +142,7 @@ def predict_paths(model_path, paths, *, batch_size: int = 32, use_cache: bool = 
     >>> result = predict_paths("runs/pocus/model.keras", ["clips/"], batch_size=16)  # doctest: +SKIP
     >>> result.videos[["path", "pred", "confidence", "uncertain"]]  # doctest: +SKIP
     """
-    model, metadata = model_path if isinstance(model_path, tuple) else load_model(model_path)
-    arrays = None if isinstance(model_path, tuple) or not metadata.get("trust") else load_trust_arrays(model_path)
+    model, metadata, arrays = _model_and_trust_arrays(model_path)
     with_features = bool(arrays) and HEAD_FEATURES in [layer.name for layer in model.layers]
     classes = [str(c) for c in metadata["classes"]]
     settings = frame_settings_from_metadata(metadata)
@@ -177,6 +176,15 @@ def predict_paths(model_path, paths, *, batch_size: int = 32, use_cache: bool = 
         frame_features=np.concatenate(batches.features) if batches.features else None)
     error_table = pd.DataFrame(errors, columns=["path", "reason"])
     return Predictions(frame_table, video_table, error_table, classes)
+
+
+def _model_and_trust_arrays(model_path) -> tuple:
+    """(model, metadata, trust arrays or None) of a model file, a folder holding one, or a loaded pair."""
+    if isinstance(model_path, tuple):
+        model, metadata = model_path
+        return model, metadata, None
+    model, metadata = load_model(model_path)
+    return model, metadata, load_trust_arrays(model_path) if metadata.get("trust") else None
 
 
 class _Batches:

@@ -187,47 +187,58 @@ def read_legacy_torch_state_dict(path: str | os.PathLike) -> collections.Ordered
             raise WeightsFileError(f"{path}: zip-based torch file; only the legacy format is supported")
         f.seek(0)
 
-        def load():
-            return _RestrictedTorchUnpickler(f, storages).load()
-
-        try:
-            magic = load()
-            if magic != _TORCH_LEGACY_MAGIC:
-                raise WeightsFileError(f"{path}: not a legacy PyTorch file (magic number {magic!r:.80})")
-            protocol = load()
-            if protocol != _TORCH_LEGACY_PROTOCOL:
-                raise WeightsFileError(f"{path}: unsupported PyTorch protocol version {protocol!r:.80}")
-            sys_info = load()
-            if not isinstance(sys_info, dict) or not sys_info.get("little_endian", False):
-                raise WeightsFileError(f"{path}: only little-endian PyTorch files are supported")
-            state = load()
-            keys = load()
-        except (UnsafePickleError, WeightsFileError) as error:
-            raise type(error)(f"{path}: {error}" if str(path) not in str(error) else str(error)) from None
-        except _PICKLE_ERRORS as error:
-            raise WeightsFileError(f"{path}: truncated or corrupt PyTorch file ({type(error).__name__}: "
-                                   f"{str(error)[:200]})") from None
+        state, keys = _read_pickles(f, storages, path)
         if not isinstance(keys, list) or len(keys) != len(storages) or set(map(str, keys)) != set(storages):
             raise WeightsFileError(f"{path}: storage key list does not match the state dict")
         for key in map(str, keys):
-            storage = storages[key]
-            header = f.read(8)
-            if len(header) != 8:
-                raise WeightsFileError(f"{path}: truncated before the data of storage {key}")
-            (count,) = struct.unpack("<q", header)
-            if count != storage.numel:
-                raise WeightsFileError(f"{path}: storage {key} holds {count} values, expected {storage.numel}")
-            n_bytes = count * storage.dtype.itemsize
-            if n_bytes > file_size - f.tell():
-                raise WeightsFileError(f"{path}: storage {key} declares {count} values ({n_bytes} bytes) but the file "
-                                       f"has only {file_size - f.tell()} bytes left (truncated or forged)")
-            raw = f.read(n_bytes)
-            if len(raw) != n_bytes:
-                raise WeightsFileError(f"{path}: truncated data of storage {key}")
-            storage.data = np.frombuffer(raw, dtype=storage.dtype.newbyteorder("<"))
+            _read_storage(f, storages[key], key, path, file_size)
     if not isinstance(state, dict):
         raise WeightsFileError(f"{path}: expected a state dict, found {type(state).__name__}")
     result = collections.OrderedDict()
     for name, value in state.items():
         result[str(name)] = value.materialize(str(path), str(name)) if isinstance(value, _LazyTensor) else value
     return result
+
+
+def _read_pickles(f, storages: dict, path: Path):
+    """The pickled header (magic, protocol, system info, checked), state dict and storage keys of a legacy file."""
+
+    def load():
+        return _RestrictedTorchUnpickler(f, storages).load()
+
+    try:
+        magic = load()
+        if magic != _TORCH_LEGACY_MAGIC:
+            raise WeightsFileError(f"{path}: not a legacy PyTorch file (magic number {magic!r:.80})")
+        protocol = load()
+        if protocol != _TORCH_LEGACY_PROTOCOL:
+            raise WeightsFileError(f"{path}: unsupported PyTorch protocol version {protocol!r:.80}")
+        sys_info = load()
+        if not isinstance(sys_info, dict) or not sys_info.get("little_endian", False):
+            raise WeightsFileError(f"{path}: only little-endian PyTorch files are supported")
+        state = load()
+        keys = load()
+    except (UnsafePickleError, WeightsFileError) as error:
+        raise type(error)(f"{path}: {error}" if str(path) not in str(error) else str(error)) from None
+    except _PICKLE_ERRORS as error:
+        raise WeightsFileError(f"{path}: truncated or corrupt PyTorch file ({type(error).__name__}: "
+                               f"{str(error)[:200]})") from None
+    return state, keys
+
+
+def _read_storage(f, storage: _Storage, key: str, path: Path, file_size: int) -> None:
+    """Read one storage's raw data (8-byte element count, then the values), checked against the file's size."""
+    header = f.read(8)
+    if len(header) != 8:
+        raise WeightsFileError(f"{path}: truncated before the data of storage {key}")
+    (count,) = struct.unpack("<q", header)
+    if count != storage.numel:
+        raise WeightsFileError(f"{path}: storage {key} holds {count} values, expected {storage.numel}")
+    n_bytes = count * storage.dtype.itemsize
+    if n_bytes > file_size - f.tell():
+        raise WeightsFileError(f"{path}: storage {key} declares {count} values ({n_bytes} bytes) but the file "
+                               f"has only {file_size - f.tell()} bytes left (truncated or forged)")
+    raw = f.read(n_bytes)
+    if len(raw) != n_bytes:
+        raise WeightsFileError(f"{path}: truncated data of storage {key}")
+    storage.data = np.frombuffer(raw, dtype=storage.dtype.newbyteorder("<"))

@@ -197,15 +197,7 @@ def read_tfjs_weights(model_json: dict, read_shard: Callable[[str], bytes], sour
     tensors: OrderedDict[str, np.ndarray] = OrderedDict()
     for group_index, group in enumerate(manifest):
         where = f"{source}: weightsManifest[{group_index}]"
-        if not isinstance(group, dict) or not isinstance(group.get("paths"), list) \
-                or not isinstance(group.get("weights"), list) or not group["paths"]:
-            raise ManifestError(f"{where}: needs 'paths' and 'weights' lists")
-        specs = []
-        for spec in group["weights"]:
-            name, shape = _tfjs_weight_spec(spec, where)
-            if name in tensors or any(name == s[0] for s in specs):
-                raise ManifestError(f"{where}: tensor {name!r} appears twice")
-            specs.append((name, shape))
+        specs = _tfjs_group_specs(group, where, tensors)
         shards = []
         for path in group["paths"]:
             if not isinstance(path, str) or PurePosixPath(path).name != path or path in ("", ".", ".."):
@@ -213,6 +205,20 @@ def read_tfjs_weights(model_json: dict, read_shard: Callable[[str], bytes], sour
             shards.append(read_shard(path))
         tensors.update(_tfjs_tensors(b"".join(shards), specs, f"{source}: shards {', '.join(group['paths'])}"))
     return tensors
+
+
+def _tfjs_group_specs(group, where: str, tensors: dict) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of every tensor of one manifest group, in order; names must be new."""
+    if not isinstance(group, dict) or not isinstance(group.get("paths"), list) \
+            or not isinstance(group.get("weights"), list) or not group["paths"]:
+        raise ManifestError(f"{where}: needs 'paths' and 'weights' lists")
+    specs = []
+    for spec in group["weights"]:
+        name, shape = _tfjs_weight_spec(spec, where)
+        if name in tensors or any(name == s[0] for s in specs):
+            raise ManifestError(f"{where}: tensor {name!r} appears twice")
+        specs.append((name, shape))
+    return specs
 
 
 def _tfjs_weight_spec(spec, where: str) -> tuple[str, tuple[int, ...]]:

@@ -142,6 +142,14 @@ class CamExplorer:
         self.stats = {"model_calls": 0, "heatmaps_computed": 0, "heatmap_cache_hits": 0,
                       "overlay_renders": 0, "plot_renders": 0}
 
+        controls = self._build_controls(widgets, int(display_width))
+        self.widget = widgets.VBox([widgets.HBox([controls, self.image]), self.status, self.plot_output])
+        self.widget.add_class("covnb-cam-explorer")
+        self._update_method_state()
+        self.refresh()
+
+    def _build_controls(self, widgets, display_width: int):
+        """Create the controls, the image and the outputs, wire their callbacks; the control column."""
         first = next(iter(self.samples))
         n_frames = len(self.samples[first])
         self.sample_dropdown = widgets.Dropdown(options=list(self.samples), value=first, description="sample")
@@ -162,7 +170,7 @@ class CamExplorer:
         self.save_button = widgets.Button(description="Save PNG", icon="download")
         self.jump_buttons = [widgets.Button(description=f"Most {name}", tooltip=f"Go to the frame with the "
                                             f"highest {name} probability") for name in self.class_names]
-        self.image = widgets.Image(format="png", layout=widgets.Layout(width=f"{int(display_width)}px"))
+        self.image = widgets.Image(format="png", layout=widgets.Layout(width=f"{display_width}px"))
         self.plot_output = widgets.Output()
         self.status = widgets.HTML()
 
@@ -194,10 +202,8 @@ class CamExplorer:
             self.threshold_slider, widgets.HBox(self.jump_buttons, layout=widgets.Layout(flex_flow="row wrap")),
             self.save_button,
         ])
-        self.widget = widgets.VBox([widgets.HBox([controls, self.image]), self.status, self.plot_output])
-        self.widget.add_class("covnb-cam-explorer")
-        self._update_method_state()
-        self.refresh()
+        return controls
+
 
     # ------------------------------------------------------------------ state and computations
 

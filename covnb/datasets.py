@@ -188,15 +188,22 @@ def load_pocus(root: str | Path) -> Dataset:
             if label is None:
                 skipped.append({"path": str(path), "reason": "unknown label: file name has no Cov/Pneu/Reg/Vir prefix"})
                 continue
-            try:
-                media = probe_media(path)
-            except ValueError as error:
-                skipped.append({"path": str(path), "reason": str(error)})
+            media = _probe_or_skip(path, skipped)
+            if media is None:
                 continue
             rows.append(_pocus_row(root, path, label, metadata.get(path.stem.lower()), notes) | media)
     if not rows and not skipped:
         raise DataError(f"{root}: no files under pocus_videos/ or pocus_images/")
     return _finish(rows, skipped, root, "pocus", notes)
+
+
+def _probe_or_skip(path: Path, skipped: list[dict]) -> dict | None:
+    """:func:`covnb.media.probe_media` of ``path``, or None with a ``skipped`` row saying why."""
+    try:
+        return probe_media(path)
+    except ValueError as error:
+        skipped.append({"path": str(path), "reason": str(error)})
+        return None
 
 
 def _pocus_metadata(metadata_path: Path) -> tuple[dict[str, dict], list[str]]:
@@ -316,10 +323,8 @@ def load_csv_indexed(root: str | Path, index_csv: str | Path | None = None, imag
         path, label = _csv_entry(folder, index_path, name, copies, skipped, notes)
         if label is None:
             continue
-        try:
-            media = probe_media(path)
-        except ValueError as error:
-            skipped.append({"path": str(path), "reason": str(error)})
+        media = _probe_or_skip(path, skipped)
+        if media is None:
             continue
         patient = _clean(copies[0].get(patient_column)) if patient_column else ""
         if patient_column and not patient:
@@ -434,10 +439,8 @@ def load_class_folders(root: str | Path) -> Dataset:
     for class_dir in class_dirs:
         label = class_dir.name.lower()
         for path in _media_files(class_dir, skipped):
-            try:
-                media = probe_media(path)
-            except ValueError as error:
-                skipped.append({"path": str(path), "reason": str(error)})
+            media = _probe_or_skip(path, skipped)
+            if media is None:
                 continue
             group = path.name.split("__", 1)[0] if "__" in path.name else f"file:{_sample_id(root, path)}"
             rows.append({

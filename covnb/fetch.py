@@ -31,6 +31,7 @@ import zipfile
 from pathlib import Path
 
 from covnb.cache import cache_dir
+from covnb.io_utils import replace_folder
 
 #: The commit of jannisborn/covid19_ultrasound whose data/ folder covnb's results were measured on.
 POCUS_COMMIT = "bed269a62275ff39d58c7c9e9a92405db5f7f6d6"
@@ -108,7 +109,7 @@ def fetch_pocus(
         staging = Path(tempfile.mkdtemp(prefix=".pocus-extract-", dir=data_home))
         _extract_data_folder(archive, staging, url=url, target=target, max_bytes=max_bytes)
         os.chmod(staging, 0o755)  # mkdtemp makes it private
-        _replace_folder(staging, target)
+        replace_folder(staging, target)
         staging = None
     finally:
         if archive is not None:
@@ -313,19 +314,3 @@ def _find_data_prefix(names: list[str]) -> str | None:
         if len(parts) >= 3 and parts[1] == "data":
             return f"{parts[0]}/data/"
     return None
-
-
-def _replace_folder(staging: Path, target: Path) -> None:
-    """Rename staging to target; an existing target is moved aside and removed afterwards."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{staging.name.rsplit('-', 1)[-1]}")
-        target.rename(old)
-    try:
-        staging.rename(target)
-    except BaseException:
-        if old is not None and not target.exists():
-            old.rename(target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +20,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_write_json",
+    "replace_folder",
     "to_jsonable",
     "slug",
     "error_reason",
@@ -74,6 +76,31 @@ def atomic_write_json(path: str | os.PathLike, payload, *, indent: int | None = 
                       **dumps_kwargs) -> Path:
     """Write ``payload`` as JSON (after :func:`to_jsonable`) to ``path`` atomically."""
     return atomic_write_text(path, json.dumps(to_jsonable(payload), indent=indent, **dumps_kwargs), mode=mode)
+
+
+def replace_folder(staging: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Rename the finished folder ``staging`` to ``target``: an existing ``target`` is moved aside
+    first and removed after (put back if the rename fails); an empty one is just removed."""
+    staging, target = Path(staging), Path(target)
+    old = None
+    if target.exists():
+        if target.is_dir() and not any(target.iterdir()):
+            target.rmdir()
+        else:
+            old = target.with_name(f".{target.name}.old-{staging.name.rsplit('-', 1)[-1]}")
+            target.rename(old)
+    try:
+        staging.rename(target)
+    except BaseException:
+        if old is not None and not target.exists():
+            old.rename(target)
+        raise
+    if old is not None:
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+    return target
 
 
 def to_jsonable(value, *, nan_to_none: bool = True):

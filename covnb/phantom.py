@@ -46,6 +46,7 @@ import numpy as np
 
 from covnb import phantom_draw
 from covnb.cache import cache_dir
+from covnb.io_utils import replace_folder
 from covnb.media import count_frames
 from covnb.phantom_draw import (PHANTOM_CLASSES, PHANTOM_SOURCES, SCREEN_DESIGNS,  # noqa: F401 (API)
                                 _canonical_label, assign_sources, make_clip, render_screen, sample_patient_style)
@@ -245,7 +246,7 @@ def write_phantom_dataset(
             writer.writerows(rows)
         (tmp / "README.md").write_text(_readme_text(params), encoding="utf-8")
         os.chmod(tmp, 0o755)  # mkdtemp makes it private
-        _move_into_place(tmp, out_dir)
+        replace_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -369,28 +370,6 @@ def _metadata_common(patient: dict, size: int) -> dict:
 
 
 _WRITE_SIGNATURE = inspect.signature(write_phantom_dataset)
-
-
-def _move_into_place(tmp: Path, out_dir: Path) -> None:
-    """Rename tmp to out_dir; an existing out_dir is moved aside first and removed after."""
-    old = None
-    if out_dir.exists():
-        if out_dir.is_dir() and not any(out_dir.iterdir()):
-            out_dir.rmdir()
-        else:
-            old = out_dir.with_name(f".{out_dir.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
-            out_dir.rename(old)
-    try:
-        tmp.rename(out_dir)
-    except BaseException:
-        if old is not None and not out_dir.exists():
-            old.rename(out_dir)
-        raise
-    if old is not None:
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
 
 
 @functools.lru_cache(maxsize=1)

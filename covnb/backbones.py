@@ -30,6 +30,7 @@ import numpy as np
 
 import keras
 
+from covnb.cache import cache_dir  # noqa: F401 (the cache of converted weights; tests read it here)
 from covnb.efficientnet_lite import (EFFICIENTNET_LITE_PTH_FILES, EFFICIENTNET_LITE_VARIANTS,  # noqa: F401 (API)
                                      _check_weights_arg, _load_weights_by_name, convert_efficientnet_lite0_weights,
                                      convert_efficientnet_lite_weights, efficientnet_lite, efficientnet_lite0,

@@ -31,6 +31,13 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from covnb.cam import explain, heat_inside_fraction
+from covnb.canonical import ultrasound_region
+from covnb.datasets import Dataset, default_task, load_dataset, select_task
+from covnb.frames import FrameSettings, extract_frames, frame_settings_from_metadata
+from covnb.models import load_model
+from covnb.train import compute_features, fit_final_model, mirror_is_plausible, recipe_config
+
 __all__ = [
     "TREATMENTS",
     "source_class_table",
@@ -64,8 +71,6 @@ def source_class_table(samples: pd.DataFrame) -> pd.DataFrame:
 
 
 def _feature_config(image_size: int, backbone: str = "efficientnet_lite0", weights="imagenet", seed: int = 0):
-    from covnb.train import recipe_config
-
     return recipe_config("default", backbone=backbone, weights=weights, image_size=int(image_size), mirror_view=False,
                          seed=seed)
 
@@ -76,8 +81,6 @@ def video_features(frameset, config=None) -> tuple[np.ndarray, pd.DataFrame]:
     ``config``: a :class:`covnb.train.TrainConfig` (default: the default recipe's backbone and
     pooled mid-level features, clean view only). The table has ``sample_id``, ``group``, ``label``.
     """
-    from covnb.train import compute_features
-
     config = config or _feature_config(frameset.settings.image_size)
     features = compute_features(frameset.frames, config, cut="head", views=0, log=None)[0]
     index = frameset.index.reset_index(drop=True)
@@ -138,8 +141,6 @@ def probe_treatments(samples: pd.DataFrame, *, treatments: dict[str, dict] | Non
     Returns one row per (treatment, scope): scope "all classes" or a class name; columns
     balanced_accuracy, chance, n_classes (sources), n_videos.
     """
-    from covnb.frames import FrameSettings, extract_frames
-
     base = base_settings or FrameSettings()
     source_of = dict(zip(samples["sample_id"], samples["source"].astype(str)))
     rows = []
@@ -172,9 +173,6 @@ def cam_heat(model, frameset, classes: list[str], *, samples: pd.DataFrame | Non
     (the predicted class when the label is not one of ``classes``). Columns: sample_id, label,
     source (from ``samples``), frame, inside (heat fraction inside the region), region_share.
     """
-    from covnb.cam import explain, heat_inside_fraction
-    from covnb.canonical import ultrasound_region
-
     index = frameset.index.reset_index(drop=True)
     source_of = dict(zip(samples["sample_id"], samples["source"].astype(str))) if samples is not None else {}
     class_of = {name: k for k, name in enumerate(classes)}
@@ -217,9 +215,6 @@ def run_audit(data=None, *, model_path=None, task: str | None = None, layout: st
     are used); default: a model fitted here with covnb.train's default recipe on all the data
     (where its evidence lies, not how well it does). Returns a dict of tables and numbers.
     """
-    from covnb.datasets import Dataset, default_task, load_dataset, select_task
-    from covnb.frames import FrameSettings, extract_frames
-
     dataset = data if isinstance(data, Dataset) else load_dataset(data, layout=layout)
     samples = select_task(dataset.samples, task or default_task(dataset))
     base = frame_settings or FrameSettings()
@@ -232,15 +227,10 @@ def run_audit(data=None, *, model_path=None, task: str | None = None, layout: st
     result["source_probe"] = probe_treatments(samples, treatments=treatments, base_settings=base, seed=seed,
                                               min_patients=min_patients, log=log)
     if model_path is not None:
-        from covnb.models import load_model
-        from covnb.predict import frame_settings_from_metadata
-
         model, metadata = load_model(model_path)
         settings, classes = frame_settings_from_metadata(metadata), [str(c) for c in metadata["classes"]]
         model_name = str(model_path)
     else:
-        from covnb.train import fit_final_model, mirror_is_plausible, recipe_config
-
         settings = base
         frameset = extract_frames(samples, settings, progress=False)
         classes = sorted(frameset.index["label"].unique())

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from covnb.io_utils import atomic_write
+
 CACHE_ENV = "COVNB_CACHE_DIR"
 NO_CACHE_ENV = "COVNB_NO_CACHE"
 _WARNED: set[str] = set()
@@ -100,22 +102,14 @@ def write_cached_array(path: Path, array) -> bool:
     import numpy as np
 
     path = Path(path)
-    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=path.parent)
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
-        os.chmod(tmp, 0o644)  # mkstemp makes private files; the cache is shared
-        os.replace(tmp, path)
-        tmp = None
+        # mode 0644: the cache is shared
+        atomic_write(path, lambda tmp: np.save(tmp, array, allow_pickle=False), suffix=".npy", mode=0o644)
         return True
     except OSError as error:
         warn_cache_unwritable(path.parent, error)
         return False
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- staging folders

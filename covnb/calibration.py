@@ -37,6 +37,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from covnb.evaluate import _labels_and_probs, prob_columns, video_predictions
+
 __all__ = [
     "CALIBRATION_METHODS",
     "DEFAULT_METHOD",
@@ -223,7 +225,7 @@ def calibration_scores(probs, labels, n_bins: int = ECE_BINS) -> dict:
     return {name: float(values[0]) for name, values in scores.items()} | {"n": int(len(labels))}
 
 
-def calibration_bootstrap(probs, labels, groups, n_boot: int = 1000, seed: int = 0, n_bins: int = ECE_BINS,
+def calibration_bootstrap(probs, labels, groups, *, n_boot: int = 1000, seed: int = 0, n_bins: int = ECE_BINS,
                           alpha: float = 0.05) -> dict:
     """Scores with patient-bootstrap intervals: ``{name: {estimate, low, high}}``.
 
@@ -276,15 +278,11 @@ def reliability_table(probs, labels, class_index: int | None = None, n_bins: int
 
 
 def _encode(table: pd.DataFrame, classes) -> tuple[np.ndarray, np.ndarray]:
-    from covnb.evaluate import _labels_and_probs
-
     return _labels_and_probs(table, classes)
 
 
 def calibrate_table(table: pd.DataFrame, classes, calibration: dict | None) -> pd.DataFrame:
     """A copy of a prediction table with calibrated ``prob_<class>`` columns and ``pred``."""
-    from covnb.evaluate import prob_columns
-
     columns = prob_columns(classes)
     result = table.copy()
     if len(result):
@@ -326,12 +324,10 @@ def select_method(table: pd.DataFrame, classes, candidates=AUTO_CANDIDATES) -> t
 
 
 def _level_tables(oof: pd.DataFrame, classes) -> dict[str, pd.DataFrame]:
-    from covnb.evaluate import video_predictions
-
     return {"frame": oof, "video": video_predictions(oof, classes, "mean")}
 
 
-def evaluate_calibration(oof: pd.DataFrame, classes, methods=CALIBRATION_METHODS + ("auto",), n_boot: int = 1000,
+def evaluate_calibration(oof: pd.DataFrame, classes, *, methods=CALIBRATION_METHODS + ("auto",), n_boot: int = 1000,
                          seed: int = 0) -> tuple[dict, dict]:
     """Raw and cross-fitted calibrated scores (with patient-bootstrap CIs) per level and method.
 
@@ -373,7 +369,7 @@ def fit_final_calibration(oof: pd.DataFrame, classes, method: str = DEFAULT_METH
 # ----------------------------------------------------------------------------- figure
 
 
-def plot_reliability(tables: dict, classes, methods=("raw", DEFAULT_METHOD), n_bins: int = ECE_BINS,
+def plot_reliability(tables: dict, classes, *, methods=("raw", DEFAULT_METHOD), n_bins: int = ECE_BINS,
                      summary: dict | None = None):
     """Reliability diagrams, one row per level (frame, video), one column per class (one-vs-rest),
     one line per method; marker area grows with the bin's count. One matplotlib Figure."""

@@ -16,13 +16,13 @@ conv layers are reachable by name.
 
 CAM statistics follow POCOVID-Net (Born et al., arXiv:2009.06116): peak of each heatmap after
 a 19x19 box filter, scattered by class; covnb adds the fraction of heat inside the ultrasound
-sector, which catches a model that looks at text, rulers or borders.
+sector, which catches a model that looks at text, rulers or borders. The array-only parts
+(post-processing, overlays, statistics) live in :mod:`covnb.heatmaps` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import weakref
 from typing import Any, Callable, Sequence
 
 import cv2
@@ -31,7 +31,13 @@ import pandas as pd
 
 import keras
 
+from covnb.backbones import (check_flat, feature_map_layer_names,  # noqa: F401 (API)
+                             last_conv_layer_name, layer_output_rank)
+from covnb.compiled import cached_for_model, compiled_call
 from covnb.frames import sector_mask  # noqa: F401 - part of this module's API (heat inside the sector)
+from covnb.heatmaps import (apply_colormap, heat_inside_fraction, heatmap_peak, method_agreement,  # noqa: F401 (API)
+                            normalize_heatmap, overlay, plot_peak_scatter, threshold_heatmap, upsample_heatmap)
+from covnb.registry import LOGITS
 
 __all__ = [
     "METHODS",
@@ -75,15 +81,6 @@ _CONV_TYPES = (
     keras.layers.DepthwiseConv2D,
     keras.layers.SeparableConv2D,
     keras.layers.Conv2DTranspose,
-)
-# Layers whose 4-D output is still a convolutional feature map (what Grad-CAM may explain).
-_FEATURE_MAP_TYPES = _CONV_TYPES + (
-    keras.layers.Activation,
-    keras.layers.ReLU,
-    keras.layers.BatchNormalization,
-    keras.layers.Add,
-    keras.layers.Concatenate,
-    keras.layers.Multiply,
 )
 # Layers allowed between global average pooling and the logits Dense in a CAM head.
 _IDENTITY_AT_INFERENCE = (keras.layers.Dropout, keras.layers.SpatialDropout2D, keras.layers.GaussianNoise)
@@ -138,15 +135,6 @@ def _activation_name(layer) -> str:
     return getattr(activation, "__name__", "") if activation is not None else ""
 
 
-def _check_flat(model: keras.Model) -> None:
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            raise ValueError(
-                f"Model {model.name!r} holds a nested model {layer.name!r}: build it flat (backbone "
-                "with input_tensor=...) so its conv layers are reachable for CAM / Grad-CAM."
-            )
-
-
 def _single_output(model: keras.Model):
     outputs = model.outputs
     if len(outputs) != 1:
@@ -162,7 +150,7 @@ def logits_layer(model: keras.Model) -> keras.layers.Layer:
     logits are recomputed from its input, kernel and bias); the last linear Dense.
     """
     try:
-        return model.get_layer("logits")
+        return model.get_layer(LOGITS)
     except ValueError:
         pass
     final = _producer(_single_output(model))
@@ -193,37 +181,13 @@ def _logits_source(model: keras.Model) -> tuple[Any, Callable | None]:
     return layer.output, None
 
 
-def _layer_output_rank(layer) -> int | None:
-    try:
-        return len(layer.output.shape)
-    except (AttributeError, ValueError):
-        return None
-
-
 def conv_layer_names(model: keras.Model) -> list[str]:
     """Names of the convolution layers (Conv2D, depthwise, separable), in model order."""
     return [layer.name for layer in model.layers if isinstance(layer, _CONV_TYPES)]
 
 
-def feature_map_layer_names(model: keras.Model) -> list[str]:
-    """Names of layers with a 4-D conv feature map output (conv, BN, activations, merges)."""
-    return [
-        layer.name for layer in model.layers
-        if isinstance(layer, _FEATURE_MAP_TYPES) and _layer_output_rank(layer) == 4
-    ]
-
-
-def last_conv_layer_name(model: keras.Model) -> str:
-    """The last layer with a 4-D conv feature map: the usual Grad-CAM target (Selvaraju et al. 2017)."""
-    _check_flat(model)
-    names = feature_map_layer_names(model)
-    if not names:
-        raise ValueError(f"Model {model.name!r} has no layer with a 4-D convolutional feature map.")
-    return names[-1]
-
-
 def _resolve_layer(model: keras.Model, layer: str | None) -> keras.layers.Layer:
-    _check_flat(model)
+    check_flat(model)
     if layer is None:
         return model.get_layer(last_conv_layer_name(model))
     if not isinstance(layer, str):
@@ -235,7 +199,7 @@ def _resolve_layer(model: keras.Model, layer: str | None) -> keras.layers.Layer:
             f"Layer {layer!r} not found in model {model.name!r}. Conv layers: "
             f"{', '.join(conv_layer_names(model)) or '(none)'}"
         ) from None
-    if _layer_output_rank(found) != 4:
+    if layer_output_rank(found) != 4:
         raise ValueError(
             f"Layer {layer!r} of model {model.name!r} has no 4-D feature map output "
             f"({getattr(found.output, 'shape', '?')}). Conv layers: {', '.join(conv_layer_names(model))}"
@@ -282,9 +246,6 @@ def available_methods(model: keras.Model) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # Compiled computations (one tf.function per model, layer and method)
 # --------------------------------------------------------------------------------------------
-
-_COMPILED: "weakref.WeakKeyDictionary[keras.Model, dict]" = weakref.WeakKeyDictionary()
-
 
 def _input_spec(model: keras.Model):
     import tensorflow as tf
@@ -356,22 +317,14 @@ def _build_function(model: keras.Model, layer_name: str, method: str, compiled: 
 def _function(model: keras.Model, layer_name: str, method: str, compiled: bool = True):
     if not compiled:
         return _build_function(model, layer_name, method, compiled=False)
-    per_model = _COMPILED.setdefault(model, {})
-    key = (layer_name, method)
-    if key not in per_model:
-        per_model[key] = _build_function(model, layer_name, method, compiled=True)
-    return per_model[key]
+    return cached_for_model(model, ("cam", layer_name, method),
+                            lambda: _build_function(model, layer_name, method, compiled=True))
 
 
 def _forward_function(model: keras.Model):
-    import tensorflow as tf
-
-    per_model = _COMPILED.setdefault(model, {})
-    if "forward" not in per_model:
-        _single_output(model)  # a clear error for multi-output models
-        per_model["forward"] = tf.function(lambda frames: model(frames, training=False),
-                                           input_signature=[_input_spec(model)], reduce_retracing=True)
-    return per_model["forward"]
+    _single_output(model)  # a clear error for multi-output models
+    return compiled_call(model, ("cam", "forward"), lambda frames: model(frames, training=False),
+                         [_input_spec(model)], reduce_retracing=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -449,7 +402,7 @@ def _run(model, frames, class_index, layer_name, method, batch_size, compiled) -
     return CamResult(heatmaps.astype(np.float32), probs, logits, chosen.astype(np.int64), layer_name, method)
 
 
-def class_activation_map(model: keras.Model, frames, class_index=None, layer: str | None = None,
+def class_activation_map(model: keras.Model, frames, *, class_index=None, layer: str | None = None,
                          batch_size: int = 16, compiled: bool = True) -> CamResult:
     """Class activation map (Zhou et al. 2016) for a GlobalAveragePooling2D + Dense head.
 
@@ -466,7 +419,7 @@ def class_activation_map(model: keras.Model, frames, class_index=None, layer: st
     return _run(model, frames, class_index, feature_layer, "cam", batch_size, compiled)
 
 
-def grad_cam(model: keras.Model, frames, class_index=None, layer: str | None = None,
+def grad_cam(model: keras.Model, frames, *, class_index=None, layer: str | None = None,
              batch_size: int = 16, compiled: bool = True) -> CamResult:
     """Grad-CAM (Selvaraju et al. 2017) on the gradients of the logits.
 
@@ -478,16 +431,46 @@ def grad_cam(model: keras.Model, frames, class_index=None, layer: str | None = N
     return _run(model, frames, class_index, layer_name, "gradcam", batch_size, compiled)
 
 
-def grad_cam_plus_plus(model: keras.Model, frames, class_index=None, layer: str | None = None,
+def grad_cam_plus_plus(model: keras.Model, frames, *, class_index=None, layer: str | None = None,
                        batch_size: int = 16, compiled: bool = True) -> CamResult:
     """Grad-CAM++ (Chattopadhay et al. 2018) on the gradients of the logits; arguments as grad_cam."""
     layer_name = _resolve_layer(model, layer).name
     return _run(model, frames, class_index, layer_name, "gradcam++", batch_size, compiled)
 
 
-def explain(model: keras.Model, frames, method: str = "gradcam", class_index=None, layer: str | None = None,
+def explain(model: keras.Model, frames, *, method: str = "gradcam", class_index=None, layer: str | None = None,
             batch_size: int = 16, compiled: bool = True) -> CamResult:
-    """Explain frames with ``method``: "gradcam", "gradcam++" or "cam" (see the functions above)."""
+    """Class activation maps of ``frames`` by ``method`` (computed on the logits, never on softmax).
+
+    Parameters
+    ----------
+    model : keras.Model
+        A flat Keras model (raw RGB 0..255 in; a ``logits`` layer, or a final Dense, before the softmax).
+    frames : array (N, H, W, 3) or (H, W, 3)
+        Raw RGB frames (0..255) at the model's input size (:func:`resize_frames` otherwise).
+    method : {"gradcam", "gradcam++", "cam"}
+        Grad-CAM (Selvaraju et al. 2017), Grad-CAM++ (Chattopadhay et al. 2018) or CAM (Zhou et al.
+        2016; needs a global-average-pooling + Dense head). Spellings such as "grad-cam" are accepted.
+    class_index : int or array of int, optional
+        Class to explain, per batch or per frame; default the predicted class of each frame.
+    layer : str, optional
+        Layer to explain; default the last conv feature map (:func:`last_conv_layer_name`; for CAM
+        the layer feeding the global pooling).
+    batch_size : int
+        Frames per model call.
+    compiled : bool
+        Run inside a ``tf.function`` cached per model, layer and method (faster after the first call).
+
+    Returns
+    -------
+    CamResult
+        Heatmaps (N, h, w) in 0..1 at the layer's resolution, probabilities, logits, explained classes.
+
+    Examples
+    --------
+    >>> result = explain(model, frames, method="gradcam++", layer="top_activation")  # doctest: +SKIP
+    >>> overlay(frames[0], result.heatmaps[0], alpha=0.4)  # doctest: +SKIP
+    """
     canonical = _METHOD_ALIASES.get(str(method).lower())
     if canonical is None:
         raise ValueError(f"Unknown CAM method {method!r}; choose one of {', '.join(METHODS)}.")
@@ -496,109 +479,8 @@ def explain(model: keras.Model, frames, method: str = "gradcam", class_index=Non
 
 
 # --------------------------------------------------------------------------------------------
-# Heatmap post-processing and overlays
-# --------------------------------------------------------------------------------------------
-
-
-def normalize_heatmap(heatmap) -> np.ndarray:
-    """ReLU, then divide by the maximum (per frame for a stack (N, h, w)); all-zero stays zero."""
-    maps = np.maximum(np.asarray(heatmap, np.float32), 0.0)
-    axes = (-2, -1)
-    peak = maps.max(axis=axes, keepdims=True) if maps.size else maps
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(peak > 0, maps / np.where(peak > 0, peak, 1.0), 0.0).astype(np.float32)
-
-
-def upsample_heatmap(heatmap, size: tuple[int, int] | int) -> np.ndarray:
-    """Bilinear resize of a heatmap (h, w) or a stack (N, h, w) to ``size`` = (H, W)."""
-    height, width = (size, size) if isinstance(size, int) else size
-    maps = np.asarray(heatmap, np.float32)
-    if maps.ndim == 3:
-        return np.stack([upsample_heatmap(one, (height, width)) for one in maps]) if len(maps) else maps
-    if maps.ndim != 2:
-        raise ValueError(f"heatmap must be (h, w) or (N, h, w); got shape {maps.shape}.")
-    if maps.shape == (height, width):
-        return maps.copy()
-    return cv2.resize(maps, (int(width), int(height)), interpolation=cv2.INTER_LINEAR)
-
-
-def threshold_heatmap(heatmap, threshold: float) -> np.ndarray:
-    """Zero every value below ``threshold`` (POCOVID-Net zeroes values below 0.4-0.65)."""
-    if not 0.0 <= float(threshold) <= 1.0:
-        raise ValueError(f"threshold must be within 0..1 for a normalised heatmap; got {threshold}.")
-    maps = np.array(heatmap, np.float32, copy=True)
-    maps[maps < threshold] = 0.0
-    return maps
-
-
-def apply_colormap(heatmap, colormap: str = "jet") -> np.ndarray:
-    """Heatmap 0..1 (h, w) -> uint8 RGB (h, w, 3) through a matplotlib colormap (any name)."""
-    import matplotlib
-
-    try:
-        cmap = matplotlib.colormaps[colormap]
-    except KeyError:
-        raise ValueError(f"Unknown matplotlib colormap {colormap!r}.") from None
-    lut = (cmap(np.linspace(0.0, 1.0, 256))[:, :3] * 255.0 + 0.5).astype(np.uint8)
-    index = np.clip(np.asarray(heatmap, np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return lut[index]
-
-
-def _as_uint8_rgb(frame) -> np.ndarray:
-    array = np.asarray(frame)
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=-1)
-    if array.ndim != 3 or array.shape[-1] != 3:
-        raise ValueError(f"frame must be RGB (H, W, 3) or grayscale (H, W); got shape {array.shape}.")
-    if array.dtype != np.uint8:
-        array = np.clip(np.rint(array), 0, 255).astype(np.uint8)
-    return array
-
-
-def overlay(frame_rgb_uint8, heatmap, alpha: float = 0.4, colormap: str = "jet",
-            threshold: float | None = None) -> np.ndarray:
-    """Blend a colour-mapped heatmap over a frame; returns uint8 RGB at the frame's size.
-
-    The heatmap (any resolution, 0..1) is upsampled bilinearly. With ``threshold``, values below
-    it are zeroed and those pixels keep the plain frame (POCOVID-Net style, e.g. 0.5 and alpha
-    0.25).
-    """
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"alpha (opacity) must be within 0..1; got {alpha}.")
-    frame = _as_uint8_rgb(frame_rgb_uint8)
-    heat = np.clip(upsample_heatmap(heatmap, frame.shape[:2]), 0.0, 1.0)
-    if threshold is not None and threshold > 0:
-        heat = threshold_heatmap(heat, threshold)
-        weight = np.where(heat > 0, np.float32(alpha), np.float32(0.0))[..., None]
-    else:
-        weight = np.float32(alpha)
-    colours = apply_colormap(heat, colormap).astype(np.float32)
-    blended = frame.astype(np.float32) * (1.0 - weight) + colours * weight
-    return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
-
-
-# --------------------------------------------------------------------------------------------
 # CAM statistics (POCOVID-Net evaluation) and the ultrasound sector
 # --------------------------------------------------------------------------------------------
-
-
-def heatmap_peak(heatmap, box: int = 19, frame_size: tuple[int, int] | None = None) -> tuple[float, float]:
-    """(x, y) of the heatmap maximum after a ``box`` x ``box`` mean filter (POCOVID-Net).
-
-    With ``frame_size`` = (H, W) the heatmap is first upsampled to the frame, so the box is in
-    frame pixels and the peak in frame coordinates; otherwise in heatmap pixels.
-    """
-    maps = np.asarray(heatmap, np.float32)
-    if maps.ndim != 2:
-        raise ValueError(f"heatmap must be 2-D (h, w); got shape {maps.shape}.")
-    if frame_size is not None:
-        maps = upsample_heatmap(maps, frame_size)
-    box = int(box)
-    if box < 1:
-        raise ValueError(f"box must be a positive size in pixels; got {box}.")
-    smoothed = cv2.blur(maps, (box, box)) if box > 1 else maps
-    row, col = np.unravel_index(int(np.argmax(smoothed)), smoothed.shape)
-    return float(col), float(row)
 
 
 def _frames_and_index(frames) -> tuple[np.ndarray, pd.DataFrame | None]:
@@ -607,7 +489,30 @@ def _frames_and_index(frames) -> tuple[np.ndarray, pd.DataFrame | None]:
     return np.asarray(frames), None
 
 
-def cam_peaks(model: keras.Model | None, frames, index: pd.DataFrame | None = None,
+def _peak_row(i: int, array: np.ndarray, result: CamResult, index: pd.DataFrame | None, class_names,
+              box: int) -> dict:
+    """The :func:`cam_peaks` row of frame ``i``."""
+    height, width = array.shape[1:3]
+    heatmap = result.heatmaps[i]
+    x, y = heatmap_peak(heatmap, box=box, frame_size=(height, width))
+    chosen = int(result.class_index[i])
+    known = set(index) if index is not None else set()
+    row = {
+        "sample": index["sample_id"].iloc[i] if "sample_id" in known else i,
+        "frame": int(index["frame_index"].iloc[i]) if "frame_index" in known else i,
+        "class": class_names[chosen] if class_names is not None else chosen,
+        "class_index": chosen,
+        "prob": float(result.probs[i, chosen]),
+        "peak_x": (x + 0.5) / width,
+        "peak_y": (y + 0.5) / height,
+        "inside": heat_inside_fraction(heatmap, sector_mask(array[i])),
+    }
+    if "label" in known:
+        row["label"] = index["label"].iloc[i]
+    return row
+
+
+def cam_peaks(model: keras.Model | None, frames, *, index: pd.DataFrame | None = None,
               class_names: Sequence[str] | None = None, method: str = "gradcam", class_index=None,
               layer: str | None = None, box: int = 19, batch_size: int = 16,
               result: CamResult | None = None) -> pd.DataFrame:
@@ -631,135 +536,10 @@ def cam_peaks(model: keras.Model | None, frames, index: pd.DataFrame | None = No
         result = explain(model, array, method=method, class_index=class_index, layer=layer, batch_size=batch_size)
     elif len(result) != len(array):
         raise ValueError(f"result has {len(result)} heatmaps but there are {len(array)} frames.")
-    height, width = array.shape[1:3]
-    rows = []
-    for i, heatmap in enumerate(result.heatmaps):
-        x, y = heatmap_peak(heatmap, box=box, frame_size=(height, width))
-        chosen = int(result.class_index[i])
-        row = {
-            "sample": index["sample_id"].iloc[i] if index is not None and "sample_id" in index else i,
-            "frame": int(index["frame_index"].iloc[i]) if index is not None and "frame_index" in index else i,
-            "class": class_names[chosen] if class_names is not None else chosen,
-            "class_index": chosen,
-            "prob": float(result.probs[i, chosen]),
-            "peak_x": (x + 0.5) / width,
-            "peak_y": (y + 0.5) / height,
-            "inside": heat_inside_fraction(heatmap, sector_mask(array[i])),
-        }
-        if index is not None and "label" in index:
-            row["label"] = index["label"].iloc[i]
-        rows.append(row)
+    rows = [_peak_row(i, array, result, index, class_names, box) for i in range(len(result.heatmaps))]
     columns = ["sample", "frame", "label", "class", "class_index", "prob", "peak_x", "peak_y", "inside"]
     table = pd.DataFrame(rows)
     return table[[column for column in columns if column in table]]
-
-
-def heat_inside_fraction(heatmap, mask) -> float:
-    """Fraction of the total heat that falls inside ``mask`` (heatmap upsampled to the mask).
-
-    Near 1: the model looks at the image content; low: it looks at text, borders or rulers.
-    NaN for an all-zero heatmap.
-    """
-    mask = np.asarray(mask, bool)
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be 2-D (H, W); got shape {mask.shape}.")
-    heat = np.maximum(upsample_heatmap(heatmap, mask.shape), 0.0)
-    total = float(heat.sum())
-    if total <= 0.0:
-        return float("nan")
-    return float(heat[mask].sum() / total)
-
-
-def plot_peak_scatter(peaks: pd.DataFrame, hue: str = "class", background=None, kde: bool = True,
-                      title: str | None = "CAM peaks by class"):
-    """Scatter of heatmap peaks (``cam_peaks`` output) per class, with a density per class.
-
-    Coordinates are 0..1 of the frame, y downwards as in the image; ``background`` (an RGB
-    frame) is drawn underneath. Returns a matplotlib Figure (not shown by pyplot).
-    """
-    import seaborn as sns
-    from matplotlib.figure import Figure
-
-    for column in ("peak_x", "peak_y", hue):
-        if column not in peaks:
-            raise ValueError(f"peaks table lacks column {column!r} (expected cam_peaks output).")
-    figure = Figure(figsize=(5.2, 5.0), layout="constrained")
-    axes = figure.add_subplot()
-    if background is not None:
-        axes.imshow(_as_uint8_rgb(background), extent=(0, 1, 1, 0), alpha=0.6)
-    groups = list(dict.fromkeys(peaks[hue].tolist()))
-    palette = dict(zip(groups, sns.color_palette("tab10", max(len(groups), 1))))
-    if kde:
-        for group in groups:
-            subset = peaks[peaks[hue] == group]
-            if len(subset) >= 5 and subset["peak_x"].nunique() > 1 and subset["peak_y"].nunique() > 1:
-                try:
-                    sns.kdeplot(data=subset, x="peak_x", y="peak_y", ax=axes, color=palette[group],
-                                levels=4, alpha=0.5, linewidths=1.0, warn_singular=False)
-                except (ValueError, np.linalg.LinAlgError):
-                    pass
-    if len(peaks):
-        sns.scatterplot(data=peaks, x="peak_x", y="peak_y", hue=hue, palette=palette, ax=axes,
-                        s=25, alpha=0.8, edgecolor="none")
-    axes.set_xlim(0, 1)
-    axes.set_ylim(1, 0)
-    axes.set_aspect("equal")
-    axes.set_xlabel("peak x (fraction of width)")
-    axes.set_ylabel("peak y (fraction of height)")
-    if title:
-        axes.set_title(title)
-    return figure
-
-
-def method_agreement(results: dict[str, CamResult], frame_size: tuple[int, int] | int, box: int = 19,
-                     top_fraction: float = 0.2) -> pd.DataFrame:
-    """How much explanation methods agree, frame by frame: one row per frame and pair of methods.
-
-    results: method name -> :class:`CamResult` of the same frames (same classes explained).
-    Heatmaps are upsampled to ``frame_size`` = (H, W). Columns: frame (position), method_a,
-    method_b, correlation (Pearson r of the maps; NaN when one map is constant), peak_distance
-    (distance between the box-filtered peaks, as in POCOVID-Net, in fractions of the frame
-    diagonal), top_iou (intersection over union of each map's hottest ``top_fraction`` pixels,
-    the overlap used to compare saliency methods, e.g. Adebayo et al. 2018 "Sanity checks for
-    saliency maps").
-    """
-    names = list(results)
-    if len(names) < 2:
-        raise ValueError(f"method_agreement needs at least two methods; got {names}.")
-    lengths = {name: len(result) for name, result in results.items()}
-    if len(set(lengths.values())) != 1:
-        raise ValueError(f"results cover different numbers of frames: {lengths}.")
-    if not 0.0 < float(top_fraction) < 1.0:
-        raise ValueError(f"top_fraction must be within (0, 1); got {top_fraction}.")
-    height, width = (frame_size, frame_size) if isinstance(frame_size, int) else frame_size
-    diagonal = float(np.hypot(height, width))
-    n_frames, n_pixels = lengths[names[0]], height * width
-    keep = max(1, int(round(float(top_fraction) * n_pixels)))
-    flat, peaks, tops = {}, {}, {}
-    for name, result in results.items():
-        maps = upsample_heatmap(result.heatmaps, (height, width)).reshape(n_frames, n_pixels)
-        peaks[name] = [heatmap_peak(m.reshape(height, width), box=box) for m in maps]
-        top = np.zeros(maps.shape, bool)
-        if keep < n_pixels:
-            np.put_along_axis(top, np.argpartition(-maps, keep - 1, axis=1)[:, :keep], True, axis=1)
-        else:
-            top[:] = True
-        centred = maps - maps.mean(axis=1, keepdims=True)
-        norms = np.linalg.norm(centred, axis=1, keepdims=True)
-        flat[name] = np.divide(centred, norms, out=np.full_like(centred, np.nan), where=norms > 0)
-        tops[name] = top
-    rows = []
-    for a_position, method_a in enumerate(names):
-        for method_b in names[a_position + 1:]:
-            correlations = np.einsum("np,np->n", flat[method_a], flat[method_b])
-            overlap = (tops[method_a] & tops[method_b]).sum(axis=1) / (tops[method_a] | tops[method_b]).sum(axis=1)
-            for i in range(n_frames):
-                (xa, ya), (xb, yb) = peaks[method_a][i], peaks[method_b][i]
-                rows.append({"frame": i, "method_a": method_a, "method_b": method_b,
-                             "correlation": float(np.clip(correlations[i], -1.0, 1.0)),
-                             "peak_distance": float(np.hypot(xa - xb, ya - yb)) / diagonal,
-                             "top_iou": float(overlap[i])})
-    return pd.DataFrame(rows, columns=["frame", "method_a", "method_b", "correlation", "peak_distance", "top_iou"])
 
 
 #: Public names for notebook 04 and the explorer: the accepted method spellings, and the layer a method explains.

@@ -28,7 +28,6 @@ Modes (:data:`CANONICAL_MODES`, ``FrameSettings(canonical=...)``): ``"off"``, ``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -41,7 +40,6 @@ __all__ = [
     "canonicalize",
     "check_mode",
     "region_iou",
-    "canonical_gallery",
 ]
 
 CANONICAL_MODES = ("off", "crop", "crop+inpaint", "crop+inpaint+gray")
@@ -275,50 +273,3 @@ def region_iou(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, bool), np.asarray(b, bool)
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
-
-
-def canonical_gallery(samples, *, mode: str = "crop+inpaint", rate_hz: float = 3.0, max_frames: int = 10,
-                      columns: int = 6, thumb: int = 120, label_column: str = "label"):
-    """Before/after thumbnails of every file of a sample table: a matplotlib Figure and a table.
-
-    Each file gives one pair: its middle sampled frame as decoded (region outline drawn in green)
-    and the same frame after :func:`canonicalize`. The table has one row per file: path, label,
-    method ("motion", "still", "whole", or "error: ..."), region share of the frame and crop box.
-    """
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    from covnb.frames import FrameError, FrameSettings, read_frames
-
-    settings = FrameSettings(rate_hz=rate_hz, max_frames=max_frames)
-    rows, pairs = [], []
-    for sample in samples.to_dict("records"):
-        path = sample["path"]
-        try:
-            raw, _ = read_frames(path, settings, raw=True)
-        except (FrameError, OSError, cv2.error) as error:
-            rows.append({"path": str(path), "label": sample.get(label_column, ""), "method": f"error: {error}"})
-            continue
-        after, region = canonicalize(raw, mode)
-        middle = len(raw) // 2
-        before = raw[middle].copy()
-        contours, _ = cv2.findContours(region.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(before, contours, -1, (0, 255, 0), max(1, round(max(before.shape[:2]) / 150)))
-        pairs.append((before, after[middle], f"{sample.get(label_column, '')} {Path(str(path)).name}"[:28]))
-        rows.append({"path": str(path), "label": sample.get(label_column, ""), "method": region.method,
-                     "share": round(region.share, 3), "box": region.box, "frame_size": raw.shape[1:3]})
-    table = pd.DataFrame(rows)
-    n = max(1, len(pairs))
-    grid_rows = int(np.ceil(n / max(1, columns // 2)))
-    figure, axes = plt.subplots(grid_rows, columns, figsize=(columns * thumb / 60, grid_rows * thumb / 60 * 1.1),
-                                squeeze=False)
-    for axis in axes.flat:
-        axis.axis("off")
-    for i, (before, after, title) in enumerate(pairs):
-        row, col = divmod(i, columns // 2)
-        axes[row, 2 * col].imshow(before)
-        axes[row, 2 * col].set_title(title, fontsize=6)
-        axes[row, 2 * col + 1].imshow(after)
-        axes[row, 2 * col + 1].set_title(mode, fontsize=6)
-    figure.tight_layout(pad=0.2)
-    return figure, table

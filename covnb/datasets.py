@@ -18,21 +18,20 @@ row of :attr:`Dataset.skipped` with its reason, so one bad file never stops a ru
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import struct
 import sys
-import threading
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 
-VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mpeg", ".mpg", ".gif", ".m4v", ".wmv", ".mkv"}
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+from covnb.media import (IMAGE_EXTENSIONS, MAX_PIXELS, MAX_VIDEO_FRAMES, VIDEO_EXTENSIONS,  # noqa: F401 (API)
+                         DataError, check_image_header, check_video_header, file_sha1, image_header_size, max_pixels,
+                         probe_media, symlink_problem)
+from covnb.near_duplicates import (MIN_HASH_BITS, NEAR_DUPLICATE_BITS, describe_merge,  # noqa: F401 (API)
+                                   first_frame_hash, merge_duplicate_groups, perceptual_hash)
+from covnb.phantom import phantom_dataset
 
 SAMPLE_COLUMNS = [
     "sample_id", "path", "filename", "label", "raw_label", "group", "kind", "probe",
@@ -50,72 +49,6 @@ POCUS_METADATA_LABELS = {
 }
 _POCUS_PREFIX_RE = re.compile(r"^(cov|pneu|reg|vir)(?=[^a-z]|$)", re.IGNORECASE)
 CSV_LABELS = {"covid-19": "covid", "covid": "covid", "other": "other", "normal": "normal"}
-
-
-class DataError(ValueError):
-    """A data folder that cannot be read at all (missing, empty, unknown layout)."""
-
-
-#: Largest image or video frame accepted, in pixels (width x height), read from the file's header
-#: before anything is decoded: a small file can declare a huge image (a decompression bomb).
-#: Generous for medical images; set ``COVNB_MAX_PIXELS`` (or this attribute) to change it.
-MAX_PIXELS = 100_000_000
-#: Largest frame count a video may declare.
-MAX_VIDEO_FRAMES = 1_000_000
-
-
-def max_pixels() -> int:
-    """The pixel limit in force: ``$COVNB_MAX_PIXELS`` when set, else :data:`MAX_PIXELS`."""
-    text = os.environ.get("COVNB_MAX_PIXELS", "").strip()
-    try:
-        return int(float(text)) if text else int(MAX_PIXELS)
-    except ValueError:
-        raise DataError(f"COVNB_MAX_PIXELS must be a number of pixels, got {text!r}") from None
-
-
-_PIL_LOCK = threading.Lock()
-
-
-def image_header_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) an image file declares in its header, read without decoding the pixels
-    (Pillow reads only the header on open); None when Pillow does not know the format."""
-    from PIL import Image
-
-    try:
-        with _PIL_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # covnb applies its own limit
-            try:
-                with Image.open(path) as image:
-                    return int(image.size[0]), int(image.size[1])
-            finally:
-                Image.MAX_IMAGE_PIXELS = limit
-    except (OSError, ValueError, SyntaxError, struct.error):  # UnidentifiedImageError is an OSError
-        return None
-
-
-def check_image_header(path: Path) -> None:
-    """Raise ``ValueError`` when an image declares more pixels than :func:`max_pixels`."""
-    size = image_header_size(path)
-    limit = max_pixels()
-    if size is not None and size[0] * size[1] > limit:
-        raise ValueError(f"image declares {size[0]}x{size[1]} pixels, more than the limit of {limit:,} "
-                         "(a decompression bomb or an absurd image; COVNB_MAX_PIXELS raises the limit)")
-
-
-def check_video_header(cap, limit_frames: int | None = None) -> None:
-    """Raise ``ValueError`` when an opened ``cv2.VideoCapture`` declares frames larger than
-    :func:`max_pixels` or more frames than :data:`MAX_VIDEO_FRAMES`."""
-    width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
-    height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
-    count = cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0
-    limit = max_pixels()
-    if width * height > limit:
-        raise ValueError(f"video declares {width}x{height} pixel frames, more than the limit of {limit:,} "
-                         "(COVNB_MAX_PIXELS raises the limit)")
-    frames_limit = MAX_VIDEO_FRAMES if limit_frames is None else limit_frames
-    if count == count and count > frames_limit:
-        raise ValueError(f"video declares {count:.0f} frames, more than the limit of {frames_limit:,}")
 
 
 @dataclass
@@ -164,64 +97,6 @@ class Dataset:
         }
 
 
-# ----------------------------------------------------------------------------- probing files
-
-
-def probe_media(path: Path) -> dict:
-    """Open a video or image and return its properties, or raise ``ValueError`` saying why not.
-
-    Videos are checked by decoding their first frame (a zero-frame, truncated or corrupt video
-    fails here); images by decoding them.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError("file not found")
-    if path.stat().st_size == 0:
-        raise ValueError("zero-byte file")
-    ext = path.suffix.lower()
-    if ext in VIDEO_EXTENSIONS:
-        cap = cv2.VideoCapture(str(path))
-        try:
-            if not cap.isOpened():
-                raise ValueError("not a readable video (OpenCV cannot open it)")
-            check_video_header(cap)
-            ok, frame = cap.read()
-            if not ok or frame is None:
-                raise ValueError("video has no decodable frame (empty, truncated or corrupt)")
-            fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-            count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        finally:
-            cap.release()
-        height, width = frame.shape[:2]
-        fps_value = fps if 0 < fps < 1000 else np.nan
-        return {
-            "kind": "video",
-            "fps": fps_value,
-            "frame_count": count if count > 0 else np.nan,
-            "width": width,
-            "height": height,
-            "duration_s": count / fps_value if count > 0 and fps_value == fps_value else np.nan,
-        }
-    if ext in IMAGE_EXTENSIONS:
-        check_image_header(path)
-        data = np.fromfile(str(path), dtype=np.uint8)
-        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-        if image is None:
-            raise ValueError("not a decodable image (wrong content for its extension?)")
-        return {"kind": "image", "fps": np.nan, "frame_count": 1, "width": image.shape[1],
-                "height": image.shape[0], "duration_s": np.nan}
-    raise ValueError(f"unsupported file type {ext or '(no extension)'}")
-
-
-def file_sha1(path: Path, chunk: int = 1 << 20) -> str:
-    """SHA-1 of a file's content (used for cache keys and duplicate audits)."""
-    digest = hashlib.sha1()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _media_files(folder: Path, skipped: list[dict] | None = None) -> list[Path]:
     """Files under ``folder`` (hidden ones left out). Broken symlinks, symlink loops and symlinks
     to folders (not followed) are appended to ``skipped`` with their reason."""
@@ -238,21 +113,6 @@ def _media_files(folder: Path, skipped: list[dict] | None = None) -> list[Path]:
         if path.is_file():
             files.append(path)
     return files
-
-
-def symlink_problem(path: Path) -> str | None:
-    """Why a symlink cannot be used as a media file (None when it points to a file)."""
-    try:
-        target = path.resolve(strict=True)
-    except RuntimeError:
-        return "symlink loop"
-    except OSError as error:
-        if getattr(error, "errno", None) == 40:  # ELOOP
-            return "symlink loop"
-        return f"broken symlink (points to {os.readlink(path)})"
-    if target.is_dir():
-        return "symlink to a folder (not followed)"
-    return None
 
 
 def _empty_table() -> pd.DataFrame:
@@ -288,62 +148,102 @@ def _clean(value) -> str:
 
 
 def load_pocus(root: str | Path) -> Dataset:
-    """Read the POCUS layout (``pocus_videos/``, ``pocus_images/``, ``dataset_metadata.csv``)."""
-    root = Path(root)
-    metadata_path = root / "dataset_metadata.csv"
-    notes: list[str] = []
-    metadata: dict[str, dict] = {}
-    if metadata_path.is_file():
-        table = pd.read_csv(metadata_path, dtype=str, keep_default_na=False, encoding_errors="replace")
-        for record in table.to_dict("records"):
-            name = _clean(record.get("Filename"))
-            if name:
-                metadata[name.lower()] = record
-    else:
-        notes.append("no dataset_metadata.csv: every file is its own patient group")
+    """Read the POCUS layout of Born et al. (arXiv:2004.12084): ``pocus_videos/``, ``pocus_images/``
+    (each with ``convex/`` and ``linear/``) and ``dataset_metadata.csv``.
 
+    Parameters
+    ----------
+    root : path
+        The data folder. Nothing is written into it.
+
+    Returns
+    -------
+    Dataset
+        ``samples``: one row per usable file; the label comes from the file-name prefix (Cov /
+        Pneu / Reg / Vir), the patient group from ``Source ID`` + ``Patient ID / Name`` of the
+        metadata (a file missing from it is its own group). ``skipped``: the other files, with why.
+        ``notes``: disagreements between file names and metadata.
+
+    Raises
+    ------
+    DataError
+        The folder holds no file under ``pocus_videos/`` or ``pocus_images/``.
+
+    Examples
+    --------
+    >>> from covnb.phantom import phantom_dataset
+    >>> dataset = load_pocus(phantom_dataset())  # doctest: +SKIP
+    >>> sorted(dataset.samples["label"].unique())  # doctest: +SKIP
+    ['covid', 'pneumonia', 'regular']
+    """
+    root = Path(root)
+    metadata, notes = _pocus_metadata(root / "dataset_metadata.csv")
     rows, skipped = [], []
     for top in ("pocus_videos", "pocus_images"):
         folder = root / top
         if not folder.is_dir():
             continue
         for path in _media_files(folder, skipped):
-            relative = path.relative_to(root)
             label = pocus_label_from_filename(path.name)
             if label is None:
                 skipped.append({"path": str(path), "reason": "unknown label: file name has no Cov/Pneu/Reg/Vir prefix"})
                 continue
-            try:
-                media = probe_media(path)
-            except ValueError as error:
-                skipped.append({"path": str(path), "reason": str(error)})
+            media = _probe_or_skip(path, skipped)
+            if media is None:
                 continue
-            record = metadata.get(path.stem.lower())
-            probe = relative.parts[1].lower() if len(relative.parts) > 2 else ""
-            if record is None:
-                group = f"unlisted:{path.stem}"
-                notes.append(f"{relative}: not in dataset_metadata.csv, loaded as its own group")
-                source, licence, raw_label = "unknown", "unknown", ""
-            else:
-                raw_label = _clean(record.get("Label"))
-                meta_label = POCUS_METADATA_LABELS.get(raw_label.lower())
-                if meta_label != label:
-                    notes.append(
-                        f"{relative}: file name says {label}, metadata says {raw_label or 'nothing'}; using the file name"
-                    )
-                group = f"{_clean(record.get('Source ID')) or '?'}:{_clean(record.get('Patient ID / Name')) or path.stem}"
-                source = _clean(record.get("Source ID")) or "unknown"
-                licence = _clean(record.get("License")) or "unknown"
-                probe = probe or _clean(record.get("Probe")).lower()
-            rows.append({
-                "sample_id": _sample_id(root, path), "path": str(path), "filename": path.name,
-                "label": label, "raw_label": raw_label or path.name.split("_")[0], "group": group,
-                "probe": probe or "unknown", "modality": "ultrasound", "source": source,
-                "licence": licence, "in_metadata": record is not None, "dataset": "pocus", **media,
-            })
+            rows.append(_pocus_row(root, path, label, metadata.get(path.stem.lower()), notes) | media)
     if not rows and not skipped:
         raise DataError(f"{root}: no files under pocus_videos/ or pocus_images/")
     return _finish(rows, skipped, root, "pocus", notes)
+
+
+def _probe_or_skip(path: Path, skipped: list[dict]) -> dict | None:
+    """:func:`covnb.media.probe_media` of ``path``, or None with a ``skipped`` row saying why."""
+    try:
+        return probe_media(path)
+    except ValueError as error:
+        skipped.append({"path": str(path), "reason": str(error)})
+        return None
+
+
+def _pocus_metadata(metadata_path: Path) -> tuple[dict[str, dict], list[str]]:
+    """{lower-case file stem: metadata record} of ``dataset_metadata.csv``, and notes."""
+    if not metadata_path.is_file():
+        return {}, ["no dataset_metadata.csv: every file is its own patient group"]
+    metadata: dict[str, dict] = {}
+    table = pd.read_csv(metadata_path, dtype=str, keep_default_na=False, encoding_errors="replace")
+    for record in table.to_dict("records"):
+        name = _clean(record.get("Filename"))
+        if name:
+            metadata[name.lower()] = record
+    return metadata, []
+
+
+def _pocus_row(root: Path, path: Path, label: str, record: dict | None, notes: list[str]) -> dict:
+    """The sample row of one POCUS file (without its media properties); disagreements go to ``notes``."""
+    relative = path.relative_to(root)
+    probe = relative.parts[1].lower() if len(relative.parts) > 2 else ""
+    if record is None:
+        group = f"unlisted:{path.stem}"
+        notes.append(f"{relative}: not in dataset_metadata.csv, loaded as its own group")
+        source, licence, raw_label = "unknown", "unknown", ""
+    else:
+        raw_label = _clean(record.get("Label"))
+        meta_label = POCUS_METADATA_LABELS.get(raw_label.lower())
+        if meta_label != label:
+            notes.append(
+                f"{relative}: file name says {label}, metadata says {raw_label or 'nothing'}; using the file name"
+            )
+        group = f"{_clean(record.get('Source ID')) or '?'}:{_clean(record.get('Patient ID / Name')) or path.stem}"
+        source = _clean(record.get("Source ID")) or "unknown"
+        licence = _clean(record.get("License")) or "unknown"
+        probe = probe or _clean(record.get("Probe")).lower()
+    return {
+        "sample_id": _sample_id(root, path), "path": str(path), "filename": path.name,
+        "label": label, "raw_label": raw_label or path.name.split("_")[0], "group": group,
+        "probe": probe or "unknown", "modality": "ultrasound", "source": source,
+        "licence": licence, "in_metadata": record is not None, "dataset": "pocus",
+    }
 
 
 # ----------------------------------------------------------------------------- CSV-indexed layout
@@ -377,13 +277,92 @@ def find_index_csv(root: Path) -> Path | None:
 
 
 def load_csv_indexed(root: str | Path, index_csv: str | Path | None = None, image_dir: str = "images") -> Dataset:
-    """Read an image folder indexed by a CSV (filename, label, patientid, modality, view, licence).
+    """Read an image folder indexed by a CSV (the COVID-19 image data collection of Cohen et al.,
+    arXiv:2006.11988: filename, label or finding, patientid, modality, view, license, url).
 
     Rows listing one file twice count once (reported; with different labels the file is skipped);
     without a patient column, or for rows with an empty patient id, each image is its own group,
     which is said loudly in :attr:`Dataset.grouping` and the notes.
+
+    Parameters
+    ----------
+    root : path
+        The data folder. Nothing is written into it.
+    index_csv : path, optional
+        The index CSV; default the CSV under ``root`` with ``filename`` and ``label`` columns.
+    image_dir : str
+        Folder of the images under ``root`` (``root`` itself when there is no such folder).
+
+    Returns
+    -------
+    Dataset
+        ``samples``: one row per usable listed file; ``skipped``: listed files that cannot be used
+        and unlisted media files, with why; ``grouping`` and ``notes`` say how patients were grouped.
+
+    Raises
+    ------
+    DataError
+        No index CSV, one without ``filename`` and ``label`` (or ``finding``), or one that cannot be read.
+
+    Examples
+    --------
+    >>> dataset = load_csv_indexed("covid-chestxray-dataset", index_csv="metadata.csv")  # doctest: +SKIP
+    >>> dataset.samples.groupby("label")["group"].nunique()  # doctest: +SKIP
     """
     root = Path(root)
+    index_path, table = _read_index_csv(root, index_csv)
+    patient_column = next((c for c in PATIENT_COLUMNS if c in table.columns), None)
+    folder = root / image_dir if (root / image_dir).is_dir() else root
+    rows, skipped, notes = [], [], []
+    grouping = _csv_grouping(index_path, patient_column)
+    by_name: dict[str, list[dict]] = {}
+    for record in table.to_dict("records"):
+        by_name.setdefault(_clean(record.get("filename")), []).append(record)
+    empty_ids = []
+    for name, copies in by_name.items():
+        path, label = _csv_entry(folder, index_path, name, copies, skipped, notes)
+        if label is None:
+            continue
+        media = _probe_or_skip(path, skipped)
+        if media is None:
+            continue
+        patient = _clean(copies[0].get(patient_column)) if patient_column else ""
+        if patient_column and not patient:
+            empty_ids.append(name)
+        rows.append(_csv_row(root, path, name, label, copies[0], patient) | media)
+    if empty_ids:
+        warning = (f"{len(empty_ids)} row(s) of {index_path.name} have an empty {patient_column}: each is its own "
+                   f"group: {', '.join(empty_ids[:20])}{' ...' if len(empty_ids) > 20 else ''}")
+        print(f"covnb: warning: {warning}", file=sys.stderr)
+        notes.insert(0, f"WARNING {warning}")
+        grouping += f"; {len(empty_ids)} image(s) with an empty id are their own groups"
+    notes.insert(0, f"grouping: {grouping}")
+    for path in _media_files(folder, skipped):
+        if _unlisted_media(path, folder, by_name):
+            skipped.append({"path": str(path), "reason": "unknown label: not listed in the index CSV"})
+    dataset = _finish(rows, skipped, root, "csv", notes)
+    dataset.grouping = grouping
+    return dataset
+
+
+def _csv_grouping(index_path: Path, patient_column: str | None) -> str:
+    """How the csv layout groups patients; without a patient column a loud warning on stderr too."""
+    if patient_column is not None:
+        return f"patient groups from column {patient_column!r} of {index_path.name}"
+    grouping = (f"NO PATIENT COLUMN in {index_path.name} (looked for {', '.join(PATIENT_COLUMNS)}): every image "
+                "is its own group, so images of one patient can land in different folds")
+    print(f"covnb: warning: {grouping}", file=sys.stderr)
+    return grouping
+
+
+def _unlisted_media(path: Path, folder: Path, listed) -> bool:
+    """A video or image file under ``folder`` that the index does not list."""
+    return (path.relative_to(folder).as_posix() not in listed and path.name not in listed
+            and path.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS)
+
+
+def _read_index_csv(root: Path, index_csv) -> tuple[Path, pd.DataFrame]:
+    """The index CSV's path and its table (lower-case column names, ``label`` filled from ``finding``)."""
     index_path = Path(index_csv) if index_csv else find_index_csv(root)
     if index_path is None or not index_path.is_file():
         raise DataError(f"{root}: no index CSV with 'filename' and 'label' columns")
@@ -398,75 +377,46 @@ def load_csv_indexed(root: str | Path, index_csv: str | Path | None = None, imag
     table = table.loc[:, ~pd.Index(table.columns).duplicated()]
     if "label" not in table.columns:
         table["label"] = table["finding"]
-    patient_column = next((c for c in PATIENT_COLUMNS if c in table.columns), None)
-    folder = root / image_dir if (root / image_dir).is_dir() else root
-    rows, skipped, notes = [], [], []
-    if patient_column is None:
-        grouping = (f"NO PATIENT COLUMN in {index_path.name} (looked for {', '.join(PATIENT_COLUMNS)}): every image "
-                    "is its own group, so images of one patient can land in different folds")
-        print(f"covnb: warning: {grouping}", file=sys.stderr)
-    else:
-        grouping = f"patient groups from column {patient_column!r} of {index_path.name}"
-    records = table.to_dict("records")
-    by_name: dict[str, list[dict]] = {}
-    for record in records:
-        by_name.setdefault(_clean(record.get("filename")), []).append(record)
-    empty_ids, listed = [], set()
-    for name, copies in by_name.items():
-        path = folder / name
-        listed.add(name)
-        if not name:
-            skipped.append({"path": str(index_path), "reason": f"{len(copies)} row(s) with an empty filename"})
-            continue
-        if "\x00" in name:
-            skipped.append({"path": str(index_path), "reason": f"filename {name!r} holds a NUL byte"})
-            continue
-        if not _inside(folder, path):
-            skipped.append({"path": str(path), "reason": "filename points outside the image folder"})
-            continue
-        labels = sorted({_clean(r.get("label")) for r in copies})
-        if len(copies) > 1:
-            if len(labels) > 1:
-                skipped.append({"path": str(path), "reason": f"listed {len(copies)} times in {index_path.name} with "
-                                                             f"different labels ({', '.join(labels)})"})
-                continue
-            notes.append(f"{name}: listed {len(copies)} times in {index_path.name}; counted once")
-        record = copies[0]
-        label = CSV_LABELS.get(labels[0].lower())
-        if label is None:
-            skipped.append({"path": str(path), "reason": f"unknown label {labels[0]!r}"})
-            continue
-        try:
-            media = probe_media(path)
-        except ValueError as error:
-            skipped.append({"path": str(path), "reason": str(error)})
-            continue
-        patient = _clean(record.get(patient_column)) if patient_column else ""
-        if patient_column and not patient:
-            empty_ids.append(name)
-        rows.append({
-            "sample_id": _sample_id(root, path), "path": str(path), "filename": name, "label": label,
-            "raw_label": _clean(record.get("finding")) or _clean(record.get("label")),
-            "group": patient or f"file:{name}",
-            "probe": _clean(record.get("view")) or "unknown", "modality": _clean(record.get("modality")) or "unknown",
-            "source": _clean(record.get("url")).split("/")[2] if _clean(record.get("url")).count("/") >= 2 else "unknown",
-            "licence": _clean(record.get("license")) or "unknown", "in_metadata": True, "dataset": "csv",
-            **media,
-        })
-    if empty_ids:
-        warning = (f"{len(empty_ids)} row(s) of {index_path.name} have an empty {patient_column}: each is its own "
-                   f"group: {', '.join(empty_ids[:20])}{' ...' if len(empty_ids) > 20 else ''}")
-        print(f"covnb: warning: {warning}", file=sys.stderr)
-        notes.insert(0, f"WARNING {warning}")
-        grouping += f"; {len(empty_ids)} image(s) with an empty id are their own groups"
-    notes.insert(0, f"grouping: {grouping}")
-    for path in _media_files(folder, skipped):
-        if path.relative_to(folder).as_posix() not in listed and path.name not in listed \
-                and path.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
-            skipped.append({"path": str(path), "reason": "unknown label: not listed in the index CSV"})
-    dataset = _finish(rows, skipped, root, "csv", notes)
-    dataset.grouping = grouping
-    return dataset
+    return index_path, table
+
+
+def _csv_entry(folder: Path, index_path: Path, name: str, copies: list[dict], skipped: list[dict],
+               notes: list[str]) -> tuple[Path, str | None]:
+    """The path and label of one file listed in the index (its rows ``copies``); label None (and a
+    ``skipped`` row) when the entry cannot be used."""
+    path = folder / name
+    problem = None
+    labels = sorted({_clean(r.get("label")) for r in copies})
+    if not name:
+        path, problem = index_path, f"{len(copies)} row(s) with an empty filename"
+    elif "\x00" in name:
+        path, problem = index_path, f"filename {name!r} holds a NUL byte"
+    elif not _inside(folder, path):
+        problem = "filename points outside the image folder"
+    elif len(copies) > 1 and len(labels) > 1:
+        problem = f"listed {len(copies)} times in {index_path.name} with different labels ({', '.join(labels)})"
+    if problem is not None:
+        skipped.append({"path": str(path), "reason": problem})
+        return path, None
+    if len(copies) > 1:
+        notes.append(f"{name}: listed {len(copies)} times in {index_path.name}; counted once")
+    label = CSV_LABELS.get(labels[0].lower())
+    if label is None:
+        skipped.append({"path": str(path), "reason": f"unknown label {labels[0]!r}"})
+    return path, label
+
+
+def _csv_row(root: Path, path: Path, name: str, label: str, record: dict, patient: str) -> dict:
+    """The sample row of one listed file (without its media properties)."""
+    url = _clean(record.get("url"))
+    return {
+        "sample_id": _sample_id(root, path), "path": str(path), "filename": name, "label": label,
+        "raw_label": _clean(record.get("finding")) or _clean(record.get("label")),
+        "group": patient or f"file:{name}",
+        "probe": _clean(record.get("view")) or "unknown", "modality": _clean(record.get("modality")) or "unknown",
+        "source": url.split("/")[2] if url.count("/") >= 2 else "unknown",
+        "licence": _clean(record.get("license")) or "unknown", "in_metadata": True, "dataset": "csv",
+    }
 
 
 def _inside(folder: Path, path: Path) -> bool:
@@ -489,10 +439,8 @@ def load_class_folders(root: str | Path) -> Dataset:
     for class_dir in class_dirs:
         label = class_dir.name.lower()
         for path in _media_files(class_dir, skipped):
-            try:
-                media = probe_media(path)
-            except ValueError as error:
-                skipped.append({"path": str(path), "reason": str(error)})
+            media = _probe_or_skip(path, skipped)
+            if media is None:
                 continue
             group = path.name.split("__", 1)[0] if "__" in path.name else f"file:{_sample_id(root, path)}"
             rows.append({
@@ -523,21 +471,32 @@ def explain_layout(root: Path) -> tuple[str, str]:
     headers = {path: _csv_header(path) for path in csvs}
     for path, header in headers.items():
         if _index_csv_problem(header) is None:
-            patient = next((c for c in PATIENT_COLUMNS if c in header), None)
-            return "csv", (f"{path.name} has columns filename and {'label' if 'label' in header else 'finding'}"
-                           f"{f' and patient column {patient}' if patient else ' but NO patient column'}")
-    index_like = {"filename", "label", "finding", *PATIENT_COLUMNS}
-    suspicious = [path for path, header in headers.items() if header and index_like & set(header)]
-    if suspicious or (csvs and (root / "images").is_dir()):
-        path = (suspicious or csvs)[0]
-        raise DataError(f"{root}: looks like the csv layout ({path.name}"
-                        f"{' beside images/' if (root / 'images').is_dir() else ''}) but {path.name} "
-                        f"{_index_csv_problem(headers[path])}. Fix the CSV, or pass --layout folders to read "
-                        "class folders")
+            return "csv", _csv_layout_reason(path, header)
+    _refuse_csv_lookalike(root, headers)
     classes = [p.name for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
     ignored = f"; ignored {', '.join(p.name for p in csvs)} (no index columns)" if csvs else ""
     return "folders", (f"no pocus_videos/, pocus_images/ nor index CSV: one class per folder "
                        f"({', '.join(classes[:10]) or 'none'}){ignored}")
+
+
+def _csv_layout_reason(path: Path, header: list[str]) -> str:
+    patient = next((c for c in PATIENT_COLUMNS if c in header), None)
+    return (f"{path.name} has columns filename and {'label' if 'label' in header else 'finding'}"
+            f"{f' and patient column {patient}' if patient else ' but NO patient column'}")
+
+
+def _refuse_csv_lookalike(root: Path, headers: dict[Path, list[str] | None]) -> None:
+    """Raise :class:`DataError` when ``root`` looks like the csv layout but none of its CSVs passes."""
+    index_like = {"filename", "label", "finding", *PATIENT_COLUMNS}
+    suspicious = [path for path, header in headers.items() if header and index_like & set(header)]
+    has_images = (root / "images").is_dir()
+    if not suspicious and not (headers and has_images):
+        return
+    path = (suspicious or list(headers))[0]
+    raise DataError(f"{root}: looks like the csv layout ({path.name}"
+                    f"{' beside images/' if has_images else ''}) but {path.name} "
+                    f"{_index_csv_problem(headers[path])}. Fix the CSV, or pass --layout folders to read "
+                    "class folders")
 
 
 def detect_layout(root: Path) -> str:
@@ -553,8 +512,6 @@ def load_dataset(path: str | Path | None = None, layout: str = "auto", merge_dup
     :attr:`Dataset.merges` and the notes.
     """
     if path is None or str(path) == "phantom":
-        from covnb.phantom import phantom_dataset
-
         path = phantom_dataset()
     root = Path(path).expanduser().resolve()
     if not root.exists():
@@ -601,135 +558,6 @@ def check_usable(samples: pd.DataFrame, skipped: pd.DataFrame | None = None, wha
                         "needs at least 2 classes (check the task, the labels and the skipped files)")
 
 
-# ----------------------------------------------------------------------------- duplicates
-
-NEAR_DUPLICATE_BITS = 12  # the split audit's threshold (covnb.splits.audit_split)
-MIN_HASH_BITS = 32  # a first frame whose hash has fewer set (or unset) bits has too little texture to compare
-_FIRST_FRAME_HASHES: dict[tuple, np.ndarray | None] = {}
-
-
-def perceptual_hash(frame: np.ndarray, hash_size: int = 16) -> np.ndarray:
-    """Difference hash (dHash, Krawetz 2013) of a frame as packed bits (``hash_size**2`` bits).
-
-    Near-identical frames differ in few bits. On the POCUS data at 224 px the 256-bit hash
-    separates patients: no two frames of different patients are within 12 bits of each other
-    (at 128 px one pair is, two videos of one scene filed under two patient IDs).
-    """
-    gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-    small = cv2.resize(gray, (hash_size + 1, hash_size), interpolation=cv2.INTER_AREA)
-    return np.packbits((small[:, 1:] > small[:, :-1]).ravel())
-
-
-def first_frame_hash(path: str | Path) -> np.ndarray | None:
-    """256-bit difference hash of a file's first frame (the split audit's dHash), or None (unreadable,
-    or too little texture to tell frames apart)."""
-    path = Path(path)
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _FIRST_FRAME_HASHES:
-        frame = None
-        try:
-            if path.suffix.lower() in VIDEO_EXTENSIONS:
-                cap = cv2.VideoCapture(str(path))
-                try:
-                    ok, frame = cap.read()
-                finally:
-                    cap.release()
-            else:
-                frame = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
-        except (cv2.error, OSError):
-            frame = None
-        if frame is None:
-            _FIRST_FRAME_HASHES[key] = None
-        else:
-            if frame.dtype != np.uint8:
-                frame = cv2.normalize(frame, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-            gray = frame if frame.ndim == 2 else cv2.cvtColor(frame[..., :3], cv2.COLOR_BGR2GRAY)
-            packed = perceptual_hash(gray)
-            set_bits = int(np.unpackbits(packed).sum())
-            # A frame without texture (black, uniform, a fade-in) hashes to nearly all zeros and
-            # would match every other such frame: it says nothing, so it is not compared.
-            _FIRST_FRAME_HASHES[key] = packed if MIN_HASH_BITS <= set_bits <= 256 - MIN_HASH_BITS else None
-    return _FIRST_FRAME_HASHES[key]
-
-
-def merge_duplicate_groups(samples: pd.DataFrame, max_distance: int = NEAR_DUPLICATE_BITS,
-                           near: bool = True) -> tuple[pd.DataFrame, list[dict]]:
-    """Join the patient groups of byte-identical files, and of files whose first frames are
-    near-identical (difference hashes within ``max_distance`` of 256 bits, the split audit's rule),
-    so that no fold split puts copies of one recording into training and test.
-
-    Returns ``(samples with merged groups, merges)``; each merge: ``{"groups", "into", "reason"}``.
-    The joined group is named after its first group in sorted order. Used by :func:`load_dataset`
-    and so by train, split, few-shot and the notebooks.
-    """
-    if len(samples) < 2 or "path" not in samples or "group" not in samples:
-        return samples, []
-    table = samples.reset_index(drop=True)
-    paths = [Path(p) for p in table["path"]]
-    groups = [str(g) for g in table["group"]]
-    parent = {g: g for g in groups}
-
-    def find(g):
-        while parent[g] != g:
-            parent[g] = parent[parent[g]]
-            g = parent[g]
-        return g
-
-    evidence: dict[tuple, list[str]] = {}
-
-    def join(i, j, why):
-        a, b = find(groups[i]), find(groups[j])
-        if a == b:
-            return
-        parent[max(a, b)] = min(a, b)
-        evidence.setdefault((groups[i], groups[j]), []).append(why)
-
-    digests: dict[str, int] = {}
-    for i, path in enumerate(paths):
-        try:
-            digest = file_sha1(path)
-        except OSError:
-            continue
-        if digest in digests:
-            join(digests[digest], i, f"identical files {table['sample_id'][digests[digest]]} and {table['sample_id'][i]}")
-        else:
-            digests[digest] = i
-    if near:
-        hashes = [first_frame_hash(p) for p in paths]
-        usable = [i for i, h in enumerate(hashes) if h is not None]
-        if len(usable) > 1:
-            bits = np.unpackbits(np.stack([hashes[i] for i in usable]), axis=1)
-            for a in range(len(usable)):
-                distance = (bits[a + 1:] != bits[a]).sum(axis=1)
-                for b in np.nonzero(distance <= max_distance)[0]:
-                    i, j = usable[a], usable[a + 1 + int(b)]
-                    if groups[i] != groups[j]:
-                        join(i, j, f"near-identical first frames ({int(distance[b])} of 256 bits differ): "
-                                   f"{table['sample_id'][i]} and {table['sample_id'][j]}")
-    if not evidence:
-        return samples, []
-    members: dict[str, list[str]] = {}
-    for g in dict.fromkeys(groups):
-        members.setdefault(find(g), []).append(g)
-    merges = []
-    for root_group, joined in sorted(members.items()):
-        if len(joined) < 2:
-            continue
-        reasons = [why for (a, b), whys in evidence.items() if find(a) == root_group for why in whys]
-        merges.append({"groups": sorted(joined), "into": root_group, "reason": "; ".join(reasons)})
-    merged = samples.copy()
-    merged["group"] = [find(str(g)) for g in samples["group"]]
-    return merged, merges
-
-
-def describe_merge(merge: dict) -> str:
-    return f"merged patient groups {', '.join(merge['groups'])} into {merge['into']!r}: {merge['reason']}"
-
-
 LAYOUT_HELP = """\
   pocus    pocus_videos/{convex,linear}/ and/or pocus_images/{convex,linear}/ (+ dataset_metadata.csv);
            the label is the file-name prefix Cov/Pneu/Reg/Vir
@@ -752,7 +580,7 @@ def default_task(dataset: Dataset) -> str:
     return "pocovid3" if dataset.layout == "pocus" else "covid_vs_other"
 
 
-def select_task(samples: pd.DataFrame, task: str = "pocovid3", viral: str = "drop",
+def select_task(samples: pd.DataFrame, task: str = "pocovid3", *, viral: str = "drop",
                 probe: str | None = None, modality: str | None = None) -> pd.DataFrame:
     """Rows and labels for a classification task.
 

@@ -18,6 +18,8 @@ import pandas as pd
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, matthews_corrcoef,
                              precision_recall_fscore_support, roc_auc_score, roc_curve)
 
+from covnb.aggregate import video_level
+
 __all__ = [
     "LEVELS",
     "prob_columns",
@@ -146,26 +148,9 @@ def video_predictions(frames: pd.DataFrame, classes, method: str = "mean") -> pd
     ``method="mean"``: mean frame probability; ``"vote"``: fraction of frames voting for each
     class (majority vote; ties broken by mean probability).
     """
-    if method not in ("mean", "vote"):
-        raise ValueError(f"method must be 'mean' or 'vote', got {method!r}")
     keys = [c for c in ("seed", "fold") if c in frames] + ["sample_id"]
     columns = prob_columns(classes)
-    probs = frames[columns].to_numpy(dtype=float)
-    work = frames[keys + [c for c in ("group", "label") if c in frames]].copy()
-    if method == "mean":
-        for k, column in enumerate(columns):
-            work[column] = probs[:, k]
-    else:
-        votes = np.eye(len(classes))[probs.argmax(axis=1)]
-        for k, column in enumerate(columns):
-            work[column] = votes[:, k] + 1e-6 * probs[:, k]  # mean-probability tie-break
-    aggregations = {column: "mean" for column in columns}
-    for column in ("group", "label"):
-        if column in work:
-            aggregations[column] = "first"
-    videos = work.groupby(keys, sort=False).agg(aggregations)
-    videos["n_frames"] = work.groupby(keys, sort=False).size()
-    videos = videos.reset_index()
+    videos = video_level(frames, columns, keys, method=method, carry=("group", "label"))
     values = videos[columns].to_numpy()
     if method == "vote":
         values = np.round(values, 5)
@@ -216,7 +201,7 @@ def pooled_metrics(oof: pd.DataFrame, classes, level: str = "frame") -> pd.DataF
     return pd.DataFrame(rows)
 
 
-def bootstrap_ci(table: pd.DataFrame, classes, metric="balanced_accuracy", n_boot: int = 1000,
+def bootstrap_ci(table: pd.DataFrame, classes, metric="balanced_accuracy", *, n_boot: int = 1000,
                  seed: int = 0, level: str | None = None, alpha: float = 0.05, vectorised: bool = True) -> dict:
     """Patient-level bootstrap interval of flattened metrics (e.g. "covid_sensitivity").
 
@@ -341,7 +326,7 @@ def summarize_cv(oof: pd.DataFrame, classes, n_boot: int = 1000, seed: int = 0) 
             table = level_table(oof, classes, level)
             metrics = list(SUMMARY_METRICS) + [f"{c}_sensitivity" for c in classes] + \
                 [f"{c}_specificity" for c in classes]
-            entry["bootstrap_95ci"] = bootstrap_ci(table, classes, metrics, n_boot, seed)
+            entry["bootstrap_95ci"] = bootstrap_ci(table, classes, metrics, n_boot=n_boot, seed=seed)
         summary[level] = entry
     return summary
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import cv2
 import matplotlib
 
 import matplotlib.pyplot as plt
@@ -24,8 +25,10 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from covnb.frames import apply_clahe
+from covnb.canonical import canonicalize
+from covnb.frames import FrameError, FrameSettings, apply_clahe, read_frames
 from covnb.splits import AuditReport, perceptual_hash
+from covnb.phantom_draw import make_clip
 
 #: Pattern each synthetic class is drawn with (see :mod:`covnb.phantom`).
 PHANTOM_PATTERNS = {
@@ -186,7 +189,7 @@ def _frame_labels(frame_index: pd.DataFrame, frames: np.ndarray) -> np.ndarray:
     return np.asarray(frame_index["label"], dtype=str)
 
 
-def sample_grid(frames: np.ndarray, frame_index: pd.DataFrame, per_class: int = 4, seed: int = 0,
+def sample_grid(frames: np.ndarray, frame_index: pd.DataFrame, *, per_class: int = 4, seed: int = 0,
                 palette: dict | None = None) -> matplotlib.figure.Figure:
     """A row of example frames per class, each from a different patient where possible.
 
@@ -259,7 +262,7 @@ def sampling_summary(samples: pd.DataFrame, frame_index: pd.DataFrame) -> pd.Dat
     return table
 
 
-def plot_video_sampling(samples: pd.DataFrame, frame_index: pd.DataFrame | None = None, rate_hz: float = 3.0,
+def plot_video_sampling(samples: pd.DataFrame, frame_index: pd.DataFrame | None = None, *, rate_hz: float = 3.0,
                         max_frames: int = 30, palette: dict | None = None) -> matplotlib.figure.Figure:
     """Video durations, frame rates and frames kept by sampling at ``rate_hz`` up to ``max_frames``.
 
@@ -309,7 +312,7 @@ def intensity_table(frames: np.ndarray, frame_index: pd.DataFrame) -> pd.DataFra
                          "black_share": (flat < 10).mean(axis=1)})
 
 
-def plot_intensity_histograms(frames: np.ndarray, frame_index: pd.DataFrame, palette: dict | None = None,
+def plot_intensity_histograms(frames: np.ndarray, frame_index: pd.DataFrame, *, palette: dict | None = None,
                               max_frames_per_class: int = 300, seed: int = 0) -> matplotlib.figure.Figure:
     """Gray-level histogram per class and each frame's mean brightness per class.
 
@@ -382,7 +385,7 @@ def plot_mean_frames(frames: np.ndarray, frame_index: pd.DataFrame, per_file: bo
     return fig
 
 
-def plot_clahe(frames: np.ndarray, frame_index: pd.DataFrame, per_class: int = 1, clip_limit: float = 2.0,
+def plot_clahe(frames: np.ndarray, frame_index: pd.DataFrame, *, per_class: int = 1, clip_limit: float = 2.0,
                seed: int = 0) -> matplotlib.figure.Figure:
     """Frames before and after CLAHE (Zuiderveld 1994), with their gray-level histograms.
 
@@ -466,7 +469,53 @@ def hash_distances(frames: np.ndarray, frame_index: pd.DataFrame, max_pairs: int
 RELATION_COLOURS = {"same file": "tab:red", "same patient, other file": "tab:orange", "other patient": "tab:blue"}
 
 
-def plot_near_duplicates(frames: np.ndarray, frame_index: pd.DataFrame, max_distance: int = 12,
+def _near_duplicate_panels(fig, grid, frames: np.ndarray, frame_index: pd.DataFrame, distances: pd.DataFrame,
+                           pair) -> None:
+    """Top row of :func:`plot_near_duplicates`: the pair's two frames and the closest frame of
+    another patient (same class when there is one), with their distances."""
+    first, second = int(pair["a"]), int(pair["b"])
+    third = _closest_other_patient(frame_index, distances, first)
+    bits = {i: perceptual_hash(frames[i]) for i in (first, second, third) if i is not None}
+
+    def distance(i, j):
+        return int(np.unpackbits(np.bitwise_xor(bits[i], bits[j])).sum())
+
+    ids = np.asarray(frame_index["sample_id"], dtype=str)
+    groups = np.asarray(frame_index["group"], dtype=str)
+    times = frame_index["time_s"].to_numpy() if "time_s" in frame_index else np.zeros(len(frame_index))
+    videos = np.asarray(frame_index["kind"] == "video") if "kind" in frame_index else np.zeros(len(times), bool)
+
+    def when(i):
+        return f"t = {times[i]:.2f} s" if videos[i] else "image"
+
+    panels = [(first, f"{_short(Path(ids[first]).name)}\n{when(first)}"),
+              (second, f"{pair['relation']}, {when(second)}\ndistance {distance(first, second)} bits")]
+    if third is not None:
+        panels.append((third, f"other patient ({_short_tail(groups[third], 16)})\ndistance {distance(first, third)} bits"))
+    for col, (index, title) in enumerate(panels):
+        ax = fig.add_subplot(grid[0, col])
+        ax.imshow(frames[index])
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+
+
+def _closest_other_patient(frame_index: pd.DataFrame, distances: pd.DataFrame, first: int) -> int | None:
+    """The frame of another patient closest to frame ``first`` (same class when possible), else
+    any frame of another patient, else None."""
+    others = distances[(distances["relation"] == "other patient")
+                       & ((distances["a"] == first) | (distances["b"] == first))]
+    labels = np.asarray(frame_index["label"], dtype=str)
+    same_label = others[[labels[int(x)] == labels[first] for x in np.where(others["a"] == first, others["b"], others["a"])]]
+    others = same_label if len(same_label) else others
+    if len(others):
+        row = others.sort_values("distance").iloc[0]
+        return int(row["b"] if row["a"] == first else row["a"])
+    group = np.asarray(frame_index["group"], dtype=str)
+    candidates = np.nonzero(group != group[first])[0]
+    return int(candidates[0]) if len(candidates) else None
+
+
+def plot_near_duplicates(frames: np.ndarray, frame_index: pd.DataFrame, *, max_distance: int = 12,
                          seed: int = 0, distances: pd.DataFrame | None = None) -> matplotlib.figure.Figure:
     """Two frames of one video, a frame of another patient, and the distance histogram.
 
@@ -484,42 +533,7 @@ def plot_near_duplicates(frames: np.ndarray, frame_index: pd.DataFrame, max_dist
     close = (close if len(close) else distances[distances["relation"] != "other patient"]).sort_values("distance")
     if len(close):
         pair = close.iloc[len(close) // 10]  # a close pair, but not the most extreme one
-        first, second = int(pair["a"]), int(pair["b"])
-        others = distances[(distances["relation"] == "other patient")
-                           & ((distances["a"] == first) | (distances["b"] == first))]
-        labels = np.asarray(frame_index["label"], dtype=str)
-        same_label = others[[labels[int(x)] == labels[first] for x in np.where(others["a"] == first, others["b"], others["a"])]]
-        others = same_label if len(same_label) else others
-        third = None
-        if len(others):
-            row = others.sort_values("distance").iloc[0]
-            third = int(row["b"] if row["a"] == first else row["a"])
-        if third is None:
-            group = np.asarray(frame_index["group"], dtype=str)
-            candidates = np.nonzero(group != group[first])[0]
-            third = int(candidates[0]) if len(candidates) else None
-        bits = {i: perceptual_hash(frames[i]) for i in (first, second, third) if i is not None}
-
-        def distance(i, j):
-            return int(np.unpackbits(np.bitwise_xor(bits[i], bits[j])).sum())
-
-        ids = np.asarray(frame_index["sample_id"], dtype=str)
-        groups = np.asarray(frame_index["group"], dtype=str)
-        times = frame_index["time_s"].to_numpy() if "time_s" in frame_index else np.zeros(len(frame_index))
-        videos = np.asarray(frame_index["kind"] == "video") if "kind" in frame_index else np.zeros(len(times), bool)
-
-        def when(i):
-            return f"t = {times[i]:.2f} s" if videos[i] else "image"
-
-        panels = [(first, f"{_short(Path(ids[first]).name)}\n{when(first)}"),
-                  (second, f"{pair['relation']}, {when(second)}\ndistance {distance(first, second)} bits")]
-        if third is not None:
-            panels.append((third, f"other patient ({_short_tail(groups[third], 16)})\ndistance {distance(first, third)} bits"))
-        for col, (index, title) in enumerate(panels):
-            ax = fig.add_subplot(grid[0, col])
-            ax.imshow(frames[index])
-            ax.set_title(title, fontsize=9)
-            ax.axis("off")
+        _near_duplicate_panels(fig, grid, frames, frame_index, distances, pair)
     ax = fig.add_subplot(grid[1, :])
     top = int(distances["distance"].max()) + 2
     bins = np.arange(0, max(top, max_distance + 4), 2)
@@ -593,8 +607,6 @@ def plot_phantom_patterns(size: int = 192, seed: int = 0, classes=("regular", "c
     The drawings follow the lung-ultrasound signs of Lichtenstein (2014) and Soldati et al.
     (2020); they are synthetic and only teach what to look for.
     """
-    from covnb.phantom import make_clip
-
     fig, axes = plt.subplots(1, len(classes), figsize=(3.6 * len(classes), 4.1), squeeze=False)
     for ax, label in zip(axes[0], classes):
         clip = make_clip(label, np.random.default_rng(seed), n_frames=1, size=size)
@@ -604,3 +616,45 @@ def plot_phantom_patterns(size: int = 192, seed: int = 0, classes=("regular", "c
     fig.tight_layout()
     fig.suptitle("SYNTHETIC phantom drawings (not patients)", fontsize=11, color="firebrick", y=1.03)
     return fig
+
+
+def canonical_gallery(samples, *, mode: str = "crop+inpaint", rate_hz: float = 3.0, max_frames: int = 10,
+                      columns: int = 6, thumb: int = 120, label_column: str = "label"):
+    """Before/after thumbnails of every file of a sample table: a matplotlib Figure and a table.
+
+    Each file gives one pair: its middle sampled frame as decoded (region outline drawn in green)
+    and the same frame after :func:`covnb.canonical.canonicalize`. The table has one row per file: path, label,
+    method ("motion", "still", "whole", or "error: ..."), region share of the frame and crop box.
+    """
+    settings = FrameSettings(rate_hz=rate_hz, max_frames=max_frames)
+    rows, pairs = [], []
+    for sample in samples.to_dict("records"):
+        path = sample["path"]
+        try:
+            raw, _ = read_frames(path, settings, raw=True)
+        except (FrameError, OSError, cv2.error) as error:
+            rows.append({"path": str(path), "label": sample.get(label_column, ""), "method": f"error: {error}"})
+            continue
+        after, region = canonicalize(raw, mode)
+        middle = len(raw) // 2
+        before = raw[middle].copy()
+        contours, _ = cv2.findContours(region.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(before, contours, -1, (0, 255, 0), max(1, round(max(before.shape[:2]) / 150)))
+        pairs.append((before, after[middle], f"{sample.get(label_column, '')} {Path(str(path)).name}"[:28]))
+        rows.append({"path": str(path), "label": sample.get(label_column, ""), "method": region.method,
+                     "share": round(region.share, 3), "box": region.box, "frame_size": raw.shape[1:3]})
+    table = pd.DataFrame(rows)
+    n = max(1, len(pairs))
+    grid_rows = int(np.ceil(n / max(1, columns // 2)))
+    figure, axes = plt.subplots(grid_rows, columns, figsize=(columns * thumb / 60, grid_rows * thumb / 60 * 1.1),
+                                squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for i, (before, after, title) in enumerate(pairs):
+        row, col = divmod(i, columns // 2)
+        axes[row, 2 * col].imshow(before)
+        axes[row, 2 * col].set_title(title, fontsize=6)
+        axes[row, 2 * col + 1].imshow(after)
+        axes[row, 2 * col + 1].set_title(mode, fontsize=6)
+    figure.tight_layout(pad=0.2)
+    return figure, table

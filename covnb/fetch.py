@@ -36,6 +36,7 @@ import zipfile
 from pathlib import Path
 
 from covnb.cache import cache_dir
+from covnb.io_utils import atomic_write_json, replace_folder
 
 #: The commit of jannisborn/covid19_ultrasound whose data/ folder covnb's results were measured on.
 POCUS_COMMIT = "bed269a62275ff39d58c7c9e9a92405db5f7f6d6"
@@ -135,7 +136,7 @@ def fetch_pocus(
         _extract_data_folder(archive, staging, url=url, target=target, max_bytes=max_bytes)
         os.chmod(staging, 0o755)  # mkdtemp makes it private
         files = file_digests(staging)
-        _replace_folder(staging, target)
+        replace_folder(staging, target)
         staging = None
         _write_fetch_record(data_home, {"url": url, "archive_sha256": actual, "files": files,
                                         "pinned": "constant or argument" if sha256 and not pinned_by_record
@@ -346,21 +347,6 @@ def _find_data_prefix(names: list[str]) -> str | None:
     return None
 
 
-def _replace_folder(staging: Path, target: Path) -> None:
-    """Rename staging to target; an existing target is moved aside and removed afterwards."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{staging.name.rsplit('-', 1)[-1]}")
-        target.rename(old)
-    try:
-        staging.rename(target)
-    except BaseException:
-        if old is not None and not target.exists():
-            old.rename(target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
 
 def file_digests(folder: Path) -> dict[str, str]:
     """SHA-256 of every regular file under ``folder``, keyed by its POSIX path relative to it."""
@@ -393,15 +379,7 @@ def read_fetch_record(data_home) -> dict | None:
 
 
 def _write_fetch_record(data_home: Path, record: dict) -> None:
-    path = data_home / FETCH_RECORD
-    handle, name = tempfile.mkstemp(prefix=f".{FETCH_RECORD}-", dir=data_home)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(record, out, indent=1, sort_keys=True)
-        os.replace(name, path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
+    atomic_write_json(data_home / FETCH_RECORD, record, indent=1)
 
 
 def verify_pocus(data_home=None) -> dict:

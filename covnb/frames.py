@@ -18,8 +18,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,8 +25,11 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from covnb.datasets import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, check_image_header, check_video_header,
-                            file_sha1)
+from covnb.cache import cache_enabled, cache_root, warn_cache_unwritable
+from covnb.canonical import canonicalize, check_mode
+from covnb.io_utils import atomic_write, atomic_write_text, error_reason, to_jsonable
+from covnb.media import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, check_image_header, check_video_header,  # noqa: F401
+                         count_frames, file_sha1)
 
 ASSUMED_FPS = 30.0
 PLAUSIBLE_FPS = (1.0, 240.0)
@@ -65,8 +66,6 @@ class FrameSettings:
             top, bottom, left, right = self.crop
             if not (0 <= top < bottom <= 1 and 0 <= left < right <= 1):
                 raise ValueError(f"crop must be fractions (top, bottom, left, right) with top<bottom, left<right: {self.crop}")
-        from covnb.canonical import check_mode
-
         check_mode(self.canonical)
 
     def key(self) -> str:
@@ -75,6 +74,19 @@ class FrameSettings:
             del fields["canonical"]  # the keys of caches made before the field existed stay valid
         text = json.dumps({"v": CACHE_VERSION, **fields}, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def frame_settings_from_metadata(metadata: dict):
+    """The :class:`FrameSettings` a model was trained with (from its sidecar JSON; also
+    importable from :mod:`covnb.predict`)."""
+    stored = dict(metadata.get("frame_settings") or {})
+    if not stored:
+        stored = {"image_size": metadata.get("image_size", 224), "rate_hz": metadata.get("rate_hz", 3.0),
+                  "max_frames": metadata.get("max_frames", 30)}
+    if stored.get("crop") is not None:
+        stored["crop"] = tuple(stored["crop"])
+    known = {f.name for f in dataclasses.fields(FrameSettings)}
+    return FrameSettings(**{k: v for k, v in stored.items() if k in known})
 
 
 class FrameError(ValueError):
@@ -171,8 +183,6 @@ def _decoded(frame: np.ndarray, settings: FrameSettings) -> np.ndarray:
 def canonical_frames(raw_rgb: np.ndarray, settings: FrameSettings) -> np.ndarray:
     """Canonical inputs of one video's RGB frames (region found once from all of them), then
     crop, CLAHE and resize as :func:`prepare_frame`."""
-    from covnb.canonical import canonicalize
-
     crops, _ = canonicalize(raw_rgb, settings.canonical)
     return np.stack([finish_frame(crop, settings) for crop in crops])
 
@@ -230,6 +240,30 @@ def read_video(path: Path, settings: FrameSettings) -> tuple[np.ndarray, dict]:
     One pass reads up to the last frame the reported rate asks for, decoding only those; when
     the timestamps contradict the reported rate, a second pass decodes the right frames.
     """
+    reported, guess_fps, stamps, frames, ended = _first_pass(path, settings)
+    n_read = len(stamps)
+    if n_read == 0:
+        raise FrameError(f"{path}: video has no decodable frame (empty, truncated or corrupt)")
+    fps, fps_source = effective_fps(reported, stamps)
+    if fps != guess_fps:
+        # The container lied or said nothing: count the whole stream, then decode the right frames.
+        if not ended:
+            n_read = count_frames(path)
+        wanted = sample_indices(n_read, fps, settings.rate_hz, settings.max_frames)
+        frames = _decode_indices(path, set(int(i) for i in wanted), settings)
+    else:
+        wanted = sample_indices(n_read, fps, settings.rate_hz, settings.max_frames)
+    kept = [int(i) for i in wanted if i in frames]
+    if not kept:
+        raise FrameError(f"{path}: none of the sampled frames could be decoded")
+    info = {"fps_used": fps, "fps_source": fps_source, "fps_reported": reported, "frames_read": n_read,
+            "frame_index": kept, "time_s": [i / fps for i in kept]}
+    return np.stack([frames[i] for i in kept]), info
+
+
+def _first_pass(path: Path, settings: FrameSettings) -> tuple[float, float, list[float], dict[int, np.ndarray], bool]:
+    """Read a video up to the last frame its reported rate asks for, decoding only those:
+    (reported fps, fps used for the guess, timestamps in ms, {index: frame}, whether the stream ended)."""
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise FrameError(f"{path}: not a readable video")
@@ -253,36 +287,7 @@ def read_video(path: Path, settings: FrameSettings) -> tuple[np.ndarray, dict]:
         ended = len(stamps) <= last_guess
     finally:
         cap.release()
-    n_read = len(stamps)
-    if n_read == 0:
-        raise FrameError(f"{path}: video has no decodable frame (empty, truncated or corrupt)")
-    fps, fps_source = effective_fps(reported, stamps)
-    if fps != guess_fps:
-        # The container lied or said nothing: count the whole stream, then decode the right frames.
-        if not ended:
-            n_read = count_frames(path)
-        wanted = sample_indices(n_read, fps, settings.rate_hz, settings.max_frames)
-        frames = _decode_indices(path, set(int(i) for i in wanted), settings)
-    else:
-        wanted = sample_indices(n_read, fps, settings.rate_hz, settings.max_frames)
-    kept = [int(i) for i in wanted if i in frames]
-    if not kept:
-        raise FrameError(f"{path}: none of the sampled frames could be decoded")
-    info = {"fps_used": fps, "fps_source": fps_source, "fps_reported": reported, "frames_read": n_read,
-            "frame_index": kept, "time_s": [i / fps for i in kept]}
-    return np.stack([frames[i] for i in kept]), info
-
-
-def count_frames(path: str | Path) -> int:
-    """Frames OpenCV can decode from a video (0 for an unreadable file)."""
-    cap = cv2.VideoCapture(str(path))
-    count = 0
-    try:
-        while cap.grab():
-            count += 1
-    finally:
-        cap.release()
-    return count
+    return reported, guess_fps, stamps, frames, ended
 
 
 def _decode_indices(path: Path, wanted: set[int], settings: FrameSettings) -> dict[int, np.ndarray]:
@@ -360,8 +365,6 @@ class FrameCache:
     """
 
     def __init__(self, folder: str | Path | None = None):
-        from covnb.cache import cache_root, warn_cache_unwritable
-
         self.folder = Path(folder) if folder else cache_root() / "frames"
         self.writable = True
         try:
@@ -407,8 +410,6 @@ class FrameCache:
 
     def get(self, path: str | Path, settings: FrameSettings = FrameSettings()) -> tuple[np.ndarray, dict]:
         """Frames from the cache, decoding and storing them on a miss."""
-        from covnb.cache import warn_cache_unwritable
-
         path = Path(path)
         if not path.is_file():
             raise FrameError(f"{path}: file not found")
@@ -422,29 +423,12 @@ class FrameCache:
         if self.writable:
             try:
                 array_path.parent.mkdir(parents=True, exist_ok=True)
-                _atomic_write(array_path, lambda handle: np.save(handle, frames, allow_pickle=False))
-                _atomic_write(info_path, lambda handle: handle.write(json.dumps(_jsonable(info)).encode()))
+                atomic_write(array_path, lambda tmp: np.save(tmp, frames, allow_pickle=False), suffix=".npy")
+                atomic_write_text(info_path, json.dumps(to_jsonable(info, nan_to_none=False)))
             except OSError as error:  # read-only or full cache: keep the decoded frames, warn once
                 self.writable = False
                 warn_cache_unwritable(self.folder, error)
         return frames, info
-
-
-def _jsonable(info: dict) -> dict:
-    return {k: (v.tolist() if isinstance(v, np.ndarray) else [int(x) if isinstance(x, np.integer) else x for x in v]
-                if isinstance(v, list) else (float(v) if isinstance(v, (np.floating, float)) else v))
-            for k, v in info.items()}
-
-
-def _atomic_write(target: Path, write) -> None:
-    handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=".tmp-", delete=False)
-    try:
-        with handle:
-            write(handle)
-        os.replace(handle.name, target)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
 
 
 # ----------------------------------------------------------------------------- whole data sets
@@ -469,8 +453,6 @@ def extract_frames(samples: pd.DataFrame, settings: FrameSettings = FrameSetting
 
     A file that fails to decode is skipped with its reason; the run goes on.
     """
-    from covnb.cache import cache_enabled
-
     frame_cache = cache if isinstance(cache, FrameCache) else (FrameCache() if cache and cache_enabled() else None)
     chunks, rows, skipped = [], [], []
     iterator = samples.to_dict("records")
@@ -483,8 +465,7 @@ def extract_frames(samples: pd.DataFrame, settings: FrameSettings = FrameSetting
         try:
             frames, info = frame_cache.get(path, settings) if frame_cache else read_frames(path, settings)
         except (FrameError, OSError, cv2.error) as error:
-            message = str(error)
-            skipped.append({"path": str(path), "reason": message.split(": ", 1)[-1] if message.startswith(str(path)) else message})
+            skipped.append({"path": str(path), "reason": error_reason(error, path)})
             continue
         chunks.append(frames)
         for position, (frame_index, time_s) in enumerate(zip(info["frame_index"], info["time_s"])):

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import importlib.resources
 import json
-import os
 import platform
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from covnb import __version__
+from covnb.evaluate import video_predictions
+from covnb.io_utils import atomic_write_text
+from covnb.registry import BACKBONES
 
 __all__ = ["SECTIONS", "NOT_ADDRESSED", "CLAIM_ITEMS", "model_card_context", "render_model_card",
            "write_model_card", "markdown_table"]
@@ -86,8 +90,6 @@ def _read_json(path: Path) -> dict:
 def _versions(model_meta: dict, metrics: dict) -> dict:
     import importlib.metadata
 
-    from covnb import __version__
-
     versions = {"covnb (card)": __version__, "covnb (model)": model_meta.get("covnb_version", "no final model"),
                 "keras (model)": model_meta.get("keras_version", "no final model"), "python": platform.python_version()}
     for package in ("tensorflow", "keras", "numpy", "scikit-learn", "pandas", "opencv-python-headless"):
@@ -127,9 +129,25 @@ def _data_context(run: Path, metrics: dict, folds: pd.DataFrame, oof: pd.DataFra
 
 
 def _results_context(metrics: dict, oof: pd.DataFrame, samples: pd.DataFrame) -> dict:
-    from covnb.evaluate import video_predictions
-
     classes = metrics["classes"]
+    context = {"table": markdown_table(pd.DataFrame(_metric_rows(metrics, classes))), "n_boot": _n_boot(metrics),
+               "baseline": "", "subgroup_table": "",
+               "source_held_out": metrics.get("source_held_out_summary", NOT_ADDRESSED + " in this run (patient folds "
+                                                                                         "only; see the leave-one-source-"
+                                                                                         "out OOD check below)")}
+    baseline = (metrics.get("baseline") or {}).get("video_mean", {})
+    if baseline.get("pooled_mean"):
+        context["baseline"] = (f"{_fmt(baseline['pooled_mean'].get('balanced_accuracy'))} +- "
+                               f"{_fmt(baseline.get('pooled_std', {}).get('balanced_accuracy'))} (difference "
+                               f"{metrics['baseline'].get('video_balanced_accuracy_difference', float('nan')):+.3f})")
+    parts = _subgroup_tables(oof, samples, classes)
+    if parts:
+        context["subgroup_table"] = markdown_table(pd.concat(parts, ignore_index=True))
+    return context
+
+
+def _metric_rows(metrics: dict, classes) -> list[dict]:
+    """Rows of the results table: mean +- std over seeds and the patient-bootstrap CI of each metric."""
     rows = []
     for level, caption in (("video_mean", "videos (mean probability)"), ("frame", "frames")):
         entry = metrics.get(level) or {}
@@ -142,16 +160,11 @@ def _results_context(metrics: dict, oof: pd.DataFrame, samples: pd.DataFrame) ->
                              "mean +- std over seeds": f"{_fmt(mean[name])} +- {_fmt(std.get(name))}",
                              "95% CI (patient bootstrap)": _with_ci(ci.get(name, {}).get("estimate"), ci.get(name))
                              if name in ci else "n/a"})
-    context = {"table": markdown_table(pd.DataFrame(rows)), "n_boot": _n_boot(metrics), "baseline": "",
-               "subgroup_table": "",
-               "source_held_out": metrics.get("source_held_out_summary", NOT_ADDRESSED + " in this run (patient folds "
-                                                                                         "only; see the leave-one-source-"
-                                                                                         "out OOD check below)")}
-    baseline = (metrics.get("baseline") or {}).get("video_mean", {})
-    if baseline.get("pooled_mean"):
-        context["baseline"] = (f"{_fmt(baseline['pooled_mean'].get('balanced_accuracy'))} +- "
-                               f"{_fmt(baseline.get('pooled_std', {}).get('balanced_accuracy'))} (difference "
-                               f"{metrics['baseline'].get('video_balanced_accuracy_difference', float('nan')):+.3f})")
+    return rows
+
+
+def _subgroup_tables(oof: pd.DataFrame, samples: pd.DataFrame, classes) -> list[pd.DataFrame]:
+    """Video accuracy by kind, probe, modality and source (those with more than one value)."""
     videos = video_predictions(oof, classes, "mean").merge(
         samples.drop(columns=[c for c in ("group", "label") if c in samples]), on="sample_id", how="left")
     videos["correct"] = videos["pred"] == videos["label"]
@@ -162,9 +175,7 @@ def _results_context(metrics: dict, oof: pd.DataFrame, samples: pd.DataFrame) ->
             table = pd.DataFrame({"by": column, "group": grouped.size().index, "predictions": grouped.size().values,
                                   "accuracy": grouped["correct"].mean().values})
             parts.append(table)
-    if parts:
-        context["subgroup_table"] = markdown_table(pd.concat(parts, ignore_index=True))
-    return context
+    return parts
 
 
 def _n_boot(metrics: dict) -> int | str:
@@ -298,8 +309,6 @@ def model_card_context(run_dir, samples: pd.DataFrame | None = None) -> dict:
     config = metrics.get("config", {})
     settings = model_meta.get("frame_settings") or {}
     try:
-        from covnb.backbones import BACKBONES
-
         provenance = BACKBONES[config.get("backbone")].weights_source if config.get("weights") == "imagenet" else \
             ("random initialisation" if config.get("weights") in (None, "None") else f"local file {config.get('weights')}")
     except KeyError:
@@ -354,7 +363,5 @@ def write_model_card(run_dir, samples: pd.DataFrame | None = None) -> dict[str, 
     markdown, html = render_model_card(model_card_context(run, samples))
     paths = {"model_card_md": run / "MODEL_CARD.md", "model_card_html": run / "MODEL_CARD.html"}
     for path, text in ((paths["model_card_md"], markdown), (paths["model_card_html"], html)):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
     return paths

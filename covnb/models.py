@@ -35,6 +35,7 @@ backbone, training parameters, CV metrics, data fingerprint, covnb version).
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,11 @@ from typing import Any
 import keras
 
 from covnb import __version__
+from covnb.backbones import build_backbone
+from covnb.frames import frame_settings_from_metadata
+from covnb.io_utils import atomic_write_text, to_jsonable
+from covnb.registry import (HEAD_DENSE, HEAD_FEATURES, HEAD_PREFIX, IMAGE_INPUT, LAST_BLOCK_INPUT, LOGITS,
+                            MIDLEVEL_TAPS, MULTISCALE_TAPS, POOLED_TAP_HEADS, PROBS)
 
 __all__ = [
     "HEADS",
@@ -79,52 +85,8 @@ AUGMENTATIONS: dict[str, dict[str, Any]] = {
 }
 _AUGMENTATION_KEYS = {"rotation_deg", "shift", "flip", "zoom", "contrast", "fill_mode"}
 
-#: Name of the layer whose output feeds the backbone's last block ("fine-tune the last block"
-#: trains everything after it). VGG16: block5_conv3 only, as POCOVID-Net.
-LAST_BLOCK_INPUT = {
-    "vgg16": "block5_conv2",
-    "resnet50": "conv5_block2_out",
-    "resnet101": "conv5_block2_out",
-    "resnet152": "conv5_block2_out",
-    "inception_v3": "mixed9",
-    "inception_resnet_v2": "block8_9_ac",
-    "mobilenet": "conv_pw_12_relu",
-    "mobilenet_v2": "block_15_add",
-    "efficientnet_lite0": "block6d_add",
-    "efficientnet_lite1": "block6e_add",
-    "efficientnet_lite2": "block6e_add",
-}
-
-#: Layers pooled by the "multiscale" head, shallow to deep (the backbone's output layer is always
-#: appended). EfficientNet-Lite0: the outputs of stages 4-7 (80, 112, 192, 320 channels) + the
-#: 1280-channel top: 2024 features.
-MULTISCALE_TAPS = {
-    "efficientnet_lite0": ("block4c_add", "block5c_add", "block6d_add", "block7a_project_bn"),
-    "efficientnet_lite1": ("block4d_add", "block5d_add", "block6e_add", "block7a_project_bn"),
-    "efficientnet_lite2": ("block4d_add", "block5d_add", "block6e_add", "block7a_project_bn"),
-    "mobilenet": ("conv_pw_5_relu", "conv_pw_11_relu"),
-    "mobilenet_v2": ("block_9_add", "block_12_add", "block_15_add", "block_16_project_BN"),
-    "vgg16": ("block3_conv3", "block4_conv3"),
-    "resnet50": ("conv3_block4_out", "conv4_block6_out"),
-}
-
-
-#: Layers pooled (average and max) by the "midlevel" head, shallow to deep; the top is not used.
-#: EfficientNet-Lite0: the expansions opening stages 4, 5, 6 (240, 480, 672 channels): 2784 features.
-#: Measured on POCUS (3 classes, patient-grouped 5-fold, split seeds 10-14 not used to choose it):
-#: video balanced accuracy 0.789 vs 0.711 for the "multiscale" taps (see :mod:`covnb.train`).
-MIDLEVEL_TAPS = {
-    "efficientnet_lite0": ("block4a_expand_activation", "block5a_expand_activation", "block6a_expand_activation"),
-    "efficientnet_lite1": ("block4a_expand_activation", "block5a_expand_activation", "block6a_expand_activation"),
-    "efficientnet_lite2": ("block4a_expand_activation", "block5a_expand_activation", "block6a_expand_activation"),
-    "mobilenet": ("conv_pw_5_relu", "conv_pw_8_relu", "conv_pw_11_relu"),
-    "mobilenet_v2": ("block_6_expand_relu", "block_10_expand_relu", "block_13_expand_relu"),
-    "vgg16": ("block3_conv3", "block4_conv3", "block5_conv1"),
-    "resnet50": ("conv3_block4_out", "conv4_block3_out", "conv4_block6_out"),
-}
-
-#: Heads that pool several layers before the backbone's last block (no fine-tuning on cached features).
-POOLED_TAP_HEADS = {"multiscale": MULTISCALE_TAPS, "midlevel": MIDLEVEL_TAPS}
+# LAST_BLOCK_INPUT, MULTISCALE_TAPS, MIDLEVEL_TAPS and POOLED_TAP_HEADS are derived from the backbone
+# specs of :mod:`covnb.registry` (imported above; kept here for the code that reads them from models).
 
 
 class ModelFileError(ValueError):
@@ -174,6 +136,7 @@ def build_model(
     head: str = "gap",
     image_size: int = 224,
     weights: str | os.PathLike | None = "imagenet",
+    *,
     trainable: str = "head",
     augmentation=None,
     dropout: float | None = None,
@@ -191,14 +154,12 @@ def build_model(
     Keras preprocessing layers before the backbone, in training only. ``dropout`` defaults to
     0.5 ("pocovid", as POCOVID-Net) and 0.2 (the others).
     """
-    from covnb.backbones import build_backbone
-
     if head not in HEADS:
         raise ValueError(f"Unknown head {head!r}; choose one of {HEADS}")
     if int(n_classes) < 2:
         raise ValueError(f"n_classes must be at least 2, got {n_classes}")
     size = int(image_size)
-    inputs = keras.Input((size, size, 3), dtype="float32", name="image")
+    inputs = keras.Input((size, size, 3), dtype="float32", name=IMAGE_INPUT)
     x = inputs
     for layer in _augmentation_layers(augmentation_spec(augmentation), seed):
         x = layer(x)
@@ -208,45 +169,46 @@ def build_model(
     if head == "pocovid":
         pool = max(1, min(4, int(features.shape[1]), int(features.shape[2])))
         x = keras.layers.AveragePooling2D(pool_size=(pool, pool), name="head_pool")(features)
-        x = keras.layers.Flatten(name="head_features")(x)
-        x = keras.layers.Dense(dense_units, name="head_dense")(x)
+        x = keras.layers.Flatten(name=HEAD_FEATURES)(x)
+        x = keras.layers.Dense(dense_units, name=HEAD_DENSE)(x)
         x = keras.layers.BatchNormalization(name="head_bn")(x)
         x = keras.layers.ReLU(name="head_relu")(x)
         x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
-    elif head == "multiscale":
-        if backbone not in MULTISCALE_TAPS:
-            raise ValueError(f"No multiscale taps known for backbone {backbone!r}; known: {sorted(MULTISCALE_TAPS)}. "
-                             "Use head='gap'.")
-        graph = keras.Model(inputs, features)
-        pooled = [keras.layers.GlobalAveragePooling2D(name=f"head_pool_{tap}")(graph.get_layer(tap).output)
-                  for tap in MULTISCALE_TAPS[backbone]]
-        pooled.append(keras.layers.GlobalAveragePooling2D(name="head_pool_top")(features))
-        x = keras.layers.Concatenate(name="head_features")(pooled)
-        x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
-    elif head == "midlevel":
-        if backbone not in MIDLEVEL_TAPS:
-            raise ValueError(f"No midlevel taps known for backbone {backbone!r}; known: {sorted(MIDLEVEL_TAPS)}. "
-                             "Use head='gap'.")
+    elif head in POOLED_TAP_HEADS:
         graph = keras.Model(inputs, features)
         pooled = []
-        for tap in MIDLEVEL_TAPS[backbone]:
+        for tap in _pooled_taps(head, backbone):
             maps = graph.get_layer(tap).output
-            pooled.append(keras.layers.GlobalAveragePooling2D(name=f"head_avg_{tap}")(maps))
-            pooled.append(keras.layers.GlobalMaxPooling2D(name=f"head_max_{tap}")(maps))
-        x = keras.layers.Concatenate(name="head_features")(pooled)
+            if head == "multiscale":
+                pooled.append(keras.layers.GlobalAveragePooling2D(name=f"head_pool_{tap}")(maps))
+            else:
+                pooled.append(keras.layers.GlobalAveragePooling2D(name=f"head_avg_{tap}")(maps))
+                pooled.append(keras.layers.GlobalMaxPooling2D(name=f"head_max_{tap}")(maps))
+        if head == "multiscale":
+            pooled.append(keras.layers.GlobalAveragePooling2D(name="head_pool_top")(features))
+        x = keras.layers.Concatenate(name=HEAD_FEATURES)(pooled)
         x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
     else:
-        x = keras.layers.GlobalAveragePooling2D(name="head_features")(features)
+        x = keras.layers.GlobalAveragePooling2D(name=HEAD_FEATURES)(features)
         x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
-    logits = keras.layers.Dense(int(n_classes), name="logits")(x)
-    probs = keras.layers.Activation("softmax", name="probs", dtype="float32")(logits)
+    logits = keras.layers.Dense(int(n_classes), name=LOGITS)(x)
+    probs = keras.layers.Activation("softmax", name=PROBS, dtype="float32")(logits)
     model = keras.Model(inputs, probs, name=name or f"covnb_{backbone}_{head}")
     set_trainable(model, trainable, backbone)
     return model
 
 
+def _pooled_taps(head: str, backbone: str) -> tuple[str, ...]:
+    """The layers a pooled-tap head reads for ``backbone`` (``ValueError`` when it has none)."""
+    table = POOLED_TAP_HEADS[head]
+    if backbone not in table:
+        raise ValueError(f"No {head} taps known for backbone {backbone!r}; known: {sorted(table)}. "
+                         "Use head='gap'.")
+    return table[backbone]
+
+
 def _head_layer_names(model: keras.Model) -> set[str]:
-    return {layer.name for layer in model.layers if layer.name.startswith("head_") or layer.name in ("logits", "probs")}
+    return {layer.name for layer in model.layers if layer.name.startswith(HEAD_PREFIX) or layer.name in (LOGITS, PROBS)}
 
 
 def last_block_input_layer(backbone: str) -> str:
@@ -259,7 +221,7 @@ def last_block_input_layer(backbone: str) -> str:
 
 def head_feature_layer() -> str:
     """Name of the parameter-free pooled feature layer every covnb head starts with."""
-    return "head_features"
+    return HEAD_FEATURES
 
 
 def set_trainable(model: keras.Model, trainable: str, backbone: str) -> keras.Model:
@@ -297,22 +259,7 @@ def sidecar_path(model_path: str | os.PathLike) -> Path:
     return Path(model_path).with_suffix(".json")
 
 
-def _jsonable(value):
-    import numpy as np
-
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and value != value:
-        return None
-    return value
+_jsonable = to_jsonable  # kept for callers of the old private name
 
 
 def save_model(model: keras.Model, path: str | os.PathLike, metadata: dict | None = None) -> Path:
@@ -335,7 +282,7 @@ def save_model(model: keras.Model, path: str | os.PathLike, metadata: dict | Non
     meta["covnb_version"] = __version__
     meta["keras_version"] = keras.__version__
     model.save(path)
-    sidecar_path(path).write_text(json.dumps(_jsonable(meta), indent=2))
+    atomic_write_text(sidecar_path(path), json.dumps(to_jsonable(meta), indent=2))
     return path
 
 
@@ -355,8 +302,6 @@ def _integer(low: int, high: int):
 
 def _number(low: float, high: float, *, low_inclusive: bool = True):
     def check(value):
-        import math
-
         if type(value) not in (int, float) or not math.isfinite(value) or value > high or (
                 value < low if low_inclusive else value <= low):
             raise ValueError(f"must be a finite number {'>=' if low_inclusive else '>'} {low} and <= {high}, "
@@ -457,8 +402,6 @@ def validate_sidecar(metadata, source: str | os.PathLike, n_outputs: int | None 
                 raise ModelFileError(f"{source}: {where} is {table['image_size']} but the model takes "
                                      f"{input_size} px images")
     try:
-        from covnb.predict import frame_settings_from_metadata
-
         frame_settings_from_metadata(metadata)
     except (ValueError, TypeError) as error:
         raise ModelFileError(f"{source}: frame settings are not usable ({error})") from None
@@ -475,8 +418,6 @@ def load_model(path: str | os.PathLike, compile: bool = False,
     ``classes``; frame settings default to 3 Hz, 30 frames, the model's input size, no mask).
     ``metadata`` fields also replace those of an existing sidecar.
     """
-    import covnb.backbones  # noqa: F401  (registers BackbonePreprocess for deserialisation)
-
     path = Path(path)
     if path.is_dir():
         candidates = sorted(path.glob("*.keras"))

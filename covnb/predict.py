@@ -11,13 +11,27 @@ al., arXiv:2004.12084).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
+
+import keras
+
+from covnb.aggregate import video_level
+from covnb.compiled import cached_for_model
+from covnb.frames import FrameCache, FrameError, frame_settings_from_metadata, read_frames  # noqa: F401 (API)
+from covnb.io_utils import atomic_write_text, error_reason
+from covnb.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from covnb.models import load_model
+from covnb.prediction_trust import annotate_predictions, load_trust_arrays
+from covnb.registry import HEAD_FEATURES
 
 __all__ = ["Predictions", "predict_paths", "frame_settings_from_metadata", "expand_paths",
            "OutputInsideInputError", "refuse_output_inside_inputs"]
@@ -70,28 +84,12 @@ class Predictions:
         text = json.dumps(payload, indent=2)
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(text)
+            atomic_write_text(path, text)
         return text
-
-
-def frame_settings_from_metadata(metadata: dict):
-    """The :class:`covnb.frames.FrameSettings` a model was trained with (from its sidecar)."""
-    from covnb.frames import FrameSettings
-
-    stored = dict(metadata.get("frame_settings") or {})
-    if not stored:
-        stored = {"image_size": metadata.get("image_size", 224), "rate_hz": metadata.get("rate_hz", 3.0),
-                  "max_frames": metadata.get("max_frames", 30)}
-    if stored.get("crop") is not None:
-        stored["crop"] = tuple(stored["crop"])
-    known = {f.name for f in dataclasses.fields(FrameSettings)}
-    return FrameSettings(**{k: v for k, v in stored.items() if k in known})
 
 
 def expand_paths(paths) -> tuple[list[Path], list[dict]]:
     """Files to predict (folders searched recursively for videos/images) and missing paths."""
-    from covnb.datasets import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     media = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
@@ -111,54 +109,54 @@ def expand_paths(paths) -> tuple[list[Path], list[dict]]:
     return files, errors
 
 
-def predict_paths(model_path, paths, batch_size: int = 32, use_cache: bool = False,
+def predict_paths(model_path, paths, *, batch_size: int = 32, use_cache: bool = False,
                   log=None, raw_probabilities: bool = False) -> Predictions:
     """Class probabilities of every frame and every file in ``paths`` (files and/or folders).
 
-    ``model_path``: a ``.keras`` file (with its sidecar JSON), a folder holding one, or an
-    already loaded ``(model, metadata)`` pair. Unreadable files end up in ``errors``.
-    Probabilities are calibrated by the map in the sidecar (``calibration`` block, see
-    :mod:`covnb.calibration`) unless ``raw_probabilities``; per file, ``confidence`` and
-    ``uncertainty`` are added, and with the model's ``trust`` block the ``uncertain`` flag and its
-    reason (:func:`covnb.trust.annotate_predictions`).
+    Parameters
+    ----------
+    model_path : path or (keras.Model, dict)
+        A ``.keras`` file (with its sidecar JSON), a folder holding one, or an already loaded
+        ``(model, metadata)`` pair.
+    paths : path or list of paths
+        Videos, images and folders (searched recursively).
+    batch_size : int
+        Frames per model call (frames of several files are batched together).
+    use_cache : bool
+        Keep decoded frames in covnb's frame cache (:class:`covnb.frames.FrameCache`).
+    log : callable, optional
+        Called with a line per skipped file.
+    raw_probabilities : bool
+        Skip the calibration map of the sidecar (``calibration`` block, :mod:`covnb.calibration`).
+
+    Returns
+    -------
+    Predictions
+        ``frames`` (one row per frame), ``videos`` (one row per file: mean frame probability, majority
+        vote, ``confidence``, ``uncertainty``, and with the model's ``trust`` block the ``uncertain``
+        flag and its reason, :func:`covnb.prediction_trust.annotate_predictions`) and ``errors``
+        (unreadable files, with why; the others are still predicted).
+
+    Examples
+    --------
+    >>> result = predict_paths("runs/pocus/model.keras", ["clips/"], batch_size=16)  # doctest: +SKIP
+    >>> result.videos[["path", "pred", "confidence", "uncertain"]]  # doctest: +SKIP
     """
-    import cv2
-    import tensorflow as tf
-
-    from covnb.frames import FrameCache, FrameError, read_frames
-    from covnb.models import load_model
-
-    from covnb.trust import annotate_predictions, load_trust_arrays
-
-    model, metadata = model_path if isinstance(model_path, tuple) else load_model(model_path)
-    arrays = None if isinstance(model_path, tuple) or not metadata.get("trust") else load_trust_arrays(model_path)
-    with_features = bool(arrays) and "head_features" in [layer.name for layer in model.layers]
+    model, metadata, arrays = _model_and_trust_arrays(model_path)
+    with_features = bool(arrays) and HEAD_FEATURES in [layer.name for layer in model.layers]
     classes = [str(c) for c in metadata["classes"]]
     settings = frame_settings_from_metadata(metadata)
     size = int(model.input.shape[1])
     if int(settings.image_size) != size:
         raise ValueError(f"model input is {size} px but its metadata says image_size {settings.image_size}")
-    call = _inference_function(model, size, with_features)
+    batches = _Batches(_inference_function(model, size, with_features), int(batch_size), with_features)
     cache = FrameCache() if use_cache else None
     files, errors = expand_paths(paths)
-    frame_rows, pending, pending_rows, outputs, feature_outputs = [], [], [], [], []
-
-    def flush():
-        if pending:
-            batch = np.concatenate(pending)
-            result = call(tf.constant(batch, dtype=tf.float32))
-            if with_features:
-                result, features = result
-                feature_outputs.append(np.asarray(features))
-            outputs.append(np.asarray(result))
-            pending.clear()
-
+    frame_rows = []
     read = (lambda path: cache.get(path, settings)) if cache else (lambda path: read_frames(path, settings))
-    buffered = 0
     for path, result, error in _read_ahead(files, read, (FrameError, OSError, cv2.error, ValueError)):
         if error is not None:
-            message = str(error)
-            reason = message.split(": ", 1)[-1] if message.startswith(str(path)) else message
+            reason = error_reason(error, path)
             errors.append({"path": str(path), "reason": reason})
             if log:
                 log(f"skipped {path}: {reason}")
@@ -168,28 +166,66 @@ def predict_paths(model_path, paths, batch_size: int = 32, use_cache: bool = Fal
         for frame_index, time_s in zip(info["frame_index"], info["time_s"]):
             frame_rows.append({"path": str(path), "kind": kind, "frame_index": int(frame_index),
                                "time_s": float(time_s)})
-        start = 0
-        while start < len(frames):
-            take = min(batch_size - buffered, len(frames) - start)
-            pending.append(frames[start:start + take])
-            buffered += take
-            start += take
-            if buffered >= batch_size:
-                flush()
-                buffered = 0
-    flush()
-    probs = np.concatenate(outputs) if outputs else np.zeros((0, len(classes)), np.float32)
-    columns = [f"prob_{c}" for c in classes]
-    frame_table = pd.DataFrame(frame_rows, columns=["path", "kind", "frame_index", "time_s"])
-    for k, column in enumerate(columns):
-        frame_table[column] = probs[:, k] if len(probs) else []
-    frame_table["pred"] = np.asarray(classes)[probs.argmax(axis=1)] if len(probs) else []
+        batches.add(frames)
+    batches.flush()
+    probs = np.concatenate(batches.outputs) if batches.outputs else np.zeros((0, len(classes)), np.float32)
+    frame_table = _frame_table(frame_rows, probs, classes)
     video_table = _video_table(frame_table, classes)
     frame_table, video_table = annotate_predictions(
         frame_table, video_table, classes, metadata, arrays=arrays, raw=raw_probabilities,
-        frame_features=np.concatenate(feature_outputs) if feature_outputs else None)
+        frame_features=np.concatenate(batches.features) if batches.features else None)
     error_table = pd.DataFrame(errors, columns=["path", "reason"])
     return Predictions(frame_table, video_table, error_table, classes)
+
+
+def _model_and_trust_arrays(model_path) -> tuple:
+    """(model, metadata, trust arrays or None) of a model file, a folder holding one, or a loaded pair."""
+    if isinstance(model_path, tuple):
+        model, metadata = model_path
+        return model, metadata, None
+    model, metadata = load_model(model_path)
+    return model, metadata, load_trust_arrays(model_path) if metadata.get("trust") else None
+
+
+class _Batches:
+    """Frames of several files gathered into batches of ``batch_size`` for one compiled ``call``."""
+
+    def __init__(self, call, batch_size: int, with_features: bool):
+        self.call, self.batch_size, self.with_features = call, batch_size, with_features
+        self.pending: list[np.ndarray] = []
+        self.buffered = 0
+        self.outputs: list[np.ndarray] = []
+        self.features: list[np.ndarray] = []
+
+    def add(self, frames: np.ndarray) -> None:
+        start = 0
+        while start < len(frames):
+            take = min(self.batch_size - self.buffered, len(frames) - start)
+            self.pending.append(frames[start:start + take])
+            self.buffered += take
+            start += take
+            if self.buffered >= self.batch_size:
+                self.flush()
+
+    def flush(self) -> None:
+        import tensorflow as tf
+
+        if self.pending:
+            result = self.call(tf.constant(np.concatenate(self.pending), dtype=tf.float32))
+            if self.with_features:
+                result, features = result
+                self.features.append(np.asarray(features))
+            self.outputs.append(np.asarray(result))
+            self.pending.clear()
+        self.buffered = 0
+
+
+def _frame_table(frame_rows: list[dict], probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    frame_table = pd.DataFrame(frame_rows, columns=["path", "kind", "frame_index", "time_s"])
+    for k, column in enumerate(f"prob_{c}" for c in classes):
+        frame_table[column] = probs[:, k] if len(probs) else []
+    frame_table["pred"] = np.asarray(classes)[probs.argmax(axis=1)] if len(probs) else []
+    return frame_table
 
 
 def _read_ahead(files, read, expected_errors, depth: int = 4, workers: int = 2):
@@ -198,9 +234,6 @@ def _read_ahead(files, read, expected_errors, depth: int = 4, workers: int = 2):
     and TensorFlow both release the GIL, so they overlap). Decoding every frame of a 30-60 fps
     video to keep 3 per second costs more CPU than the model itself: on 2 cores two decoding
     threads gave 92-96 frames/s against 74-79 with one (20 videos, EfficientNet-Lite0 224 px)."""
-    import collections
-    from concurrent.futures import ThreadPoolExecutor
-
     queue = collections.deque()
     remaining = iter(files)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="covnb-decode") as pool:
@@ -221,41 +254,27 @@ def _read_ahead(files, read, expected_errors, depth: int = 4, workers: int = 2):
             yield path, result, None
 
 
-_INFERENCE_FUNCTIONS: "weakref.WeakKeyDictionary" = None
-
-
 def _inference_function(model, size: int, with_features: bool = False):
     """One traced ``tf.function`` per model (tracing costs about a second; reuse it across calls).
 
     ``with_features``: it returns ``(probabilities, head_features)`` (for the uncertainty signals)."""
-    import weakref
+    def build():
+        import tensorflow as tf
 
-    import tensorflow as tf
-
-    global _INFERENCE_FUNCTIONS
-    if _INFERENCE_FUNCTIONS is None:
-        _INFERENCE_FUNCTIONS = weakref.WeakKeyDictionary()
-    functions = _INFERENCE_FUNCTIONS.setdefault(model, {})
-    function = functions.get(with_features)
-    if function is None:
-        import keras
-
-        target = keras.Model(model.input, [model.output, model.get_layer("head_features").output]) \
+        target = keras.Model(model.input, [model.output, model.get_layer(HEAD_FEATURES).output]) \
             if with_features else model
-        function = tf.function(lambda x: target(x, training=False),
-                               input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)])
-        functions[with_features] = function
-    return function
+        return tf.function(lambda x: target(x, training=False),
+                           input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)])
+
+    return cached_for_model(model, ("predict", with_features), build)
 
 
 def _video_table(frames: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     columns = [f"prob_{c}" for c in classes]
     if frames.empty:
         return pd.DataFrame(columns=["path", "kind", "n_frames", *columns, "pred", "pred_vote", "vote_fraction"])
-    grouped = frames.groupby("path", sort=False)
-    videos = grouped[columns].mean()
-    videos.insert(0, "n_frames", grouped.size())
-    videos.insert(0, "kind", grouped["kind"].first())
+    videos = video_level(frames, columns, ["path"], carry=("kind",)).set_index("path")
+    videos = videos[["kind", "n_frames", *columns]]
     videos["pred"] = np.asarray(classes)[videos[columns].to_numpy().argmax(axis=1)]
     # Majority vote, ties broken by the mean probability.
     vote_counts = frames.pivot_table(index="path", columns="pred", values="frame_index", aggfunc="count",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
@@ -87,26 +86,11 @@ def source_held_out_folds(samples: pd.DataFrame, *, positive_label: str = "covid
     n_folds = min(n_splits, len(held_blocks))
     if n_folds < n_splits:
         notes.append(f"{len(held_blocks)} {positive_label} source block(s) -> {n_folds} folds instead of {n_splits}")
-    rng = np.random.default_rng(seed)
-    order = sorted(held_blocks.index, key=lambda b: (-held_blocks[b], rng.random()))
-    load, fold_of_block = np.zeros(n_folds), {}
-    for name in order:  # largest first into the emptiest fold (ties broken by the seed)
-        fold = int(np.argmin(load + rng.random(n_folds) * 1e-3))
-        fold_of_block[name] = fold
-        load[fold] += held_blocks[name]
+    fold_of_block = _pack_blocks(held_blocks, n_folds, seed)
     folds = np.full(len(samples), -1, dtype=int)
     in_held = np.isin(block, list(fold_of_block))
     folds[in_held] = [fold_of_block[b] for b in block[in_held]]
-    rest = np.nonzero(~in_held)[0]
-    if len(rest):
-        rest_blocks = block[rest]
-        n_rest = min(n_folds, len(set(rest_blocks)))
-        if n_rest >= 2:
-            splitter = StratifiedGroupKFold(n_splits=n_rest, shuffle=True, random_state=seed)
-            for fold, (_, test) in enumerate(splitter.split(rest, labels[rest], rest_blocks)):
-                folds[rest[test]] = fold
-        else:
-            folds[rest] = 0
+    _split_other_blocks(folds, np.nonzero(~in_held)[0], block, labels, n_folds, seed)
     held_out = {int(f): sorted(b.split(":", 1)[1] for b, g in fold_of_block.items() if g == f and b.startswith("source:"))
                 for f in range(n_folds)}
     for fold in range(n_folds):
@@ -116,6 +100,33 @@ def source_held_out_folds(samples: pd.DataFrame, *, positive_label: str = "covid
     result = pd.Series(folds, index=samples.index, name="fold")
     result.attrs.update(protocol="source", held_out=held_out, notes=notes)
     return result
+
+
+def _pack_blocks(held_blocks: pd.Series, n_folds: int, seed: int) -> dict[str, int]:
+    """{block: fold}: blocks (positive files each) largest first into the emptiest fold, ties broken by the seed."""
+    rng = np.random.default_rng(seed)
+    order = sorted(held_blocks.index, key=lambda b: (-held_blocks[b], rng.random()))
+    load, fold_of_block = np.zeros(n_folds), {}
+    for name in order:
+        fold = int(np.argmin(load + rng.random(n_folds) * 1e-3))
+        fold_of_block[name] = fold
+        load[fold] += held_blocks[name]
+    return fold_of_block
+
+
+def _split_other_blocks(folds: np.ndarray, rest: np.ndarray, block: np.ndarray, labels: np.ndarray, n_folds: int,
+                        seed: int) -> None:
+    """Fill ``folds`` at rows ``rest`` (files of sources without positives): blocks split stratified by label."""
+    if not len(rest):
+        return
+    rest_blocks = block[rest]
+    n_rest = min(n_folds, len(set(rest_blocks)))
+    if n_rest < 2:
+        folds[rest] = 0
+        return
+    splitter = StratifiedGroupKFold(n_splits=n_rest, shuffle=True, random_state=seed)
+    for fold, (_, test) in enumerate(splitter.split(rest, labels[rest], rest_blocks)):
+        folds[rest[test]] = fold
 
 
 def _merge_blocks_sharing_groups(block: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -245,7 +256,7 @@ class AuditReport:
         return "\n".join(lines)
 
 
-def audit_split(table: pd.DataFrame, folds, frames: np.ndarray | None = None, max_distance: int = 12,
+def audit_split(table: pd.DataFrame, folds, frames: np.ndarray | None = None, *, max_distance: int = 12,
                 check_files: bool = True, raise_on_leak: bool = True) -> AuditReport:
     """Check that no patient group, identical file or near-identical frame appears in two folds.
 

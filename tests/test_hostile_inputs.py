@@ -178,11 +178,11 @@ def test_pixel_limit_is_settable_and_applies_to_frames_and_videos(tmp_path, monk
 
 
 def test_video_declaring_too_many_frames_is_skipped(tmp_path, monkeypatch):
-    import covnb.datasets as datasets
+    import covnb.media as media
 
     root = _class_folders(tmp_path / "data")
     write_video(root / "covid" / "long.mp4", n_frames=12)
-    monkeypatch.setattr(datasets, "MAX_VIDEO_FRAMES", 5)
+    monkeypatch.setattr(media, "MAX_VIDEO_FRAMES", 5)
     assert _skipped(load_dataset(root))["long.mp4"] == "video declares 12 frames, more than the limit of 5"
 
 

@@ -23,7 +23,8 @@ from covnb.evaluate import (plot_confusion_matrices, plot_model_selection, plot_
 from covnb.experiments.crossval import CVResult, _split_samples, fit_final_model, run_cross_validation
 from covnb.experiments.recipes import TrainConfig, recipe_config
 from covnb.frames import FrameSettings, extract_frames
-from covnb.models import _jsonable, save_model
+from covnb.io_utils import to_jsonable
+from covnb.models import save_model
 from covnb.splits import source_held_out_folds
 
 __all__ = ["PROTOCOL_KEYS", "TrainingResult", "run_training", "model_metadata", "save_final_model",
@@ -414,7 +415,7 @@ def run_training(data=None, out_dir: str | Path = "covnb-train", config: TrainCo
                                           fingerprint=fingerprint, final_history=histories)
         result["final_model_seconds"] = time.perf_counter() - started
     result["paths"] = {k: str(v) for k, v in paths.items()}
-    paths["metrics"].write_text(json.dumps(_jsonable(result), indent=2))
+    paths["metrics"].write_text(json.dumps(to_jsonable(result), indent=2))
     from covnb.trust import trust_outputs  # calibration, uncertainty, model card (issue 14); imports this package
 
     result = trust_outputs(out, result, frameset=frameset, config=config, samples=loaded.samples, n_boot=n_boot,

@@ -662,7 +662,7 @@ def _learning_curve_fitter(recipe, index, frame_labels, classes, embeddings, fra
     if frames is None:
         raise ValueError(f"recipe {recipe!r} trains through covnb.train and needs the frames (frames=...)")
     from covnb.experiments.crossval import RecipeCandidates
-    from covnb.train import recipe_config
+    from covnb.experiments.recipes import recipe_config
 
     config = train_config or recipe_config(recipe)
     if config.engine != "cached" or config.trainable != "head" or config.fine_tune_epochs:

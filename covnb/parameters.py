@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from covnb.run_folders import default_output_dir
+
 __all__ = ["Parameter", "ParameterError", "SCHEMAS", "validate_parameters"]
 
 
@@ -308,8 +310,6 @@ def validate_parameters(notebook: str, params: Mapping[str, Any], *, running: bo
     except ValueError as error:
         raise ParameterError(f"{notebook}: {error}") from None
     if running and "output_dir" in values and values["output_dir"] is None:
-        from covnb.report import default_output_dir
-
         values["output_dir"] = str(default_output_dir(notebook))
         print(f"output_dir: {values['output_dir']}")
     return values

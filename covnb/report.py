@@ -25,18 +25,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
-from importlib import resources as importlib_resources
 from pathlib import Path
 
 import yaml
 
 import covnb
+from covnb.run_folders import NOTEBOOKS_DIR, PACKAGE_DIR, PROFILES_DIR, default_output_dir, new_run_dir  # noqa: F401 (API)
 
 # The notebooks and profiles ship inside the package (in a checkout, covnb/notebooks and covnb/profiles are
 # symbolic links to the top-level notebooks/ and reports/, the one copy people open and edit).
-PACKAGE_DIR = Path(str(importlib_resources.files("covnb")))
-NOTEBOOKS_DIR = PACKAGE_DIR / "notebooks"
-PROFILES_DIR = PACKAGE_DIR / "profiles"
 DEFAULT_TIMEOUT_S = 1800
 PACKAGES = ["covnb", "tensorflow", "keras", "numpy", "pandas", "scikit-learn", "opencv-python-headless",
             "matplotlib", "seaborn", "papermill", "nbconvert", "ipywidgets"]
@@ -209,39 +206,6 @@ def package_versions() -> dict:
         except importlib_metadata.PackageNotFoundError:
             versions[name] = None
     return versions
-
-
-def new_run_dir(out: Path, profile: str) -> Path:
-    """A fresh folder for a run; never an existing one."""
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    for attempt in range(1000):
-        run_dir = out / (f"{profile}-{stamp}" if attempt == 0 else f"{profile}-{stamp}-{attempt}")
-        try:
-            run_dir.mkdir()
-            return run_dir
-        except FileExistsError:
-            continue
-    raise ReportError(f"could not create a new run folder in {out}")
-
-
-def default_output_dir(notebook: str, *, cwd: str | Path | None = None) -> Path:
-    """A new folder ``runs/<notebook>-<UTC time>`` for a notebook run by hand (its ``output_dir`` left at None).
-
-    It lies under the working directory, except when that is inside the covnb package, its notebooks or the
-    source checkout (JupyterLab runs a notebook inside ``notebooks/``) or is not writable: then under the
-    covnb cache (``covnb.cache.cache_dir("runs")``). Nothing is ever written next to the notebooks.
-    """
-    from covnb.cache import cache_dir
-
-    here = Path(cwd if cwd is not None else os.getcwd()).expanduser().resolve()
-    protected = {PACKAGE_DIR.resolve(), NOTEBOOKS_DIR.resolve(), PROFILES_DIR.resolve()}
-    checkout = PACKAGE_DIR.resolve().parent
-    if (checkout / "pyproject.toml").is_file():
-        protected.add(checkout)
-    inside = any(here == folder or folder in here.parents for folder in protected)
-    base = cache_dir("runs") if inside or not os.access(here, os.W_OK) else here / "runs"
-    return new_run_dir(base, notebook)
 
 
 def verify_run(run_dir: str | Path) -> list[str]:

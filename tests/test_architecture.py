@@ -18,15 +18,20 @@ PACKAGE = Path(__file__).resolve().parents[1] / "covnb"
 #: Stages of the data flow, first to last: a module may import modules of its own or an earlier
 #: stage, never of a later one. (A module not listed here is still checked for cycles.)
 STAGES = {
-    "base": {"__init__", "io_utils", "registry", "cache", "quiet", "aggregate", "compiled", "media", "canonical"},
+    "base": {"__init__", "io_utils", "registry", "cache", "quiet", "aggregate", "compiled", "media", "canonical",
+             "run_folders"},
     "data": {"phantom_draw", "phantom", "near_duplicates", "datasets", "fetch", "splits"},
     "frames": {"frames"},
     "features": {"torch_pickle", "efficientnet_lite", "backbones", "models", "weights"},
-    "fit": {"train", "fewshot", "uncertainty"},
-    "evaluate": {"evaluate", "calibration", "predict", "prediction_trust", "heatmaps", "cam", "cam_export", "widgets",
-                 "audit",
-                 "explore", "backbone_comparison"},
-    "report": {"trust", "model_card", "report", "report_page", "notebook_html", "cli", "__main__"},
+    "fit": {"experiments.recipes", "experiments.features", "experiments.fitting", "uncertainty", "feature_norm"},
+    # cross-validation and few-shot episodes fit and score: they sit with evaluation
+    "evaluate": {"experiments.crossval", "fewshot", "evaluate", "calibration", "predict", "prediction_trust", "heatmaps", "cam", "cam_export", "widgets",
+                 "explore", "ensemble"},
+    "report": {"experiments.training", "experiments", "train", "audit", "backbone_comparison", "trust", "model_card", "parameters", "report",
+               "report_page", "notebook_html", "cli", "__main__"},
+    # what the notebooks call: figures, sentences and studies built on everything above
+    "notebooks": {"notebook_display", "recipe_text", "transfer_study", "study_plots", "exploration_summary",
+                  "fewshot_study", "fewshot_text", "cam_figures", "cam_model", "trust_demo"},
 }
 ORDER = list(STAGES)
 STAGE_OF = {module: ORDER.index(stage) for stage, modules in STAGES.items() for module in modules}
@@ -34,32 +39,64 @@ STAGE_OF = {module: ORDER.index(stage) for stage, modules in STAGES.items() for 
 #: Edges still to be removed by the restructuring of train.py (issue 10: its fitting and
 #: cross-validation move out, and trust.py then imports those modules instead of train). Each one
 #: must still exist: remove it from here when it goes.
-PENDING_EDGES = {
-    ("train", "trust"),  # run_training calls trust_outputs, which calls back into train's internals
-    ("train", "evaluate"),  # train scores its folds; the fit stage should not need the evaluate stage
-}
+PENDING_EDGES: set[tuple[str, str]] = set()
+
+
+def _module_name(path: Path) -> str:
+    """``frames`` for covnb/frames.py, ``experiments.crossval`` for covnb/experiments/crossval.py,
+    ``experiments`` for covnb/experiments/__init__.py (the package's own __init__ stays ``__init__``)."""
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _resolve(dotted: str, names, modules: set[str]) -> list[str]:
+    """The covnb modules an ``import`` of ``dotted`` (relative to covnb, may be '') with ``names`` reaches."""
+    found = []
+    if dotted and dotted in modules:
+        found.append(dotted)
+    for name in names:
+        candidate = f"{dotted}.{name}" if dotted else name
+        if candidate in modules:
+            found.append(candidate)
+    if not found and dotted:  # a name inside a module of a subpackage: its longest existing prefix
+        parts = dotted.split(".")
+        while parts and ".".join(parts) not in modules:
+            parts.pop()
+        if parts:
+            found.append(".".join(parts))
+    return found
 
 
 def import_graph() -> dict[str, dict[str, int]]:
-    """{module: {imported covnb module: line}} for every module of the package."""
-    modules = {path.stem for path in PACKAGE.glob("*.py")}
+    """{module: {imported covnb module: line}} for every module of the package and its subpackages."""
+    paths = sorted(path for path in PACKAGE.rglob("*.py") if "notebooks" not in path.parts)
+    modules = {_module_name(path) for path in paths}
     graph: dict[str, dict[str, int]] = {}
-    for path in sorted(PACKAGE.glob("*.py")):
+    for path in paths:
+        me = _module_name(path)
+        package = me if path.name == "__init__.py" else me.rpartition(".")[0]
         edges: dict[str, int] = {}
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
             targets: list[str] = []
             if isinstance(node, ast.Import):
-                targets = [alias.name.split(".")[1] for alias in node.names if alias.name.startswith("covnb.")]
+                for alias in node.names:
+                    if alias.name.startswith("covnb."):
+                        targets += _resolve(alias.name.split(".", 1)[1], [], modules)
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                parts = node.module.split(".")
-                if parts[0] == "covnb":
-                    targets = [parts[1]] if len(parts) > 1 else [a.name for a in node.names if a.name in modules]
-            elif isinstance(node, ast.ImportFrom) and node.level:  # relative imports: from . import x
-                targets = [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
+                if node.module == "covnb" or node.module.startswith("covnb."):
+                    dotted = node.module.split(".", 1)[1] if "." in node.module else ""
+                    targets = _resolve(dotted, [a.name for a in node.names], modules)
+            elif isinstance(node, ast.ImportFrom) and node.level:  # relative: from .x import y
+                base = package.split(".") if package and package != "__init__" else []
+                base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+                dotted = ".".join(base + ([node.module] if node.module else []))
+                targets = _resolve(dotted, [a.name for a in node.names], modules)
             for target in targets:
-                if target in modules and target != path.stem:
+                if target != me:
                     edges.setdefault(target, node.lineno)
-        graph[path.stem] = edges
+        graph[me] = edges
     return graph
 
 

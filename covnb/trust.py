@@ -30,6 +30,7 @@ import pandas as pd
 
 __all__ = [
     "TRUST_SUFFIX",
+    "inner_fold_predictions",
     "trust_outputs",
     "trust_arrays_path",
     "load_trust_arrays",
@@ -115,6 +116,61 @@ def _fold_heads(frameset, config, classes, folds: pd.DataFrame, history: pd.Data
         kernels.append(kernel)
         biases.append(bias)
     return np.stack(kernels).astype(np.float32), np.stack(biases).astype(np.float32)
+
+
+INNER_FOLDS = 5
+
+
+def inner_fold_predictions(frameset, config, classes, folds: pd.DataFrame, history: pd.DataFrame, features: dict,
+                           model, n_inner: int = INNER_FOLDS) -> dict | None:
+    """Out-of-fold frame predictions INSIDE every outer fold's training data, for nested calibration.
+
+    For each split seed and outer fold: the training patients (roles train and validation in
+    ``folds.csv``) are split into ``n_inner`` patient-grouped, label-stratified inner folds
+    (scikit-learn ``StratifiedGroupKFold``, seeded by split seed and fold); the fold's head is
+    refitted (the same recipe and the C its outer fold chose, ``training_history.csv``) on all
+    inner folds but one and predicts that one. The outer test fold is never touched. Returns
+    ``{(seed, fold): frame table (fold = inner fold, sample_id, group, label, prob_<class>)}``,
+    or None when the recipe's head is not a refittable logistic head.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from covnb.train import FoldData, _encode_frames, _predict_rows, fit_fold
+
+    if config.solver != "logistic" or "C" not in history or config.select:
+        return None
+    index, classes, labels, groups, sample_ids, _ = _encode_frames(frameset, classes)
+    first_frame = pd.Series(np.arange(len(sample_ids))).groupby(sample_ids, sort=False).first()
+    result = {}
+    for (seed, fold), of_fold in folds.groupby(["seed", "fold"]):
+        c_values = history[(history["seed"] == seed) & (history["fold"] == fold)]["C"].dropna()
+        if c_values.empty:
+            return None
+        fold_config = dataclasses.replace(config, linear_probe_cs=(float(c_values.iloc[0]),))
+        training = sorted(set(of_fold.loc[of_fold["role"].isin(["train", "validation"]), "sample_id"]))
+        rows_of = first_frame.reindex(training).to_numpy()
+        video_labels, video_groups = labels[rows_of], groups[rows_of]
+        # every inner fold should hold each class: at most as many folds as the rarest class has patients
+        patients_per_class = pd.Series(video_groups).groupby(video_labels).nunique()
+        n_splits = int(min(n_inner, patients_per_class.min())) if len(patients_per_class) == len(classes) else 0
+        if n_splits < 2:
+            continue
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=int(seed) * 100 + int(fold))
+        parts = []
+        for inner, (fit_videos, test_videos) in enumerate(splitter.split(rows_of, video_labels, video_groups)):
+            fit_rows = np.nonzero(np.isin(sample_ids, np.asarray(training)[fit_videos]))[0]
+            test_rows = np.nonzero(np.isin(sample_ids, np.asarray(training)[test_videos]))[0]
+            data = FoldData(frameset.frames, labels, fit_rows, np.zeros(0, dtype=int), features, sample_ids)
+            fit_fold(model, data, fold_config, groups, len(classes),
+                     seed=int(config.seed) + 1000 * int(seed) + 100 * int(fold) + inner, log=None)
+            probs = _predict_rows(model, data, test_rows, fold_config)
+            part = index.iloc[test_rows][["sample_id", "group", "label"]].copy()
+            part.insert(0, "fold", inner)
+            for k, name in enumerate(classes):
+                part[f"prob_{name}"] = probs[:, k]
+            parts.append(part)
+        result[(seed, fold)] = pd.concat(parts, ignore_index=True)
+    return result
 
 
 def heldout_ood_table(ids, video_features, folds: pd.DataFrame) -> pd.DataFrame:
@@ -237,11 +293,27 @@ def trust_outputs(out_dir, result: dict, *, frameset=None, config=None, samples:
         keep = [c for c in DATA_COLUMNS if c in samples]
         paths["data_samples"] = out / "data_samples.csv"
         samples[keep].to_csv(paths["data_samples"], index=False)
-    summary, tables = evaluate_calibration(oof, classes, n_boot=n_boot, seed=int(result.get("config", {}).get("seed", 0)))
+    features = _video_features(frameset, config, log) if frameset is not None and config is not None else None
+    inner = None
+    if features is not None and len(history):
+        inner = inner_fold_predictions(frameset, config, classes, folds, history, features[2]["features"],
+                                       features[2]["model"])
+    summary, tables = evaluate_calibration(oof, classes, n_boot=n_boot, seed=int(result.get("config", {}).get("seed", 0)),
+                                           inner_tables=inner)
     calibration_block = fit_final_calibration(oof, classes, DEFAULT_METHOD)
-    calibration = {"method": DEFAULT_METHOD, "evaluation": "cross-fitted: the map of outer fold k is fitted on the "
-                   "other outer folds' out-of-fold predictions of the same split seed, never on fold k",
+    if inner is not None:
+        evaluation = (f"fully nested: for outer fold k, the method ('auto': none, temperature, vector, Platt or "
+                      f"isotonic, by the ECE of maps cross-fitted over {INNER_FOLDS} inner patient-grouped folds) and "
+                      "the map are fitted on inner out-of-fold predictions of fold k's training data only, per level")
+    else:
+        evaluation = ("cross-fitted: the map of outer fold k is fitted on the other outer folds' out-of-fold "
+                      "predictions of the same split seed, never on fold k")
+    calibration = {"method": DEFAULT_METHOD, "evaluation": evaluation,
                    "ece_bins": summary["frame"]["raw"]["ece_bins"], "levels": summary, "final_map": calibration_block}
+    if inner is not None:
+        calibration["selected_per_outer_fold"] = {
+            level: pd.Series(list(tables[level][DEFAULT_METHOD].attrs.get("selected", {}).values())).value_counts().to_dict()
+            for level in ("frame", "video")}
     calibrated_frames = tables["frame"][DEFAULT_METHOD]
     calibrated_videos = tables["video"][DEFAULT_METHOD]
     paths["calibrated_oof_predictions"] = out / "calibrated_oof_predictions.csv"
@@ -260,7 +332,6 @@ def trust_outputs(out_dir, result: dict, *, frameset=None, config=None, samples:
     arrays: dict[str, np.ndarray] = {}
     ood = None
     shift = pd.DataFrame()
-    features = _video_features(frameset, config, log) if frameset is not None and config is not None else None
     if features is not None:
         ids, video_features, extra = features
         ood = heldout_ood_table(ids, video_features, folds)

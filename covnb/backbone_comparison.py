@@ -78,22 +78,28 @@ def compare_backbones(data, backbones=("efficientnet_lite0",), *, seeds=(0,), n_
     labels = set(dataset.samples["label"].astype(str))
     positive = "covid" if "covid" in labels else sorted(labels)[0]
     rows = []
-    with tempfile.TemporaryDirectory(prefix="covnb-backbones-") as scratch:
-        root = Path(out_dir) if out_dir is not None else Path(scratch)
-        for name in backbones:
-            config = recipe_config("default", backbone=name, weights=weights, image_size=image_size,
-                                   seed=int(seeds[0]), mirror_view=mirror)
-            metrics = run_training(dataset, out_dir=root / name, config=config, task=task, n_folds=n_folds,
-                                   seeds=list(seeds), frame_settings=frame_settings, final_model=False, figures=False, n_boot=n_boot,
-                                   baseline=True, protocols=tuple(protocols), log=None)
-            row = comparison_row(metrics, positive=positive)
-            if time_features:
-                row["feature_ms_per_frame"] = 1000 * feature_seconds_per_frame(name, image_size=image_size,
-                                                                               weights=weights)
-            rows.append(row)
-            if log:
-                log(f"{name}: video balanced accuracy {row['balanced_accuracy']:.3f} "
-                    f"(linear probe {row['linear_probe_balanced_accuracy']:.3f})")
+    import covnb.trust as trust
+
+    nested, trust.NESTED_CALIBRATION = trust.NESTED_CALIBRATION, False  # the table has no calibration column
+    try:
+        with tempfile.TemporaryDirectory(prefix="covnb-backbones-") as scratch:
+            root = Path(out_dir) if out_dir is not None else Path(scratch)
+            for name in backbones:
+                config = recipe_config("default", backbone=name, weights=weights, image_size=image_size,
+                                       seed=int(seeds[0]), mirror_view=mirror)
+                metrics = run_training(dataset, out_dir=root / name, config=config, task=task, n_folds=n_folds,
+                                       seeds=list(seeds), frame_settings=frame_settings, final_model=False, figures=False, n_boot=n_boot,
+                                       baseline=True, protocols=tuple(protocols), log=None)
+                row = comparison_row(metrics, positive=positive)
+                if time_features:
+                    row["feature_ms_per_frame"] = 1000 * feature_seconds_per_frame(name, image_size=image_size,
+                                                                                   weights=weights)
+                rows.append(row)
+                if log:
+                    log(f"{name}: video balanced accuracy {row['balanced_accuracy']:.3f} "
+                        f"(linear probe {row['linear_probe_balanced_accuracy']:.3f})")
+    finally:
+        trust.NESTED_CALIBRATION = nested
     table = pd.DataFrame(rows)
     return table, plot_backbone_comparison(table, positive=positive)
 

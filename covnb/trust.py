@@ -119,6 +119,9 @@ def _fold_heads(frameset, config, classes, folds: pd.DataFrame, history: pd.Data
 
 
 INNER_FOLDS = 5
+#: Evaluate calibration fully nested (inner refits of every outer fold's head) when the recipe allows;
+#: :func:`covnb.backbone_comparison.compare_backbones`, whose table has no calibration, turns it off.
+NESTED_CALIBRATION = True
 
 
 def inner_fold_predictions(frameset, config, classes, folds: pd.DataFrame, history: pd.DataFrame, features: dict,
@@ -298,7 +301,7 @@ def trust_outputs(out_dir, result: dict, *, frameset=None, config=None, samples:
         samples[keep].to_csv(paths["data_samples"], index=False)
     features = _video_features(frameset, config, log) if frameset is not None and config is not None else None
     inner = None
-    if features is not None and len(history):
+    if features is not None and len(history) and NESTED_CALIBRATION:
         inner = inner_fold_predictions(frameset, config, classes, folds, history, features[2]["features"],
                                        features[2]["model"])
     summary, tables = evaluate_calibration(oof, classes, n_boot=n_boot, seed=int(result.get("config", {}).get("seed", 0)),

@@ -130,8 +130,12 @@ def predict_paths(model_path, paths, batch_size: int = 32, use_cache: bool = Fal
 
     from covnb.trust import annotate_predictions, load_trust_arrays
 
-    model, metadata = model_path if isinstance(model_path, tuple) else load_model(model_path)
-    arrays = None if isinstance(model_path, tuple) or not metadata.get("trust") else load_trust_arrays(model_path)
+    # a loaded (model, metadata) pair may carry the trust arrays third ((model, metadata, arrays))
+    model, metadata, *loaded_arrays = model_path if isinstance(model_path, tuple) else load_model(model_path)
+    if isinstance(model_path, tuple):
+        arrays = loaded_arrays[0] if loaded_arrays and metadata.get("trust") else None
+    else:
+        arrays = load_trust_arrays(model_path) if metadata.get("trust") else None
     with_features = bool(arrays) and "head_features" in [layer.name for layer in model.layers]
     classes = [str(c) for c in metadata["classes"]]
     settings = frame_settings_from_metadata(metadata)

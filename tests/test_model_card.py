@@ -121,3 +121,15 @@ def test_the_report_page_links_the_runs_model_card(real_run):
     assert f'href="{run.name}/MODEL_CARD.html"' in page
     card = (run / "MODEL_CARD.html").read_text()
     assert "<h2" in card and "Intended use" in card
+
+
+@pytest.mark.slow
+def test_cli_predict_reports_every_uncertainty_signal(real_run, tmp_path):
+    from covnb.cli import main
+
+    run, result, subset = real_run
+    out = tmp_path / "predict.csv"
+    assert main(["predict", str(run), *list(subset["path"].iloc[:2]), "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert {"fold_agreement", "ood_score", "uncertain", "uncertain_reason", "confidence"} <= set(table)
+    assert table["fold_agreement"].between(0, 1).all() and (table["ood_score"] > 0).all()

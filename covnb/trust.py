@@ -144,9 +144,6 @@ def inner_fold_predictions(frameset, config, classes, folds: pd.DataFrame, histo
         return None
     index, classes, labels, groups, sample_ids, _ = _encode_frames(frameset, classes)
     first_frame = pd.Series(np.arange(len(sample_ids))).groupby(sample_ids, sort=False).first()
-    # The C is fixed (one candidate), so the probe's grouped C-selection loop decides nothing: two
-    # alternating groups of videos keep it to its minimum of two splits (the fit itself is unchanged).
-    selection_groups = (pd.factorize(sample_ids)[0] % 2).astype(str)
     result = {}
     for (seed, fold), of_fold in folds.groupby(["seed", "fold"]):
         c_values = history[(history["seed"] == seed) & (history["fold"] == fold)]["C"].dropna()
@@ -167,7 +164,7 @@ def inner_fold_predictions(frameset, config, classes, folds: pd.DataFrame, histo
             fit_rows = np.nonzero(np.isin(sample_ids, np.asarray(training)[fit_videos]))[0]
             test_rows = np.nonzero(np.isin(sample_ids, np.asarray(training)[test_videos]))[0]
             data = FoldData(frameset.frames, labels, fit_rows, np.zeros(0, dtype=int), features, sample_ids)
-            fit_fold(model, data, fold_config, selection_groups, len(classes),
+            fit_fold(model, data, fold_config, groups, len(classes),
                      seed=int(config.seed) + 1000 * int(seed) + 100 * int(fold) + inner, log=None)
             probs = _predict_rows(model, data, test_rows, fold_config)
             part = index.iloc[test_rows][["sample_id", "group", "label"]].copy()

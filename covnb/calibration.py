@@ -22,14 +22,22 @@ Maps (``fit_calibration``; every one takes and returns probabilities, and works 
 * ``"isotonic"``: one-vs-rest isotonic regression of ``p_k`` per class, renormalised
   (Zadrozny & Elkan 2002), scikit-learn.
 
-Evaluation without leakage (:func:`cross_fitted_predictions`): for split seed ``s`` and outer
-fold ``k`` the map is fitted on the out-of-fold predictions of the OTHER outer folds of the same
-seed and applied to fold ``k``; no prediction of fold ``k`` is used to fit the map applied to it.
-(The cheaper of the two rigorous options: those other folds' predictions come from fold models
-whose training data included fold ``k``'s patients, so fold ``k``'s labels reach its map only
-through those models, never through the map's own fit. A fully nested inner CV would remove even
-that.) The map stored with a model is fitted on all out-of-fold predictions and applied to the
-final model's outputs, as scikit-learn's ``CalibratedClassifierCV(ensemble=False)`` does.
+Evaluation without leakage, two ways:
+
+* fully nested (:func:`nested_calibrated_predictions`, used by ``covnb train`` whenever the
+  recipe's head can be refitted cheaply): for split seed ``s`` and outer fold ``k``, the fold's
+  head is refitted on inner patient-grouped folds of fold ``k``'s TRAINING data only, giving
+  inner out-of-fold predictions; the method (``"auto"``: no map or one of the four, chosen by
+  the ECE of maps cross-fitted over those inner folds, :func:`select_method`) and the map are
+  fitted on them, per level (a frame map on frames, a video map on video means), then applied
+  to fold ``k``'s outer predictions. Nothing of fold ``k`` reaches its map.
+* cross-fitted (:func:`cross_fitted_predictions`, the fallback): the map of fold ``k`` is fitted
+  on the out-of-fold predictions of the OTHER outer folds of the same seed. Fold ``k``'s labels
+  never enter the map's own fit, but they reach it through those folds' models, whose training
+  data included fold ``k``.
+
+The map stored with a model is fitted on all out-of-fold predictions and applied to the final
+model's outputs, as scikit-learn's ``CalibratedClassifierCV(ensemble=False)`` does.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ __all__ = [
     "calibration_bootstrap",
     "reliability_table",
     "cross_fitted_predictions",
+    "nested_calibrated_predictions",
     "evaluate_calibration",
     "fit_final_calibration",
     "calibrate_table",
@@ -323,22 +332,63 @@ def select_method(table: pd.DataFrame, classes, candidates=AUTO_CANDIDATES) -> t
     return min(scores, key=lambda c: (round(scores[c], 12), candidates.index(c))), scores
 
 
+def nested_calibrated_predictions(table: pd.DataFrame, inner_tables: dict, classes, method: str = DEFAULT_METHOD,
+                                  level: str = "frame") -> tuple[pd.DataFrame, dict]:
+    """Calibrated copy of an outer out-of-fold ``table`` (frame or video rows; columns ``seed``,
+    ``fold``), fully nested: rows of outer fold ``k`` of seed ``s`` get the map chosen (``"auto"``)
+    and fitted on ``inner_tables[(s, k)]`` only -- frame-level out-of-fold predictions of inner
+    folds (column ``fold``) of that outer fold's training data. ``level="video"`` fits on the
+    inner tables' video means (:func:`covnb.evaluate.video_predictions`). An outer fold without
+    inner predictions keeps its raw probabilities. Returns ``(table, {(s, k): method})``."""
+    from covnb.evaluate import video_predictions
+
+    if level not in ("frame", "video"):
+        raise ValueError(f"level must be 'frame' or 'video', got {level!r}")
+    parts, chosen = [], {}
+    seeds = table["seed"] if "seed" in table else pd.Series(0, index=table.index)
+    for seed in pd.unique(seeds):
+        of_seed = table[seeds == seed]
+        for fold in sorted(pd.unique(of_seed["fold"])):
+            test_rows = of_seed[of_seed["fold"] == fold]
+            inner = inner_tables.get((seed, fold))
+            if inner is None or inner.empty or inner["fold"].nunique() < 2:
+                parts.append(test_rows.copy())
+                chosen[(seed, fold)] = "none"
+                continue
+            inner = inner.drop(columns=["seed"], errors="ignore")
+            fit_rows = video_predictions(inner, classes, "mean") if level == "video" else inner
+            name = select_method(fit_rows, classes)[0] if method == "auto" else method
+            labels, probs = _encode(fit_rows, classes)
+            parts.append(calibrate_table(test_rows, classes, fit_calibration(probs, labels, name)))
+            chosen[(seed, fold)] = name
+    return pd.concat(parts).loc[table.index], chosen
+
+
 def _level_tables(oof: pd.DataFrame, classes) -> dict[str, pd.DataFrame]:
     return {"frame": oof, "video": video_predictions(oof, classes, "mean")}
 
 
 def evaluate_calibration(oof: pd.DataFrame, classes, *, methods=CALIBRATION_METHODS + ("auto",), n_boot: int = 1000,
-                         seed: int = 0) -> tuple[dict, dict]:
-    """Raw and cross-fitted calibrated scores (with patient-bootstrap CIs) per level and method.
+                         seed: int = 0, inner_tables: dict | None = None) -> tuple[dict, dict]:
+    """Raw and calibrated out-of-fold scores (with patient-bootstrap CIs) per level and method.
 
-    Returns ``(summary, tables)``: ``summary[level][method]`` (``"raw"`` included) and the
-    (calibrated) prediction tables ``tables[level][method]`` for figures.
+    ``inner_tables`` (``{(seed, fold): inner out-of-fold frame predictions}``): fully nested maps
+    (:func:`nested_calibrated_predictions`); without them, cross-fitted ones
+    (:func:`cross_fitted_predictions`). Returns ``(summary, tables)``: ``summary[level][method]``
+    (``"raw"`` included) and the (calibrated) prediction tables ``tables[level][method]`` for
+    figures; with ``inner_tables``, ``tables[level]["auto"].attrs["selected"]`` holds the method
+    each outer fold chose.
     """
     summary, tables = {}, {}
     for level, table in _level_tables(oof, classes).items():
         tables[level] = {"raw": table}
         for method in methods:
-            tables[level][method] = cross_fitted_predictions(table, classes, method)
+            if inner_tables is not None:
+                calibrated, chosen = nested_calibrated_predictions(table, inner_tables, classes, method, level)
+                calibrated.attrs["selected"] = chosen
+                tables[level][method] = calibrated
+            else:
+                tables[level][method] = cross_fitted_predictions(table, classes, method)
         summary[level] = {}
         for method, calibrated in tables[level].items():
             labels, probs = _encode(calibrated, classes)

@@ -414,7 +414,11 @@ def cmd_predict(args) -> int:
         paths = _input_paths(args.paths)
         if args.out:
             refuse_output_inside_inputs(args.out, [p for p in paths if Path(p).exists()])
-        predictions = predict_paths(_load_model_arg(args.model, args), paths, batch_size=args.batch_size,
+        from covnb.trust import load_trust_arrays
+
+        # the fold heads and feature density beside the model give fold_agreement, ood_score and their flags
+        loaded = (*_load_model_arg(args.model, args), load_trust_arrays(args.model))
+        predictions = predict_paths(loaded, paths, batch_size=args.batch_size,
                                     raw_probabilities=args.raw_probabilities)
     except (ModelFileError, OutputInsideInputError) as error:
         raise UsageError(str(error)) from error

@@ -180,9 +180,9 @@ def predict_paths(model_path, paths, *, batch_size: int = 32, use_cache: bool = 
 
 def _model_and_trust_arrays(model_path) -> tuple:
     """(model, metadata, trust arrays or None) of a model file, a folder holding one, or a loaded pair."""
-    if isinstance(model_path, tuple):
-        model, metadata = model_path
-        return model, metadata, None
+    if isinstance(model_path, tuple):  # a loaded (model, metadata) pair may carry the trust arrays third
+        model, metadata, *loaded_arrays = model_path
+        return model, metadata, (loaded_arrays[0] if loaded_arrays and metadata.get("trust") else None)
     model, metadata = load_model(model_path)
     return model, metadata, load_trust_arrays(model_path) if metadata.get("trust") else None
 

@@ -3,7 +3,8 @@
 One self-contained file (inline CSS, no script; figures are relative links into the run folder),
 rendered with Jinja2 from ``covnb/templates/index.html.j2``: per notebook its status and time,
 its headline numbers with their confidence intervals, thumbnails of its key figures linking to
-the full images, and for a failed notebook its error with a link to the executed notebook; then
+the full images, links to the ``MODEL_CARD.html`` of every model a notebook trained (also listed
+under the table of contents), and for a failed notebook its error with a link to the executed notebook; then
 the data (fingerprint, synthetic or real), the files that were skipped and why, the parameters,
 the seed and the package versions.
 
@@ -283,6 +284,19 @@ def _duration(seconds) -> str:
     return f"{minutes} min {rest:02d} s"
 
 
+MODEL_CARD_HTML = "MODEL_CARD.html"
+
+
+def model_card_links(run_dir: Path, folder: Path | None, folder_name: str) -> list[str]:
+    """Links (relative to the run folder) to the ``MODEL_CARD.html`` of every training run in a
+    notebook's folder (the folder itself and its sub-folders one level down)."""
+    if folder is None or not folder.is_dir():
+        return []
+    found = sorted(folder.glob(MODEL_CARD_HTML)) + sorted(folder.glob(f"*/{MODEL_CARD_HTML}"))
+    links = [_link(run_dir, f"{folder_name}/{path.relative_to(folder).as_posix()}") for path in found]
+    return [link for link in links if link]
+
+
 def notebook_card(run_dir: Path, record: dict) -> dict:
     """Everything the page shows about one notebook of the manifest."""
     record = record if isinstance(record, dict) else {}
@@ -309,6 +323,7 @@ def notebook_card(run_dir: Path, record: dict) -> dict:
         "numbers": numbers, "synthetic": isinstance(metrics, dict) and metrics.get("synthetic") is True,
         "key_figures": key_figures, "other_figures": other_figures, "more_figures": more,
         "parameters": [(str(k), json.dumps(v, default=str)) for k, v in parameters.items()],
+        "model_cards": model_card_links(run_dir, folder, folder_name),
     }
 
 
@@ -367,6 +382,7 @@ def render_index(run_dir: str | Path, manifest: dict) -> str:
         "shared_parameters": _shared_parameters(manifest.get("notebooks") or []),
         "versions": [(str(k), "" if v is None else str(v)) for k, v in versions.items()],
         "cards": cards, "counts": counts,
+        "model_cards": [(card["name"], link) for card in cards for link in card["model_cards"]],
         "manifest_link": _link(run_dir, "manifest.json"),
         "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }

@@ -26,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
 
 from covnb.calibration import DEFAULT_METHOD, evaluate_calibration, fit_final_calibration, plot_reliability
 from covnb.evaluate import _labels_and_probs
@@ -37,13 +38,14 @@ from covnb.prediction_trust import TRUST_SUFFIX, annotate_predictions, load_trus
 from covnb.registry import HEAD_FEATURES
 from covnb.experiments.crossval import encode_frames
 from covnb.experiments.features import recipe_features, recipe_model
-from covnb.experiments.fitting import FoldData, fit_fold
+from covnb.experiments.fitting import FoldData, fit_fold, predict_rows
 from covnb.uncertainty import (LOW_CONFIDENCE_QUANTILE, MIN_FOLD_AGREEMENT, OOD_QUANTILE, feature_distance,
                                fit_feature_density, heldout_feature_distances, predictive_entropy, risk_coverage,
                                separation_auroc, video_mean_features)
 
 __all__ = [
     "TRUST_SUFFIX",
+    "inner_fold_predictions",
     "trust_outputs",
     "trust_arrays_path",
     "load_trust_arrays",
@@ -100,6 +102,61 @@ def _fold_heads(frameset, config, classes, folds: pd.DataFrame, history: pd.Data
         kernels.append(kernel)
         biases.append(bias)
     return np.stack(kernels).astype(np.float32), np.stack(biases).astype(np.float32)
+
+
+INNER_FOLDS = 5
+#: Evaluate calibration fully nested (inner refits of every outer fold's head) when the recipe allows;
+#: :func:`covnb.backbone_comparison.compare_backbones`, whose table has no calibration, turns it off.
+NESTED_CALIBRATION = True
+
+
+def inner_fold_predictions(frameset, config, classes, folds: pd.DataFrame, history: pd.DataFrame, features: dict,
+                           model, n_inner: int = INNER_FOLDS) -> dict | None:
+    """Out-of-fold frame predictions INSIDE every outer fold's training data, for nested calibration.
+
+    For each split seed and outer fold: the training patients (roles train and validation in
+    ``folds.csv``) are split into ``n_inner`` patient-grouped, label-stratified inner folds
+    (scikit-learn ``StratifiedGroupKFold``, seeded by split seed and fold); the fold's head is
+    refitted (the same recipe and the C its outer fold chose, ``training_history.csv``) on all
+    inner folds but one and predicts that one. The outer test fold is never touched. Returns
+    ``{(seed, fold): frame table (fold = inner fold, sample_id, group, label, prob_<class>)}``,
+    or None when the recipe's head is not a refittable logistic head.
+    """
+    if config.solver != "logistic" or "C" not in history or config.select:
+        return None
+    index, classes, labels, groups, sample_ids, _ = encode_frames(frameset, classes)
+    first_frame = pd.Series(np.arange(len(sample_ids))).groupby(sample_ids, sort=False).first()
+    result = {}
+    for (seed, fold), of_fold in folds.groupby(["seed", "fold"]):
+        c_values = history[(history["seed"] == seed) & (history["fold"] == fold)]["C"].dropna()
+        if c_values.empty:
+            return None
+        fold_config = dataclasses.replace(config, linear_probe_cs=(float(c_values.iloc[0]),))
+        training = sorted(set(of_fold.loc[of_fold["role"].isin(["train", "validation"]), "sample_id"]))
+        rows_of = first_frame.reindex(training).to_numpy()
+        video_labels, video_groups = labels[rows_of], groups[rows_of]
+        # every inner fold should hold each class: at most as many folds as the rarest class has patients
+        patients_per_class = pd.Series(video_groups).groupby(video_labels).nunique()
+        n_splits = int(min(n_inner, patients_per_class.min())) if len(patients_per_class) == len(classes) else 0
+        if n_splits < 2:
+            continue
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=int(seed) * 100 + int(fold))
+        parts = []
+        for inner, (fit_videos, test_videos) in enumerate(splitter.split(rows_of, video_labels, video_groups)):
+            fit_rows = np.nonzero(np.isin(sample_ids, np.asarray(training)[fit_videos]))[0]
+            test_rows = np.nonzero(np.isin(sample_ids, np.asarray(training)[test_videos]))[0]
+            data = FoldData.for_recipe(fold_config, frameset.frames, labels, train_rows=fit_rows,
+                                       validation_rows=np.zeros(0, dtype=int), features=features, videos=sample_ids)
+            fit_fold(model, data, fold_config, groups, len(classes),
+                     seed=int(config.seed) + 1000 * int(seed) + 100 * int(fold) + inner, log=None)
+            probs = predict_rows(model, data, test_rows, fold_config)
+            part = index.iloc[test_rows][["sample_id", "group", "label"]].copy()
+            part.insert(0, "fold", inner)
+            for k, name in enumerate(classes):
+                part[f"prob_{name}"] = probs[:, k]
+            parts.append(part)
+        result[(seed, fold)] = pd.concat(parts, ignore_index=True)
+    return result
 
 
 def heldout_ood_table(ids, video_features, folds: pd.DataFrame) -> pd.DataFrame:
@@ -207,11 +264,13 @@ def trust_outputs(out_dir, result: dict, *, frameset=None, config=None, samples:
         keep = [c for c in DATA_COLUMNS if c in samples]
         paths["data_samples"] = out / "data_samples.csv"
         samples[keep].to_csv(paths["data_samples"], index=False)
+    features = _video_features(frameset, config, log) if frameset is not None and config is not None else None
     calibration, tables = _calibration_outputs(out, oof, classes, paths, n_boot=n_boot,
-                                               seed=int(result.get("config", {}).get("seed", 0)), log=log)
+                                               seed=int(result.get("config", {}).get("seed", 0)), log=log,
+                                               inner=_inner_tables(frameset, config, classes, folds, history, features))
     calibrated_videos = tables["video"][DEFAULT_METHOD]
     uncertainty, arrays = _uncertainty_outputs(out, calibrated_videos, classes, paths, folds=folds, history=history,
-                                               frameset=frameset, config=config, samples=samples, log=log)
+                                               frameset=frameset, config=config, samples=samples, features=features)
     if figures:
         import matplotlib.pyplot as plt
 
@@ -235,15 +294,34 @@ def trust_outputs(out_dir, result: dict, *, frameset=None, config=None, samples:
     return result
 
 
+def _inner_tables(frameset, config, classes, folds, history, features) -> dict | None:
+    """Inner out-of-fold predictions for fully nested calibration, when the recipe allows it."""
+    if features is None or not len(history) or not NESTED_CALIBRATION:
+        return None
+    return inner_fold_predictions(frameset, config, classes, folds, history, features[2]["features"],
+                                  features[2]["model"])
+
+
 def _calibration_outputs(out: Path, oof: pd.DataFrame, classes, paths: dict, *, n_boot: int, seed: int,
-                         log) -> tuple[dict, dict]:
-    """Cross-fitted calibration of the out-of-fold predictions and the final map: (``calibration``
-    block of ``metrics.json``, calibrated tables by level and method). Writes the calibrated frames."""
-    summary, tables = evaluate_calibration(oof, classes, n_boot=n_boot, seed=seed)
+                         log, inner: dict | None) -> tuple[dict, dict]:
+    """Nested (or cross-fitted) calibration of the out-of-fold predictions and the final map:
+    (``calibration`` block of ``metrics.json``, calibrated tables by level and method). Writes the
+    calibrated frames."""
+    summary, tables = evaluate_calibration(oof, classes, n_boot=n_boot, seed=seed, inner_tables=inner)
     calibration_block = fit_final_calibration(oof, classes, DEFAULT_METHOD)
-    calibration = {"method": DEFAULT_METHOD, "evaluation": "cross-fitted: the map of outer fold k is fitted on the "
-                   "other outer folds' out-of-fold predictions of the same split seed, never on fold k",
+    if inner is not None:
+        evaluation = (f"fully nested: for outer fold k, the method ('auto': none, temperature, vector, Platt or "
+                      f"isotonic, by the ECE of maps cross-fitted over {INNER_FOLDS} inner patient-grouped folds) and "
+                      "the map are fitted on inner out-of-fold predictions of fold k's training data only, per level")
+    else:
+        evaluation = ("cross-fitted: the map of outer fold k is fitted on the other outer folds' out-of-fold "
+                      "predictions of the same split seed, never on fold k")
+    calibration = {"method": DEFAULT_METHOD, "evaluation": evaluation,
                    "ece_bins": summary["frame"]["raw"]["ece_bins"], "levels": summary, "final_map": calibration_block}
+    if inner is not None:
+        calibration["selected_per_outer_fold"] = {
+            level: pd.Series(list(tables[level][DEFAULT_METHOD].attrs.get("selected", {}).values())).value_counts().to_dict()
+            for level in ("frame", "video")}
     paths["calibrated_oof_predictions"] = out / "calibrated_oof_predictions.csv"
     tables["frame"][DEFAULT_METHOD].to_csv(paths["calibrated_oof_predictions"], index=False)
     if log:
@@ -255,7 +333,7 @@ def _calibration_outputs(out: Path, oof: pd.DataFrame, classes, paths: dict, *, 
 
 
 def _uncertainty_outputs(out: Path, calibrated_videos: pd.DataFrame, classes, paths: dict, *, folds: pd.DataFrame,
-                         history: pd.DataFrame, frameset, config, samples, log) -> tuple[dict, dict]:
+                         history: pd.DataFrame, frameset, config, samples, features) -> tuple[dict, dict]:
     """Held-out thresholds, fold heads and feature density: (``uncertainty`` block, arrays of ``model.trust.npz``)."""
     _, video_probs = _labels_and_probs(calibrated_videos, classes)
     thresholds = {"min_confidence": float(np.quantile(video_probs.max(axis=1), LOW_CONFIDENCE_QUANTILE)),
@@ -264,7 +342,6 @@ def _uncertainty_outputs(out: Path, calibrated_videos: pd.DataFrame, classes, pa
     arrays: dict[str, np.ndarray] = {}
     ood = None
     shift = pd.DataFrame()
-    features = _video_features(frameset, config, log) if frameset is not None and config is not None else None
     if features is not None:
         ids, video_features, extra = features
         ood = heldout_ood_table(ids, video_features, folds)

@@ -95,6 +95,13 @@ class CamExplorer:
         Heatmaps kept in memory (least recently used ones go first).
     calibration : dict, optional
         A saved model's sidecar ``calibration`` block; the probabilities shown are then calibrated.
+    metadata : dict, optional
+        The whole sidecar (its ``calibration`` block is used when ``calibration`` is None); with its
+        ``trust`` block and ``trust_arrays`` (:func:`covnb.trust.load_trust_arrays`) the status line
+        shows the file's calibrated probability and, as ``covnb predict``, the ``uncertain`` flag
+        with its reason (:meth:`file_summary`).
+    trust_arrays : dict, optional
+        The model's saved trust arrays (fold heads, feature density).
 
     Examples
     --------
@@ -109,11 +116,16 @@ class CamExplorer:
     def __init__(self, model: keras.Model, samples: Mapping[str, np.ndarray], class_names: Sequence[str], *,
                  out_dir: str | Path = ".", layers: Sequence[str] | None = None, max_layers: int = 12,
                  batch_size: int = 16, display_width: int = 360, max_cached_heatmaps: int = 512,
-                 calibration: dict | None = None):
+                 calibration: dict | None = None, metadata: dict | None = None, trust_arrays: dict | None = None):
         import ipywidgets as widgets
 
         self.model = model
+        self.metadata = dict(metadata or {})
+        if calibration is None:
+            calibration = self.metadata.get("calibration")
         self.calibration = calibration  # a model sidecar's "calibration" block: probabilities shown calibrated
+        self.trust_arrays = trust_arrays
+        self._summaries: dict[str, dict] = {}
         self.samples = _check_samples(samples)
         self.class_names = [str(name) for name in class_names]
         n_outputs = model.outputs[0].shape[-1]
@@ -128,6 +140,7 @@ class CamExplorer:
         self._input_size = tuple(model.input.shape[1:3])
         self._model_frames: dict[str, np.ndarray] = {}
         self._probs: dict[str, np.ndarray] = {}
+        self._raw_probs: dict[str, np.ndarray] = {}
         self._heatmaps: collections.OrderedDict = collections.OrderedDict()
         self._max_cached = int(max_cached_heatmaps)
         self._inside: dict[tuple, float] = {}
@@ -250,9 +263,46 @@ class CamExplorer:
         sample = self.sample if sample is None else sample
         if sample not in self._probs:
             self.stats["model_calls"] += 1
-            self._probs[sample] = calibrate_file_probabilities({"calibration": self.calibration}, cam.predict_probs(
-                self.model, self.model_frames(sample), batch_size=self.batch_size))[0]
+            self._raw_probs[sample] = cam.predict_probs(self.model, self.model_frames(sample), batch_size=self.batch_size)
+            self._probs[sample] = calibrate_file_probabilities({"calibration": self.calibration},
+                                                               self._raw_probs[sample])[0]
         return self._probs[sample]
+
+    def file_summary(self, sample: str | None = None) -> dict:
+        """The whole file as ``covnb predict`` reports it: ``probabilities`` (the video map on the mean
+        raw frame probability), ``predicted``, ``probability``, ``label`` ("calibrated (<method>)" or
+        "raw"), and with the model's ``trust`` block ``uncertain`` and ``reason``
+        (:func:`covnb.trust.annotate_predictions`)."""
+        import pandas as pd
+
+        from covnb.trust import annotate_predictions
+
+        sample = self.sample if sample is None else sample
+        if sample not in self._summaries:
+            frames = self.model_frames(sample)
+            features = None
+            if self.trust_arrays and "head_features" in [layer.name for layer in self.model.layers]:
+                import keras
+
+                tap = keras.Model(self.model.input, self.model.get_layer("head_features").output)
+                features = np.asarray(tap.predict(np.asarray(frames, dtype="float32"), batch_size=self.batch_size,
+                                                  verbose=0))
+            self.probabilities(sample)
+            raw = self._raw_probs[sample]
+            columns = {f"prob_{name}": raw[:, k] for k, name in enumerate(self.class_names)}
+            frame_table = pd.DataFrame({"path": sample, "frame_index": np.arange(len(raw)), **columns})
+            video_table = pd.DataFrame({"path": [sample], **{c: [v.mean()] for c, v in columns.items()}})
+            metadata = {**self.metadata, "calibration": self.calibration}
+            _, videos = annotate_predictions(frame_table, video_table, self.class_names, metadata,
+                                             frame_features=features, arrays=self.trust_arrays)
+            row = videos.iloc[0]
+            probs = np.array([row[f"prob_{name}"] for name in self.class_names], dtype=float)
+            self._summaries[sample] = {
+                "probabilities": probs, "predicted": self.class_names[int(probs.argmax())],
+                "probability": float(probs.max()), "label": str(row["probabilities"]),
+                "uncertain": bool(row["uncertain"]) if "uncertain" in row else None,
+                "reason": str(row.get("uncertain_reason", "") or "")}
+        return self._summaries[sample]
 
     def target_class(self) -> int:
         """The explained class: the chosen one, or the predicted class of the current frame."""
@@ -330,6 +380,12 @@ class CamExplorer:
                 f"predicted <b>{self.class_names[predicted]}</b> ({probs[predicted]:.2f}) &middot; "
                 f"explaining <b>{self.class_names[target]}</b> with {METHOD_LABELS[self.method]} on "
                 f"<code>{self.layer}</code> &middot; heat inside sector {inside:.0%}")
+        summary = self.file_summary()
+        text += (f"<br>file: <b>{summary['predicted']}</b> {summary['probability']:.2f} ({summary['label']} "
+                 "probabilities)")
+        if summary["uncertain"] is not None:
+            text += (f" &middot; <b class='covnb-uncertain'>uncertain</b>: {summary['reason']}" if summary["uncertain"]
+                     else " &middot; <span class='covnb-certain'>not flagged uncertain</span>")
         if note:
             text += f"<br>{note}"
         self.status.value = text

@@ -52,3 +52,10 @@ def test_compare_backbones_on_the_phantom_same_folds_for_each(tmp_path):
     assert (table["feature_ms_per_frame"] > 0).all()
     folds = [(tmp_path / name / "folds.csv").read_text() for name in table["backbone"]]
     assert folds[0] == folds[1]  # same patient-grouped split for every backbone
+    import json
+
+    import covnb.trust
+
+    assert covnb.trust.NESTED_CALIBRATION is True  # switched off only while comparing
+    metrics = json.loads((tmp_path / "efficientnet_lite0" / "metrics.json").read_text())
+    assert metrics["headline"] == "patient_cv" and "source_held_out" not in metrics  # patient-grouped only

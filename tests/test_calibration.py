@@ -7,7 +7,8 @@ import pytest
 
 from covnb.calibration import (CALIBRATION_METHODS, apply_calibration, select_method, calibrate_file_probabilities,
                                calibration_bootstrap, calibration_scores, cross_fitted_predictions,
-                               evaluate_calibration, fit_calibration, fit_final_calibration, reliability_table)
+                               evaluate_calibration, fit_calibration, fit_final_calibration,
+                               nested_calibrated_predictions, reliability_table)
 
 
 def softmax(z):
@@ -79,8 +80,8 @@ def test_bootstrap_is_the_point_estimate_centre_and_groups_matter():
     assert again["ece"] == ci["ece"]  # seeded
 
 
-def oof_table(seeds=(0, 1), n_folds=4, n=800):
-    _, reported, labels = synthetic(n=n)
+def oof_table(seeds=(0, 1), n_folds=4, n=800, data_seed=0):
+    _, reported, labels = synthetic(n=n, seed=data_seed)
     classes = ["a", "b", "c"]
     parts = []
     for seed in seeds:
@@ -159,3 +160,56 @@ def test_two_folds_leave_auto_nothing_to_nest_and_keep_the_raw_probabilities():
     np.testing.assert_allclose(calibrated[columns], two[columns])
     single = cross_fitted_predictions(two[two["fold"] == 0], classes, "temperature")
     np.testing.assert_allclose(single[columns], two[two["fold"] == 0][columns])
+
+
+def _inner_tables(oof, classes, seed_offset=100):
+    """Inner tables per (seed, fold): an independent sharpened draw standing in for inner predictions."""
+    inner = {}
+    for (seed, fold), _ in oof.groupby(["seed", "fold"]):
+        table, _ = oof_table(seeds=(0,), n=400, data_seed=seed_offset + 10 * int(seed) + int(fold))
+        inner[(seed, fold)] = table.drop(columns=["seed"]).assign(fold=lambda t: t["fold"] % 4)
+    return inner
+
+
+def test_nested_maps_come_from_the_inner_tables_only_per_level():
+    oof, classes = oof_table()
+    inner = _inner_tables(oof, classes)
+    columns = [f"prob_{c}" for c in classes]
+    calibrated, chosen = nested_calibrated_predictions(oof, inner, classes, "temperature")
+    assert calibrated.index.equals(oof.index) and set(chosen.values()) == {"temperature"}
+    # fold (0, 1)'s rows carry exactly the map fitted on its inner table
+    target = (oof["seed"] == 0) & (oof["fold"] == 1)
+    from covnb.evaluate import _labels_and_probs
+
+    labels, probs = _labels_and_probs(inner[(0, 1)], classes)
+    expected = apply_calibration(fit_calibration(probs, labels, "temperature"), oof.loc[target, columns].to_numpy())
+    np.testing.assert_allclose(calibrated.loc[target, columns], expected)
+    # outer labels never reach any map: poisoning every outer label changes no calibrated probability
+    poisoned = oof.assign(label="a")
+    again, _ = nested_calibrated_predictions(poisoned, inner, classes, "auto")
+    before, selected = nested_calibrated_predictions(oof, inner, classes, "auto")
+    np.testing.assert_allclose(again[columns], before[columns])
+    assert set(selected.values()) <= {"none", "temperature", "vector", "platt", "isotonic"}
+    # the video level fits on the inner tables' video means
+    from covnb.evaluate import video_predictions
+
+    videos = video_predictions(oof, classes, "mean")
+    video_cal, _ = nested_calibrated_predictions(videos, inner, classes, "temperature", level="video")
+    inner_videos = video_predictions(inner[(0, 1)], classes, "mean")
+    labels, probs = _labels_and_probs(inner_videos, classes)
+    rows = (videos["seed"] == 0) & (videos["fold"] == 1)
+    np.testing.assert_allclose(video_cal.loc[rows, columns], apply_calibration(
+        fit_calibration(probs, labels, "temperature"), videos.loc[rows, columns].to_numpy()))
+    # an outer fold without inner predictions keeps its raw probabilities
+    missing = {k: v for k, v in inner.items() if k != (0, 1)}
+    kept, chosen = nested_calibrated_predictions(oof, missing, classes, "temperature")
+    np.testing.assert_allclose(kept.loc[target, columns], oof.loc[target, columns])
+    assert chosen[(0, 1)] == "none"
+
+
+def test_evaluate_calibration_with_inner_tables_is_nested_and_records_the_choices():
+    oof, classes = oof_table()
+    summary, tables = evaluate_calibration(oof, classes, methods=("temperature", "auto"), n_boot=20,
+                                           inner_tables=_inner_tables(oof, classes))
+    assert summary["frame"]["temperature"]["ece"]["estimate"] < summary["frame"]["raw"]["ece"]["estimate"]
+    assert len(tables["frame"]["auto"].attrs["selected"]) == oof.groupby(["seed", "fold"]).ngroups

@@ -108,3 +108,28 @@ def test_saved_model_reports_calibrated_probabilities_and_uncertainty(real_run):
     oof = pd.read_csv(run / "oof_predictions.csv")
     cal = pd.read_csv(run / "calibrated_oof_predictions.csv")
     assert len(oof) == len(cal) and set(cal.columns) >= set(columns)
+
+
+@pytest.mark.slow
+def test_the_report_page_links_the_runs_model_card(real_run):
+    from covnb.report_page import write_index
+
+    run, result, subset = real_run
+    manifest = {"profile": "test", "status": "ok", "notebooks": [
+        {"notebook": "05_trust.ipynb", "status": "ok", "output_dir": run.name, "metrics": f"{run.name}/metrics.json"}]}
+    page = write_index(run.parent, manifest).read_text()
+    assert f'href="{run.name}/MODEL_CARD.html"' in page
+    card = (run / "MODEL_CARD.html").read_text()
+    assert "<h2" in card and "Intended use" in card
+
+
+@pytest.mark.slow
+def test_cli_predict_reports_every_uncertainty_signal(real_run, tmp_path):
+    from covnb.cli import main
+
+    run, result, subset = real_run
+    out = tmp_path / "predict.csv"
+    assert main(["predict", str(run), *list(subset["path"].iloc[:2]), "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert {"fold_agreement", "ood_score", "uncertain", "uncertain_reason", "confidence"} <= set(table)
+    assert table["fold_agreement"].between(0, 1).all() and (table["ood_score"] > 0).all()

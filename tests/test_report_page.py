@@ -288,3 +288,20 @@ def test_a_report_run_writes_the_page_and_offline_math(tmp_path, monkeypatch):
         assert 'src="mathjax/MathJax.js?config=' in notebook_page and "mathjax/2.7" not in notebook_page
         assert (run_dir / MATHJAX_FOLDER / "MathJax.js").is_file()
     assert "$A_k$" in notebook_page  # left for MathJax to typeset in the browser (tests/test_browser.py)
+
+
+def test_model_cards_of_a_notebooks_runs_are_linked_from_the_page(run):
+    run_dir, manifest = run
+    (run_dir / "05_trust" / "fold run").mkdir(parents=True)
+    (run_dir / "05_trust" / "MODEL_CARD.html").write_text("<html>card</html>")
+    (run_dir / "05_trust" / "fold run" / "MODEL_CARD.html").write_text("<html>card 2</html>")
+    (run_dir / "05_trust" / "MODEL_CARD.md").write_text("# card")
+    manifest = {**manifest, "notebooks": manifest["notebooks"] + [record("05_trust")]}
+    write_index(run_dir, manifest)
+    page = parse((run_dir / "index.html").read_text())
+    cards = [link for link in page.links if link.endswith("MODEL_CARD.html")]
+    # each linked twice: in the notebook's card and in the list under the table of contents
+    assert sorted(set(cards)) == ["05_trust/MODEL_CARD.html", "05_trust/fold%20run/MODEL_CARD.html"]
+    assert len(cards) == 4 and all((run_dir / unquote(link)).is_file() for link in cards)
+    assert not any("MODEL_CARD" in link for link in parse(render_index(run_dir, {**manifest, "notebooks":
+                                                                           manifest["notebooks"][:2]})).links)

@@ -197,3 +197,33 @@ def test_non_gap_head_offers_no_cam(samples, tmp_path):
     explorer = CamExplorer(tiny_model(head="pocovid"), samples, CLASSES, out_dir=tmp_path, layers=["conv2"])
     assert [value for _, value in explorer.method_dropdown.options] == ["gradcam", "gradcam++"]
     assert explorer.layer_dropdown.options == ("conv2",)
+
+
+def test_status_shows_the_files_calibrated_probability_and_the_uncertain_flag(model, samples, tmp_path):
+    from covnb.calibration import apply_calibration
+    from covnb.uncertainty import REASONS
+
+    calibration = {"method": "temperature", "frame": {"method": "temperature", "temperature": 2.0},
+                   "video": {"method": "temperature", "temperature": 3.0}}
+    metadata = {"classes": CLASSES, "calibration": calibration,
+                "trust": {"thresholds": {"min_confidence": 0.99}, "fold_heads": 0}}
+    explorer = CamExplorer(model, samples, CLASSES, out_dir=tmp_path, metadata=metadata)
+    assert explorer.calibration == calibration  # taken from the sidecar
+    summary = explorer.file_summary("video A")
+    raw = cam.predict_probs(model, explorer.model_frames("video A"))
+    expected = apply_calibration(calibration["video"], raw.mean(axis=0, keepdims=True))[0]
+    np.testing.assert_allclose(summary["probabilities"], expected, rtol=1e-5)
+    assert summary["label"] == "calibrated (temperature)"
+    assert summary["uncertain"] is True and summary["reason"] == REASONS[0]  # 3 classes at T=3: far below 0.99
+    status = explorer.status.value
+    assert f"file: <b>{summary['predicted']}</b> {summary['probability']:.2f} (calibrated (temperature)" in status
+    assert f"uncertain</b>: {REASONS[0]}" in status
+    explorer.sample_dropdown.value = "image B"
+    assert "file: <b>" in explorer.status.value and explorer.file_summary()["label"] == "calibrated (temperature)"
+
+
+def test_status_without_a_sidecar_says_raw_and_no_flag(explorer):
+    summary = explorer.file_summary()
+    assert summary["label"] == "raw" and summary["uncertain"] is None
+    np.testing.assert_allclose(summary["probabilities"], explorer.probabilities().mean(axis=0), rtol=1e-5)
+    assert "(raw probabilities)" in explorer.status.value and "uncertain" not in explorer.status.value

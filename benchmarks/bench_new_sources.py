@@ -1,0 +1,144 @@
+"""What each idea of issue 13 section 4 moves on source-held-out folds (and patient-grouped ones).
+
+    python benchmarks/bench_new_sources.py --data ../shared/data/pocus --out /tmp/ns VARIANT...
+
+Every variant is cross-validated with covnb's own machinery (:func:`covnb.train.run_cross_validation`)
+on source-held-out and patient-grouped folds, split seeds 10-14, video level (mean frame
+probability); one JSON line per variant and protocol is appended to ``OUT/results.jsonl`` and the
+out-of-fold predictions are kept (``OUT/<variant>_<protocol>.csv``) so ensembles average them.
+Variants: see :data:`VARIANTS` (``ens:a+b`` averages the stored predictions of a and b).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+VARIANTS = {
+    # name: (recipe, config overrides, frame settings overrides, feature normalisation, input normalisation)
+    "default": ("default", {}, {}, "none", False),
+    "linear_probe": ("linear_probe", {}, {}, "none", False),
+    "device2": ("default", dict(device_views=2), {}, "none", False),
+    "device4": ("default", dict(device_views=4), {}, "none", False),
+    "fnorm_source": ("default", {}, {}, "source", False),
+    "fnorm_source_scale": ("default", {}, {}, "source_scale", False),
+    "fnorm_video_scale": ("default", {}, {}, "video_scale", False),
+    "fnorm_video_frames": ("default", dict(train_unit="frame"), {}, "video", False),
+    "intensity": ("default", {}, {}, "none", True),
+    "resnet50": ("default", dict(backbone="resnet50"), {}, "none", False),
+    "lite1": ("default", dict(backbone="efficientnet_lite1"), {}, "none", False),
+    "pca8": ("default", dict(feature_pca=8), {}, "none", False),
+    "pca16": ("default", dict(feature_pca=16), {}, "none", False),
+    "pca32": ("default", dict(feature_pca=32), {}, "none", False),
+    "pca64": ("default", dict(feature_pca=64), {}, "none", False),
+    "strong_c": ("default", dict(linear_probe_cs=(1e-5, 1e-4, 1e-3)), {}, "none", False),
+    "top_video_mirror": ("default", dict(head="gap"), {}, "none", False),
+    "canonical": ("default", {}, dict(canonical="crop+inpaint"), "none", False),
+    "mask": ("default", {}, dict(mask_sector=True), "none", False),
+    "auto": ("auto", {}, {}, "none", False),
+}
+
+
+def _summary(oof, classes) -> dict:
+    from covnb.evaluate import summarize_cv
+
+    video = summarize_cv(oof, classes, n_boot=0)["video_mean"]
+    mean, std = video["pooled_mean"], video["pooled_std"]
+    return {"balanced_accuracy": mean["balanced_accuracy"], "balanced_accuracy_std": std["balanced_accuracy"],
+            "covid_sensitivity": mean.get("covid_sensitivity"), "covid_specificity": mean.get("covid_specificity")}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--seeds", default="10,11,12,13,14")
+    parser.add_argument("--protocols", default="source,patient")
+    parser.add_argument("--positive", default="covid")
+    parser.add_argument("variants", nargs="+")
+    args = parser.parse_args(argv)
+    import covnb.train as train
+    from covnb.datasets import default_task, load_dataset, select_task
+    from covnb.feature_norm import normalise_features, standardise_video_intensity
+    from covnb.frames import FrameSettings, extract_frames
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    dataset = load_dataset(args.data)
+    samples = select_task(dataset.samples, default_task(dataset))
+    framesets = {}
+    original_prepare = train._prepare_features
+    for name in args.variants:
+        protocols = args.protocols.split(",")
+        if name.startswith("ens:"):
+            members = name[4:].split("+")
+            for protocol in protocols:
+                oofs = [pd.read_csv(out / f"{m}_{protocol}.csv") for m in members]
+                classes = sorted(oofs[0]["label"].unique())
+                from covnb.ensemble import average_oof
+
+                averaged = average_oof(oofs, classes)
+                averaged.to_csv(out / f"{name.replace(':', '_')}_{protocol}.csv", index=False)
+                row = {"variant": name, "protocol": protocol, **_summary(averaged, classes),
+                       "seconds": sum(json.loads(line)["seconds"] for line in (out / "results.jsonl").read_text()
+                                      .splitlines() if json.loads(line)["variant"] in members
+                                      and json.loads(line)["protocol"] == protocol)}
+                print(json.dumps(row), flush=True)
+                with open(out / "results.jsonl", "a") as handle:
+                    handle.write(json.dumps(row) + "\n")
+            continue
+        recipe, overrides, frame_overrides, fnorm, intensity = VARIANTS[name]
+        mirror = not any(m in ("X-ray", "CT") for m in samples.get("modality", pd.Series(dtype=str)).unique())
+        if recipe == "default":
+            overrides = {"mirror_view": mirror, **overrides}
+        if recipe == "auto" and not mirror:
+            overrides = {"select": tuple(n for n, s in train.SELECTION_CANDIDATES.items() if not s["mirror_view"]),
+                         **overrides}
+        config = train.recipe_config(recipe, seed=seeds[0], **overrides)
+        settings = FrameSettings(image_size=224, **frame_overrides)
+        key = json.dumps(dataclasses.asdict(settings), sort_keys=True) + str(intensity)
+        if key not in framesets:
+            frameset = extract_frames(samples, settings)
+            if intensity:
+                frameset = dataclasses.replace(frameset, frames=standardise_video_intensity(
+                    frameset.frames, frameset.index["sample_id"].to_numpy()))
+            framesets[key] = frameset
+        frameset = framesets[key]
+        index = frameset.index.reset_index(drop=True)
+
+        def prepare(frames, candidate, model, log, _mode=fnorm, _index=index):
+            features = original_prepare(frames, candidate, model, log)
+            if features is not None and _mode != "none":
+                features = {**features, "head": normalise_features(features["head"], _index, _mode)}
+            return features
+
+        train._prepare_features = prepare
+        classes = sorted(index["label"].unique())
+        for protocol in protocols:
+            started = time.perf_counter()
+            cv = train.run_cross_validation(frameset, config, n_folds=5, seeds=seeds, log=None, classes=classes,
+                                            group_by=protocol, positive_label=args.positive)
+            seconds = time.perf_counter() - started
+            cv.oof.to_csv(out / f"{name}_{protocol}.csv", index=False)
+            row = {"variant": name, "protocol": protocol, **_summary(cv.oof, classes), "seconds": seconds}
+            if "selected" in cv.oof:
+                row["selected"] = cv.oof.drop_duplicates(["seed", "fold"])["selected"].value_counts().to_dict()
+            print(json.dumps(row), flush=True)
+            with open(out / "results.jsonl", "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+        train._prepare_features = original_prepare
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -77,7 +77,9 @@ def main(argv=None) -> int:
     dataset = load_dataset(args.data)
     samples = select_task(dataset.samples, default_task(dataset))
     framesets = {}
-    original_prepare = train._prepare_features
+    from covnb.experiments import crossval  # the cross-validation looks its stored features up here
+
+    original_prepare = crossval.recipe_features
     for name in args.variants:
         protocols = args.protocols.split(",")
         if name.startswith("ens:"):
@@ -122,7 +124,7 @@ def main(argv=None) -> int:
                 features = {**features, "head": normalise_features(features["head"], _index, _mode)}
             return features
 
-        train._prepare_features = prepare
+        crossval.recipe_features = prepare
         classes = sorted(index["label"].unique())
         for protocol in protocols:
             started = time.perf_counter()
@@ -136,7 +138,7 @@ def main(argv=None) -> int:
             print(json.dumps(row), flush=True)
             with open(out / "results.jsonl", "a") as handle:
                 handle.write(json.dumps(row) + "\n")
-        train._prepare_features = original_prepare
+        crossval.recipe_features = original_prepare
     return 0
 
 

@@ -20,13 +20,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "covnb"
 STAGES = {
     "base": {"__init__", "io_utils", "registry", "cache", "quiet", "aggregate", "compiled", "media", "canonical",
              "run_folders"},
-    "data": {"phantom_style", "phantom_screen", "phantom_draw", "phantom", "near_duplicates", "datasets", "fetch", "splits"},
+    "data": {"phantom_style", "phantom_screen", "phantom_draw", "phantom", "near_duplicates", "datasets", "fetch",
+             "splits"},
     "frames": {"frames"},
     "features": {"torch_pickle", "efficientnet_lite", "backbones", "models", "weights"},
     "fit": {"experiments.recipes", "experiments.features", "experiments.fitting", "uncertainty", "feature_norm",
             "fewshot_embeddings", "fewshot_episodes", "fewshot_methods"},
     # cross-validation and few-shot episodes fit and score: they sit with evaluation
-    "evaluate": {"experiments.crossval", "fewshot_evaluation", "fewshot_curves", "fewshot_plots", "fewshot", "evaluate", "calibration", "predict", "prediction_trust", "heatmaps", "cam", "cam_export", "widgets",
+    "evaluate": {"experiments.crossval", "fewshot_evaluation", "fewshot_curves", "fewshot_plots", "fewshot", "evaluate",
+                 "calibration", "predict", "prediction_trust", "heatmaps", "cam", "cam_export", "widgets",
+                 "explore_common", "explore_census", "explore_frames", "explore_duplicates", "explore_phantom",
                  "explore", "ensemble"},
     "report": {"experiments.training", "experiments", "train", "audit", "backbone_comparison", "trust", "model_card", "parameters", "report",
                "report_page", "notebook_html", "cli", "__main__"},

@@ -44,7 +44,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from covnb import phantom_draw
+from covnb import phantom_draw, phantom_screen, phantom_style
 from covnb.cache import cache_dir
 from covnb.io_utils import replace_folder
 from covnb.media import count_frames
@@ -374,9 +374,10 @@ _WRITE_SIGNATURE = inspect.signature(write_phantom_dataset)
 
 @functools.lru_cache(maxsize=1)
 def _generator_fingerprint() -> str:
-    """Hash of the phantom's source (this module and :mod:`covnb.phantom_draw`): the drawing code is
-    part of the cache key."""
-    return hashlib.sha1(Path(__file__).read_bytes() + Path(phantom_draw.__file__).read_bytes()).hexdigest()[:12]
+    """Hash of the phantom's source (this module, :mod:`covnb.phantom_style`, :mod:`covnb.phantom_draw`
+    and :mod:`covnb.phantom_screen`): the drawing code is part of the cache key."""
+    sources = (__file__, phantom_style.__file__, phantom_draw.__file__, phantom_screen.__file__)
+    return hashlib.sha1(b"".join(Path(source).read_bytes() for source in sources)).hexdigest()[:12]
 
 
 def _is_complete(folder: Path) -> bool:

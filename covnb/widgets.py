@@ -27,6 +27,8 @@ import keras
 from covnb import cam
 from covnb.calibration import calibrate_file_probabilities
 from covnb.io_utils import slug
+from covnb.prediction_trust import annotate_predictions
+from covnb.registry import HEAD_FEATURES
 
 __all__ = ["CamExplorer", "METHOD_LABELS", "COLORMAPS"]
 
@@ -97,7 +99,7 @@ class CamExplorer:
         A saved model's sidecar ``calibration`` block; the probabilities shown are then calibrated.
     metadata : dict, optional
         The whole sidecar (its ``calibration`` block is used when ``calibration`` is None); with its
-        ``trust`` block and ``trust_arrays`` (:func:`covnb.trust.load_trust_arrays`) the status line
+        ``trust`` block and ``trust_arrays`` (:func:`covnb.prediction_trust.load_trust_arrays`) the status line
         shows the file's calibrated probability and, as ``covnb predict``, the ``uncertain`` flag
         with its reason (:meth:`file_summary`).
     trust_arrays : dict, optional
@@ -272,19 +274,17 @@ class CamExplorer:
         """The whole file as ``covnb predict`` reports it: ``probabilities`` (the video map on the mean
         raw frame probability), ``predicted``, ``probability``, ``label`` ("calibrated (<method>)" or
         "raw"), and with the model's ``trust`` block ``uncertain`` and ``reason``
-        (:func:`covnb.trust.annotate_predictions`)."""
+        (:func:`covnb.prediction_trust.annotate_predictions`)."""
         import pandas as pd
-
-        from covnb.trust import annotate_predictions
 
         sample = self.sample if sample is None else sample
         if sample not in self._summaries:
             frames = self.model_frames(sample)
             features = None
-            if self.trust_arrays and "head_features" in [layer.name for layer in self.model.layers]:
+            if self.trust_arrays and HEAD_FEATURES in [layer.name for layer in self.model.layers]:
                 import keras
 
-                tap = keras.Model(self.model.input, self.model.get_layer("head_features").output)
+                tap = keras.Model(self.model.input, self.model.get_layer(HEAD_FEATURES).output)
                 features = np.asarray(tap.predict(np.asarray(frames, dtype="float32"), batch_size=self.batch_size,
                                                   verbose=0))
             self.probabilities(sample)

@@ -28,7 +28,7 @@ STAGES = {
     "evaluate": {"experiments.crossval", "fewshot", "evaluate", "calibration", "predict", "prediction_trust", "heatmaps", "cam", "cam_export", "widgets",
                  "explore", "ensemble"},
     "report": {"experiments.training", "experiments", "train", "audit", "backbone_comparison", "trust", "model_card", "parameters", "report",
-               "report_page", "notebook_html", "cli", "__main__"},
+               "report_page", "notebook_html", "cli", "cli_common", "cli_data", "cli_train", "cli_cam", "__main__"},
     # what the notebooks call: figures, sentences and studies built on everything above
     "notebooks": {"notebook_display", "recipe_text", "transfer_study", "study_plots", "exploration_summary",
                   "fewshot_study", "fewshot_text", "cam_figures", "cam_model", "trust_demo"},

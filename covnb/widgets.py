@@ -275,7 +275,7 @@ class CamExplorer:
         (:func:`covnb.trust.annotate_predictions`)."""
         import pandas as pd
 
-        from covnb.trust import annotate_predictions
+        from covnb.prediction_trust import annotate_predictions
 
         sample = self.sample if sample is None else sample
         if sample not in self._summaries:

@@ -22,7 +22,7 @@ STAGES = {
              "run_folders"},
     "data": {"phantom_draw", "phantom", "near_duplicates", "datasets", "fetch", "splits"},
     "frames": {"frames"},
-    "features": {"torch_pickle", "efficientnet_lite", "backbones", "models", "weights"},
+    "features": {"torch_pickle", "efficientnet_lite", "backbones", "models", "weights", "weights_tfjs"},
     "fit": {"experiments.recipes", "experiments.features", "experiments.fitting", "uncertainty", "feature_norm"},
     # cross-validation and few-shot episodes fit and score: they sit with evaluation
     "evaluate": {"experiments.crossval", "fewshot", "evaluate", "calibration", "predict", "prediction_trust", "heatmaps", "cam", "cam_export", "widgets",

@@ -20,7 +20,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "covnb"
 STAGES = {
     "base": {"__init__", "io_utils", "registry", "cache", "quiet", "aggregate", "compiled", "media", "canonical",
              "run_folders"},
-    "data": {"phantom_draw", "phantom", "near_duplicates", "datasets", "fetch", "splits"},
+    "data": {"phantom_draw", "phantom", "near_duplicates", "datasets", "dataset_table", "dataset_layouts", "fetch",
+             "splits"},
     "frames": {"frames"},
     "features": {"torch_pickle", "efficientnet_lite", "backbones", "models", "weights", "weights_tfjs"},
     "fit": {"experiments.recipes", "experiments.features", "experiments.fitting", "uncertainty", "feature_norm"},

@@ -247,11 +247,7 @@ def load_csv_indexed(root: str | Path, index_csv: str | Path | None = None, imag
             empty_ids.append(name)
         rows.append(_csv_row(root, path, name, label, copies[0], patient) | media)
     if empty_ids:
-        warning = (f"{len(empty_ids)} row(s) of {index_path.name} have an empty {patient_column}: each is its own "
-                   f"group: {', '.join(empty_ids[:20])}{' ...' if len(empty_ids) > 20 else ''}")
-        print(f"covnb: warning: {warning}", file=sys.stderr)
-        notes.insert(0, f"WARNING {warning}")
-        grouping += f"; {len(empty_ids)} image(s) with an empty id are their own groups"
+        grouping = _warn_empty_patient_ids(empty_ids, index_path, patient_column, grouping, notes)
     notes.insert(0, f"grouping: {grouping}")
     for path in _media_files(folder, skipped):
         if _unlisted_media(path, folder, by_name):
@@ -259,6 +255,16 @@ def load_csv_indexed(root: str | Path, index_csv: str | Path | None = None, imag
     dataset = _finish(rows, skipped, root, "csv", notes)
     dataset.grouping = grouping
     return dataset
+
+
+def _warn_empty_patient_ids(empty_ids: list[str], index_path: Path, patient_column: str, grouping: str,
+                            notes: list[str]) -> str:
+    """Say loudly (stderr and the notes) which rows have an empty patient id; the grouping text that says so."""
+    warning = (f"{len(empty_ids)} row(s) of {index_path.name} have an empty {patient_column}: each is its own "
+               f"group: {', '.join(empty_ids[:20])}{' ...' if len(empty_ids) > 20 else ''}")
+    print(f"covnb: warning: {warning}", file=sys.stderr)
+    notes.insert(0, f"WARNING {warning}")
+    return grouping + f"; {len(empty_ids)} image(s) with an empty id are their own groups"
 
 
 def _csv_grouping(index_path: Path, patient_column: str | None) -> str:

@@ -100,8 +100,6 @@ def fetch_pocus(
     >>> verify_pocus()["changed"]                   # doctest: +SKIP
     []
     """
-    if sha256 is None and url == DEFAULT_POCUS_URL:
-        sha256 = POCUS_ARCHIVE_SHA256
     data_home = Path(data_home).expanduser() if data_home is not None else cache_dir("data")
     target = data_home / POCUS_FOLDER
     if not force and _is_pocus_folder(target):
@@ -113,10 +111,7 @@ def fetch_pocus(
             "to replace it."
         )
     data_home.mkdir(parents=True, exist_ok=True)
-    record = read_fetch_record(data_home)
-    pinned_by_record = sha256 is None and record is not None and record.get("url") == url
-    if pinned_by_record:
-        sha256 = record["archive_sha256"]
+    sha256, pinned_by_record = _archive_pin(data_home, url, sha256)
 
     archive = None
     staging = None
@@ -148,6 +143,18 @@ def fetch_pocus(
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _archive_pin(data_home: Path, url: str, sha256: str | None) -> tuple[str | None, bool]:
+    """``(expected SHA-256, whether it comes from the first download's record)``: the argument, else the
+    constant for :data:`DEFAULT_POCUS_URL`, else the one recorded for the same URL (None: trust on first use)."""
+    if sha256 is None and url == DEFAULT_POCUS_URL:
+        sha256 = POCUS_ARCHIVE_SHA256
+    record = read_fetch_record(data_home)
+    pinned_by_record = sha256 is None and record is not None and record.get("url") == url
+    if pinned_by_record:
+        sha256 = record["archive_sha256"]
+    return sha256, pinned_by_record
 
 
 def _download(url: str, destination: Path, timeout: float, progress: bool, target: Path) -> None:
@@ -272,55 +279,8 @@ def _extract_data_folder(archive: Path, staging: Path, url: str, target: Path,
         )
     try:
         with zipfile.ZipFile(archive) as zf:
-            members = zf.infolist()
-            for info in members:
-                reason = unsafe_member_reason(info.filename)
-                if reason is not None:
-                    raise FetchError(
-                        f"The archive from {url} holds an unsafe member path {info.filename!r} ({reason}); "
-                        "refusing to extract it. " + _advice(url, target)
-                    )
-            prefix = _find_data_prefix([m.filename for m in members])
-            if prefix is None:
-                raise FetchError(
-                    f"The archive from {url} has no data/ folder (expected <repository>-<branch>/data/). "
-                    + _advice(url, target)
-                )
-            wanted = [info for info in members if info.filename.startswith(prefix) and info.filename != prefix]
-            declared = sum(info.file_size for info in wanted)
-            if declared > max_bytes:
-                raise FetchError(
-                    f"The archive from {url} would extract to {_human(declared)}, more than the cap of "
-                    f"{_human(max_bytes)}; refusing it. " + _advice(url, target)
-                )
-            bad = zf.testzip()
-            if bad is not None:
-                raise FetchError(
-                    f"The archive from {url} is corrupt (member {bad!r} fails its CRC check). "
-                    + _advice(url, target)
-                )
-            written = 0
-            for info in wanted:
-                relative = info.filename[len(prefix):]
-                destination = _safe_destination(staging, relative)
-                if destination is None:
-                    raise FetchError(
-                        f"The archive from {url} holds member {info.filename!r} whose target lies outside "
-                        "the extraction folder; refusing to extract it. " + _advice(url, target)
-                    )
-                if info.is_dir():
-                    destination.mkdir(parents=True, exist_ok=True)
-                    continue
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as source, open(destination, "xb") as out:
-                    while block := source.read(_CHUNK):
-                        written += len(block)
-                        if written > max_bytes:
-                            raise FetchError(
-                                f"The archive from {url} extracts to more than the cap of {_human(max_bytes)} "
-                                "(its members are larger than they declare); refusing it. " + _advice(url, target)
-                            )
-                        out.write(block)
+            prefix, wanted = _checked_data_members(zf, url, target, max_bytes)
+            _write_members(zf, wanted, prefix, staging, url, target, max_bytes)
     except zipfile.BadZipFile as error:
         raise FetchError(f"The archive from {url} is corrupt ({error}). " + _advice(url, target)) from None
     except FileExistsError as error:
@@ -334,6 +294,66 @@ def _extract_data_folder(archive: Path, staging: Path, url: str, target: Path,
             f"The data/ folder of the archive from {url} lacks dataset_metadata.csv or "
             "pocus_videos/ / pocus_images/. " + _advice(url, target)
         )
+
+
+def _checked_data_members(zf: zipfile.ZipFile, url: str, target: Path, max_bytes: int):
+    """``(prefix, members)``: the ``<top>/data/`` prefix and the members below it, once every member name is
+    safe, the declared size within ``max_bytes`` and every CRC right."""
+    members = zf.infolist()
+    for info in members:
+        reason = unsafe_member_reason(info.filename)
+        if reason is not None:
+            raise FetchError(
+                f"The archive from {url} holds an unsafe member path {info.filename!r} ({reason}); "
+                "refusing to extract it. " + _advice(url, target)
+            )
+    prefix = _find_data_prefix([m.filename for m in members])
+    if prefix is None:
+        raise FetchError(
+            f"The archive from {url} has no data/ folder (expected <repository>-<branch>/data/). "
+            + _advice(url, target)
+        )
+    wanted = [info for info in members if info.filename.startswith(prefix) and info.filename != prefix]
+    declared = sum(info.file_size for info in wanted)
+    if declared > max_bytes:
+        raise FetchError(
+            f"The archive from {url} would extract to {_human(declared)}, more than the cap of "
+            f"{_human(max_bytes)}; refusing it. " + _advice(url, target)
+        )
+    bad = zf.testzip()
+    if bad is not None:
+        raise FetchError(
+            f"The archive from {url} is corrupt (member {bad!r} fails its CRC check). "
+            + _advice(url, target)
+        )
+    return prefix, wanted
+
+
+def _write_members(zf: zipfile.ZipFile, wanted, prefix: str, staging: Path, url: str, target: Path,
+                   max_bytes: int) -> None:
+    """Write ``wanted`` below ``staging`` (without ``prefix``), stopping once more than ``max_bytes`` come out."""
+    written = 0
+    for info in wanted:
+        relative = info.filename[len(prefix):]
+        destination = _safe_destination(staging, relative)
+        if destination is None:
+            raise FetchError(
+                f"The archive from {url} holds member {info.filename!r} whose target lies outside "
+                "the extraction folder; refusing to extract it. " + _advice(url, target)
+            )
+        if info.is_dir():
+            destination.mkdir(parents=True, exist_ok=True)
+            continue
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        with zf.open(info) as source, open(destination, "xb") as out:
+            while block := source.read(_CHUNK):
+                written += len(block)
+                if written > max_bytes:
+                    raise FetchError(
+                        f"The archive from {url} extracts to more than the cap of {_human(max_bytes)} "
+                        "(its members are larger than they declare); refusing it. " + _advice(url, target)
+                    )
+                out.write(block)
 
 
 def _find_data_prefix(names: list[str]) -> str | None:

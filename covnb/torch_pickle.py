@@ -71,14 +71,9 @@ _MAX_TENSOR_DIMS = 16
 def _check_geometry(storage_numel: int, offset, size: tuple, stride: tuple) -> str | None:
     """Why a tensor view (offset, size, stride, in elements) does not fit a storage of
     ``storage_numel`` elements; None when every element it reads lies inside the storage."""
-    if not all(type(v) is int for v in (offset, *size, *stride)):
-        return "offset, sizes and strides must be integers"
-    if len(size) != len(stride):
-        return f"{len(size)} sizes but {len(stride)} strides"
-    if len(size) > _MAX_TENSOR_DIMS:
-        return f"{len(size)} dimensions (at most {_MAX_TENSOR_DIMS})"
-    if offset < 0 or any(n < 0 for n in size) or any(s < 0 for s in stride):
-        return f"negative offset, size or stride (offset {offset}, size {size}, stride {stride})"
+    problem = _malformed_view(offset, size, stride)
+    if problem is not None:
+        return problem
     elements = 1
     for n in size:
         elements *= n
@@ -90,6 +85,19 @@ def _check_geometry(storage_numel: int, offset, size: tuple, stride: tuple) -> s
     if last >= storage_numel:
         return (f"offset {offset}, size {size}, stride {stride} read value {last}, beyond the "
                 f"{storage_numel} values its storage holds")
+    return None
+
+
+def _malformed_view(offset, size: tuple, stride: tuple) -> str | None:
+    """Why (offset, size, stride) cannot describe a tensor view at all, whatever its storage; None when it can."""
+    if not all(type(v) is int for v in (offset, *size, *stride)):
+        return "offset, sizes and strides must be integers"
+    if len(size) != len(stride):
+        return f"{len(size)} sizes but {len(stride)} strides"
+    if len(size) > _MAX_TENSOR_DIMS:
+        return f"{len(size)} dimensions (at most {_MAX_TENSOR_DIMS})"
+    if offset < 0 or any(n < 0 for n in size) or any(s < 0 for s in stride):
+        return f"negative offset, size or stride (offset {offset}, size {size}, stride {stride})"
     return None
 
 

@@ -20,10 +20,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "covnb"
 STAGES = {
     "base": {"__init__", "io_utils", "registry", "cache", "quiet", "aggregate", "compiled", "media", "canonical",
              "run_folders"},
-    "data": {"phantom_style", "phantom_screen", "phantom_draw", "phantom", "near_duplicates", "datasets", "fetch",
-             "splits"},
+    "data": {"phantom_style", "phantom_screen", "phantom_draw", "phantom", "near_duplicates", "datasets", "dataset_table",
+             "dataset_layouts", "fetch", "splits"},
     "frames": {"frames"},
-    "features": {"torch_pickle", "efficientnet_lite", "backbones", "models", "weights"},
+    "features": {"torch_pickle", "efficientnet_lite", "backbones", "models", "weights", "weights_tfjs"},
     "fit": {"experiments.recipes", "experiments.features", "experiments.fitting", "uncertainty", "feature_norm",
             "fewshot_embeddings", "fewshot_episodes", "fewshot_methods"},
     # cross-validation and few-shot episodes fit and score: they sit with evaluation
@@ -32,7 +32,7 @@ STAGES = {
                  "explore_common", "explore_census", "explore_frames", "explore_duplicates", "explore_phantom",
                  "explore", "ensemble"},
     "report": {"experiments.training", "experiments", "train", "audit", "backbone_comparison", "trust", "model_card", "parameters", "report",
-               "report_page", "notebook_html", "cli", "__main__"},
+               "report_page", "notebook_html", "cli", "cli_common", "cli_data", "cli_train", "cli_cam", "__main__"},
     # what the notebooks call: figures, sentences and studies built on everything above
     "notebooks": {"notebook_display", "recipe_text", "transfer_study", "study_plots", "exploration_summary",
                   "fewshot_study", "fewshot_text", "cam_figures", "cam_model", "trust_demo"},

@@ -141,9 +141,9 @@ def test_cross_validation_never_leaks_patients(frameset, monkeypatch):
     seen = []
     real_fit_fold = train.fit_fold
 
-    def spy(model, data, config, groups, n_classes, **kwargs):
+    def spy(model, data, config, groups, **kwargs):
         seen.append((set(groups[data.train_rows]), set(groups[data.validation_rows])))
-        return real_fit_fold(model, data, config, groups, n_classes, **kwargs)
+        return real_fit_fold(model, data, config, groups, **kwargs)
 
     monkeypatch.setattr(crossval, "fit_fold", spy)  # where cross-validation looks it up
     cv = run_cross_validation(frameset, tiny("linear_probe"), n_folds=3, seeds=(0, 1), log=None)

@@ -31,10 +31,10 @@ def embeddings_from_folder(path: str, image_size: int, backbone: str):
     samples = select_task(dataset.samples, default_task(dataset))
     frameset = extract_frames(samples, FrameSettings(image_size=image_size), progress=False)
     started = time.perf_counter()
-    embeddings = fewshot.compute_embeddings(frameset, backbone, image_size)
+    embeddings = fewshot.compute_embeddings(frameset, backbone=backbone, image_size=image_size)
     first = time.perf_counter() - started
     started = time.perf_counter()
-    embeddings = fewshot.compute_embeddings(frameset, backbone, image_size)
+    embeddings = fewshot.compute_embeddings(frameset, backbone=backbone, image_size=image_size)
     cached = time.perf_counter() - started
     print(f"embeddings of {len(frameset)} frames: first call {first:.1f} s, cached call {cached:.2f} s")
     x, table = fewshot.sample_embeddings(embeddings, frameset.index)
@@ -86,8 +86,9 @@ def main() -> None:
     base_mean = x[base].mean(0)
     for name, method in methods.items():
         started = time.perf_counter()
-        table = fewshot.evaluate_episodes(x[~base], labels[~base], groups[~base], {name: method}, 3, args.k_shot,
-                                          args.q_query, args.episodes, seed=0, base_mean=base_mean)
+        table = fewshot.evaluate_episodes(x[~base], labels[~base], groups[~base], {name: method}, n_way=3,
+                                          k_shot=args.k_shot, q_query=args.q_query, n_episodes=args.episodes,
+                                          seed=0, base_mean=base_mean)
         seconds = time.perf_counter() - started
         summary = fewshot.accuracy_summary(table["accuracy"])
         print(f"{name + f' ({args.episodes} episodes, {args.k_shot}-shot)':<44} {seconds:7.2f} s  "

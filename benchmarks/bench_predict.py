@@ -50,7 +50,8 @@ def main(argv=None):
     videos = dataset.samples[dataset.samples["kind"] == "video"]
     paths = list(videos["path"].iloc[: args.files])
     settings = FrameSettings(image_size=args.image_size)
-    model = build_model(args.backbone, 3, args.head, args.image_size, None if args.weights == "none" else args.weights)
+    model = build_model(args.backbone, 3, args.head, args.image_size,
+                        weights=None if args.weights == "none" else args.weights)
     folder = tempfile.mkdtemp()
     model_path = save_model(model, os.path.join(folder, "model.keras"),
                             {"classes": ["covid", "pneumonia", "regular"], "image_size": args.image_size,

@@ -332,7 +332,7 @@ def select_method(table: pd.DataFrame, classes, candidates=AUTO_CANDIDATES) -> t
     return min(scores, key=lambda c: (round(scores[c], 12), candidates.index(c))), scores
 
 
-def nested_calibrated_predictions(table: pd.DataFrame, inner_tables: dict, classes, method: str = DEFAULT_METHOD,
+def nested_calibrated_predictions(table: pd.DataFrame, inner_tables: dict, classes, *, method: str = DEFAULT_METHOD,
                                   level: str = "frame") -> tuple[pd.DataFrame, dict]:
     """Calibrated copy of an outer out-of-fold ``table`` (frame or video rows; columns ``seed``,
     ``fold``), fully nested: rows of outer fold ``k`` of seed ``s`` get the map chosen (``"auto"``)
@@ -384,7 +384,8 @@ def evaluate_calibration(oof: pd.DataFrame, classes, *, methods=CALIBRATION_METH
         tables[level] = {"raw": table}
         for method in methods:
             if inner_tables is not None:
-                calibrated, chosen = nested_calibrated_predictions(table, inner_tables, classes, method, level)
+                calibrated, chosen = nested_calibrated_predictions(table, inner_tables, classes, method=method,
+                                                                   level=level)
                 calibrated.attrs["selected"] = chosen
                 tables[level][method] = calibrated
             else:

@@ -26,7 +26,7 @@ def short_name(sample_id, width: int = 24) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def most_confident(table: pd.DataFrame, probs: np.ndarray, class_index: int, count: int, class_names,
+def most_confident(table: pd.DataFrame, probs: np.ndarray, class_index: int, count: int, *, class_names,
                    labelled: bool = True) -> np.ndarray:
     """Positions of the best frame of each file for ``class_index`` (its own files when ``labelled``),
     most confident first, one file per patient before a second one."""
@@ -39,14 +39,14 @@ def most_confident(table: pd.DataFrame, probs: np.ndarray, class_index: int, cou
     return pd.concat([one_per_patient, best.drop(one_per_patient.index)])["position"].to_numpy()[:count]
 
 
-def plot_gallery(model, frames, table, probs, class_names, *, n_gallery: int, method: str, layer, threshold: float,
+def plot_gallery(model, frames, table, probs, *, class_names, n_gallery: int, method: str, layer, threshold: float,
                  labelled: bool, title: str):
     """Heatmaps of the most confident frames per class (rows). Returns ``(figure, class -> sample ids)``."""
     fig, axes = plt.subplots(len(class_names), n_gallery, figsize=(2.6 * n_gallery, 2.8 * len(class_names)),
                              squeeze=False)
     gallery = {}
     for row, name in enumerate(class_names):
-        positions = most_confident(table, probs, row, n_gallery, class_names, labelled)
+        positions = most_confident(table, probs, row, n_gallery, class_names=class_names, labelled=labelled)
         gallery[name] = [str(table["sample_id"].iloc[p]) for p in positions]
         if len(positions):
             result = cam.explain(model, frames[positions], method=method, class_index=row, layer=layer)
@@ -66,7 +66,7 @@ def plot_gallery(model, frames, table, probs, class_names, *, n_gallery: int, me
     return fig, gallery
 
 
-def plot_heat_inside_sector(frames, index, example: int, heatmap, peaks: pd.DataFrame, method: str):
+def plot_heat_inside_sector(frames, index, example: int, heatmap, *, peaks: pd.DataFrame, method: str):
     """One frame's sector and heatmap, and per class the fraction of heat inside the sector.
 
     Returns ``(figure, heat inside on the example, median sector share of a frame)``.
@@ -109,7 +109,7 @@ def plot_method_agreement(agreement: pd.DataFrame):
     return fig
 
 
-def plot_methods_side_by_side(frames, results: dict, agreement: pd.DataFrame, table, class_names, predicted, *,
+def plot_methods_side_by_side(frames, results: dict, agreement: pd.DataFrame, table, *, class_names, predicted,
                               box: int, threshold: float):
     """The frames with the most, typical and least agreement between methods, every method's map beside them."""
     # An empty (constant) map has no correlation: such frames count as the least agreement.
@@ -136,7 +136,7 @@ def plot_methods_side_by_side(frames, results: dict, agreement: pd.DataFrame, ta
     return fig
 
 
-def explorer_samples(table, probs, frames, class_names, labelled: bool = True) -> dict:
+def explorer_samples(table, probs, frames, *, class_names, labelled: bool = True) -> dict:
     """Per class, the file (a video when there is one) with the highest mean probability: ``"class: file" -> frames``."""
     by_sample = table.assign(position=np.arange(len(table)))
     chosen = {}
@@ -162,7 +162,7 @@ def median_or_none(values, digits: int = 4):
     return round(float(np.median(finite)), digits) if len(finite) else None
 
 
-def explain_all(model, frames, index, class_names, methods, class_index, *, layer=None, box: int = 19) -> tuple:
+def explain_all(model, frames, index, class_names, *, methods, class_index, layer=None, box: int = 19) -> tuple:
     """Every method's heatmaps of every frame (for ``class_index``) and their peaks.
 
     Returns ``(method -> CamResult, peaks of all methods, timings)``; the first call of each

@@ -30,7 +30,7 @@ def _codes(groups) -> np.ndarray:
     return pd.factorize(np.asarray(groups, dtype=str))[0]
 
 
-def standardise_within(features: np.ndarray, groups, center: bool = True, scale: bool = True,
+def standardise_within(features: np.ndarray, groups, *, center: bool = True, scale: bool = True,
                        eps: float = 1e-6) -> np.ndarray:
     """``features`` ``(V, N, D)`` (views x rows x dimensions), each group of rows standardised
     by its own statistics over every view (``center``: minus the mean; ``scale``: divided by the
@@ -85,7 +85,7 @@ def normalise_features(features: np.ndarray, index: pd.DataFrame, mode: str) -> 
     return standardise_within(features, groups, center=mode in ("video", "source"), scale=True)
 
 
-def standardise_video_intensity(frames: np.ndarray, videos, target_mean: float = 100.0, target_std: float = 50.0,
+def standardise_video_intensity(frames: np.ndarray, videos, *, target_mean: float = 100.0, target_std: float = 50.0,
                                 floor: int = 8) -> np.ndarray:
     """Frames ``(N, H, W, 3)`` uint8 with every video's image pixels (brighter than ``floor``;
     the black background stays black) linearly mapped to mean ``target_mean`` and standard

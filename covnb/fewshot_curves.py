@@ -161,7 +161,7 @@ def _learning_curve_fitter(recipe, index, frame_labels, classes, embeddings, fra
 # ============================================================================ cross-domain
 
 
-def cross_domain_evaluation(source_x, source_labels, target_x, target_labels, target_groups, *,
+def cross_domain_evaluation(source_x, source_labels, target_x, target_labels, *, target_groups,
                             source_name: str = "source", target_name: str = "target", positive_label: str = "covid",
                             k_shot: int = 5, q_query: int = 2, n_episodes: int = 600, seed: int = 0) -> pd.DataFrame:
     """Prototypes (class means) of one modality applied to the other, next to in-domain few-shot.
@@ -197,8 +197,8 @@ def cross_domain_evaluation(source_x, source_labels, target_x, target_labels, ta
     limit = max_k(target_y, target_groups, q_query)
     k = min(int(k_shot), limit)
     if k >= 1:
-        table = evaluate_episodes(target_x, target_y, target_groups, {"simpleshot": SimpleShot()}, 2, k, q_query,
-                                  n_episodes, seed)
+        table = evaluate_episodes(target_x, target_y, target_groups, {"simpleshot": SimpleShot()}, n_way=2, k_shot=k,
+                                  q_query=q_query, n_episodes=n_episodes, seed=seed)
         summary = accuracy_summary(table["accuracy"])
         rows.append({"direction": f"{target_name} -> {target_name}", "protocol": f"in-domain {k}-shot SimpleShot",
                      "balanced_accuracy": summary["mean"], "ci95": summary["ci95"], "n_target": len(truth)})

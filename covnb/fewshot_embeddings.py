@@ -51,7 +51,7 @@ def _embedding_key(frames: np.ndarray, backbone: str, image_size: int, weights, 
     return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def compute_embeddings(frame_set_or_frames, backbone: str = "efficientnet_lite0", image_size: int = 224,
+def compute_embeddings(frame_set_or_frames, *, backbone: str = "efficientnet_lite0", image_size: int = 224,
                        weights="imagenet", batch_size: int = 32, pooling: str = "avg", cache: bool = True,
                        log: Callable[[str], None] | None = None) -> np.ndarray:
     """Frozen, pooled backbone features ``(N, D)`` float32 of raw RGB frames ``(N, S, S, 3)``.

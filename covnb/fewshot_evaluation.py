@@ -45,7 +45,7 @@ class _LeaveEpisodeOutMean:
         return (self.total - self.sums[idx].sum(0)) / remaining
 
 
-def evaluate_episodes(x, labels, groups, methods: dict, n_way: int = 3, k_shot: int = 5, q_query: int = 2,
+def evaluate_episodes(x, labels, groups, methods: dict, *, n_way: int = 3, k_shot: int = 5, q_query: int = 2,
                       n_episodes: int = 600, seed: int = 0, base_mean: np.ndarray | None = None,
                       disjoint: str = "patient") -> pd.DataFrame:
     """Accuracy of every method on the same ``n_episodes`` episodes drawn from the pool.
@@ -76,7 +76,7 @@ def evaluate_episodes(x, labels, groups, methods: dict, n_way: int = 3, k_shot: 
                                                                            episode.query_groups]))
             support_x, query_x = x[episode.support_rows], x[episode.query_rows]
             for name, method in methods.items():
-                predicted = method.predict(support_x, episode.support_labels, query_x, n_way, mean)
+                predicted = method.predict(support_x, episode.support_labels, query_x, n_way, base_mean=mean)
                 rows.append((number, name, float(np.mean(predicted == episode.query_labels))))
     table = pd.DataFrame(rows, columns=["episode", "method", "accuracy"])
     table.attrs.update(n_way=n_way, k_shot=k_shot, q_query=q_query, disjoint=disjoint)
@@ -91,7 +91,7 @@ def summarize_episodes(table: pd.DataFrame) -> pd.DataFrame:
     return summary
 
 
-def shot_curve(x, labels, groups, methods: dict, shots: Sequence[int] = (1, 2, 3, 5, 10), n_way: int = 3,
+def shot_curve(x, labels, groups, methods: dict, *, shots: Sequence[int] = (1, 2, 3, 5, 10), n_way: int = 3,
                q_query: int = 2, n_episodes: int = 600, seed: int = 0, base_mean=None,
                pool_name: str = "pool") -> tuple[pd.DataFrame, list[str]]:
     """Accuracy against K for every method; K values beyond :func:`max_k` are skipped with a note.
@@ -106,7 +106,8 @@ def shot_curve(x, labels, groups, methods: dict, shots: Sequence[int] = (1, 2, 3
         if k > limit:
             skipped.append(k)
             continue
-        table = evaluate_episodes(x, labels, groups, methods, n_way, k, q_query, n_episodes, seed + k, base_mean)
+        table = evaluate_episodes(x, labels, groups, methods, n_way=n_way, k_shot=k, q_query=q_query,
+                                  n_episodes=n_episodes, seed=seed + k, base_mean=base_mean)
         summary = summarize_episodes(table)
         summary.insert(1, "k_shot", k)
         parts.append(summary)

@@ -40,7 +40,7 @@ class SimpleShot:
     name = "SimpleShot (nearest centroid)"
     trained_groups: frozenset = frozenset()
 
-    def predict(self, support_x, support_y, query_x, n_way, base_mean=None):
+    def predict(self, support_x, support_y, query_x, n_way, *, base_mean=None):
         support, query = simpleshot_normalize(support_x, base_mean), simpleshot_normalize(query_x, base_mean)
         return _nearest(query, _prototypes(support, support_y, n_way))
 
@@ -57,7 +57,7 @@ class LinearProbe:
     def __init__(self, C: float = 10.0):
         self.C = float(C)
 
-    def predict(self, support_x, support_y, query_x, n_way, base_mean=None):
+    def predict(self, support_x, support_y, query_x, n_way, *, base_mean=None):
         from sklearn.linear_model import LogisticRegression
 
         # newton-cg: ~10x faster than lbfgs on a few dozen support items (600 episodes in seconds)
@@ -75,7 +75,7 @@ class KNearestNeighbours:
     def __init__(self, n_neighbors: int = 3):
         self.n_neighbors = int(n_neighbors)
 
-    def predict(self, support_x, support_y, query_x, n_way, base_mean=None):
+    def predict(self, support_x, support_y, query_x, n_way, *, base_mean=None):
         from sklearn.neighbors import KNeighborsClassifier
 
         k = max(1, min(self.n_neighbors, len(support_y) // max(n_way, 1)))
@@ -104,7 +104,7 @@ class PrototypicalNetwork:
         self.trained_groups: frozenset = frozenset()
         self.history: list[float] = []
 
-    def fit(self, base_x, base_labels, base_groups, base_mean=None, log=None) -> "PrototypicalNetwork":
+    def fit(self, base_x, base_labels, base_groups, *, base_mean=None, log=None) -> "PrototypicalNetwork":
         """Train the head on episodes drawn from the base pool (patient-disjoint when possible)."""
         import keras
         import tensorflow as tf
@@ -159,7 +159,7 @@ class PrototypicalNetwork:
             raise RuntimeError("PrototypicalNetwork.fit must run before predict")
         return simpleshot_normalize(x, self.base_mean) @ self.kernel + self.bias
 
-    def predict(self, support_x, support_y, query_x, n_way, base_mean=None):
+    def predict(self, support_x, support_y, query_x, n_way, *, base_mean=None):
         # The head was trained on features centred on its own base mean: always use that one.
         return _nearest(self.project(query_x), _prototypes(self.project(support_x), support_y, n_way))
 

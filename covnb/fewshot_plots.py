@@ -8,7 +8,7 @@ import pandas as pd
 __all__ = ["plot_shot_curves", "plot_learning_curve"]
 
 
-def plot_shot_curves(curve: pd.DataFrame, ax=None, title: str = "", chance: float | None = None, label_suffix=""):
+def plot_shot_curves(curve: pd.DataFrame, ax=None, *, title: str = "", chance: float | None = None, label_suffix=""):
     """Accuracy against K per method with a 95% confidence band."""
     import matplotlib.pyplot as plt
 
@@ -35,7 +35,7 @@ def plot_shot_curves(curve: pd.DataFrame, ax=None, title: str = "", chance: floa
     return ax.figure
 
 
-def plot_learning_curve(rows: pd.DataFrame, fewshot_curve: pd.DataFrame | None = None, ax=None,
+def plot_learning_curve(rows: pd.DataFrame, fewshot_curve: pd.DataFrame | None = None, ax=None, *,
                         positive_label: str = "covid", title: str = ""):
     """Trained-recipe balanced accuracy against n positive patients (mean, 95% CI band),
     with few-shot curves (K support patients per class) drawn dashed for comparison."""

@@ -34,15 +34,17 @@ def shot_curves(x, labels, groups, held, *, methods_held: dict, shots, n_way: in
     patients (training-free methods, leave-episode-out centre). Returns both curves and the notes
     saying where a curve stops."""
     if limit_held >= 1:
-        curve_held, notes_held = fewshot.shot_curve(x[held], labels[held], groups[held], methods_held, shots, n_way,
-                                                    q_query, n_episodes, seed, base_mean=base_mean,
+        curve_held, notes_held = fewshot.shot_curve(x[held], labels[held], groups[held], methods_held, shots=shots,
+                                                    n_way=n_way, q_query=q_query, n_episodes=n_episodes,
+                                                    seed=seed, base_mean=base_mean,
                                                     pool_name="held-out patients")
     else:
         curve_held = pd.DataFrame(columns=_CURVE_COLUMNS)
         notes_held = [f"held-out patients: no K is possible (smallest class has fewer than 1 + Q={q_query} held-out "
                       "patients)"]
-    curve_all, notes_all = fewshot.shot_curve(x, labels, groups, fewshot.default_methods(), shots, n_way, q_query,
-                                              n_episodes, seed, pool_name="all patients (leave-episode-out centre)")
+    curve_all, notes_all = fewshot.shot_curve(x, labels, groups, fewshot.default_methods(), shots=shots,
+                                              n_way=n_way, q_query=q_query, n_episodes=n_episodes, seed=seed,
+                                              pool_name="all patients (leave-episode-out centre)")
     return curve_held, curve_all, notes_held + notes_all
 
 
@@ -51,8 +53,9 @@ def plot_shot_curve_pair(curve_held: pd.DataFrame, curve_all: pd.DataFrame, n_wa
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
-    fewshot.plot_shot_curves(curve_held, axes[0], f"held-out patients ({n_way}-way, Q={q_query})", chance=1 / n_way)
-    fewshot.plot_shot_curves(curve_all, axes[1], "all patients, training-free methods", chance=1 / n_way)
+    fewshot.plot_shot_curves(curve_held, axes[0], title=f"held-out patients ({n_way}-way, Q={q_query})",
+                             chance=1 / n_way)
+    fewshot.plot_shot_curves(curve_all, axes[1], title="all patients, training-free methods", chance=1 / n_way)
     return fig
 
 
@@ -66,11 +69,12 @@ def cross_domain_both_ways(x, labels, groups, other_path, *, settings, backbone:
     other = load_dataset(other_path)
     other_frames = extract_frames(select_task(other.samples, "covid_vs_other"), settings, progress=False)
     other_x, other_table = fewshot.sample_embeddings(
-        fewshot.compute_embeddings(other_frames, backbone, image_size, weights, log=log), other_frames.index)
+        fewshot.compute_embeddings(other_frames, backbone=backbone, image_size=image_size, weights=weights,
+                                   log=log), other_frames.index)
     other_labels, other_groups = other_table["label"].to_numpy(str), other_table["group"].to_numpy(str)
     here, there = "this data", other.root.name
-    parts = [fewshot.cross_domain_evaluation(sx, sy, tx, ty, tg, source_name=sname, target_name=tname, k_shot=5,
-                                             q_query=q_query, n_episodes=n_episodes, seed=seed)
+    parts = [fewshot.cross_domain_evaluation(sx, sy, tx, ty, target_groups=tg, source_name=sname, target_name=tname,
+                                             k_shot=5, q_query=q_query, n_episodes=n_episodes, seed=seed)
              for (sx, sy, sname), (tx, ty, tg, tname) in (
                  ((x, labels, here), (other_x, other_labels, other_groups, there)),
                  ((other_x, other_labels, there), (x, labels, groups, here)))]
@@ -88,6 +92,7 @@ def leak_demo(frame_embeddings, index: pd.DataFrame, *, n_way: int, q_query: int
     rows = {}
     for name, disjoint in (("leaky: frames, patients may repeat", "item"), ("honest: patient-disjoint", "patient")):
         episodes = fewshot.evaluate_episodes(frame_embeddings, labels, groups, {"simpleshot": fewshot.SimpleShot()},
-                                             n_way, k_shot, q_query, n_episodes, seed, disjoint=disjoint)
+                                             n_way=n_way, k_shot=k_shot, q_query=q_query,
+                                             n_episodes=n_episodes, seed=seed, disjoint=disjoint)
         rows[name] = fewshot.accuracy_summary(episodes["accuracy"])
     return k_shot, pd.DataFrame(rows).T

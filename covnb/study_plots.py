@@ -99,7 +99,7 @@ def plot_source_probe(overall: pd.DataFrame):
     return fig
 
 
-def plot_interval_bars(names, means, errors, xlabel: str, chance: float | None = None, colors=None,
+def plot_interval_bars(names, means, errors, xlabel: str, *, chance: float | None = None, colors=None,
                        figsize=(6, 2.5)):
     """Horizontal bars with error bars (e.g. 95% intervals) and an optional chance line."""
     fig, ax = plt.subplots(figsize=figsize)

@@ -96,8 +96,8 @@ def _fold_heads(frameset, config, classes, folds: pd.DataFrame, history: pd.Data
         data = FoldData.for_recipe(fold_config, frameset.frames, labels, train_rows=np.nonzero(role_of == "train")[0],
                                    validation_rows=np.nonzero(role_of == "validation")[0], features=features,
                                    videos=sample_ids)
-        fit_fold(model, data, fold_config, groups, len(classes), seed=int(config.seed) + 1000 * int(seed) + int(fold),
-                 log=None)
+        fit_fold(model, data, fold_config, groups, n_classes=len(classes),
+                 seed=int(config.seed) + 1000 * int(seed) + int(fold), log=None)
         kernel, bias = model.get_layer("logits").get_weights()
         kernels.append(kernel)
         biases.append(bias)
@@ -147,7 +147,7 @@ def inner_fold_predictions(frameset, config, classes, folds: pd.DataFrame, histo
             test_rows = np.nonzero(np.isin(sample_ids, np.asarray(training)[test_videos]))[0]
             data = FoldData.for_recipe(fold_config, frameset.frames, labels, train_rows=fit_rows,
                                        validation_rows=np.zeros(0, dtype=int), features=features, videos=sample_ids)
-            fit_fold(model, data, fold_config, groups, len(classes),
+            fit_fold(model, data, fold_config, groups, n_classes=len(classes),
                      seed=int(config.seed) + 1000 * int(seed) + 100 * int(fold) + inner, log=None)
             probs = predict_rows(model, data, test_rows, fold_config)
             part = index.iloc[test_rows][["sample_id", "group", "label"]].copy()

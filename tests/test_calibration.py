@@ -175,7 +175,7 @@ def test_nested_maps_come_from_the_inner_tables_only_per_level():
     oof, classes = oof_table()
     inner = _inner_tables(oof, classes)
     columns = [f"prob_{c}" for c in classes]
-    calibrated, chosen = nested_calibrated_predictions(oof, inner, classes, "temperature")
+    calibrated, chosen = nested_calibrated_predictions(oof, inner, classes, method="temperature")
     assert calibrated.index.equals(oof.index) and set(chosen.values()) == {"temperature"}
     # fold (0, 1)'s rows carry exactly the map fitted on its inner table
     target = (oof["seed"] == 0) & (oof["fold"] == 1)
@@ -186,15 +186,15 @@ def test_nested_maps_come_from_the_inner_tables_only_per_level():
     np.testing.assert_allclose(calibrated.loc[target, columns], expected)
     # outer labels never reach any map: poisoning every outer label changes no calibrated probability
     poisoned = oof.assign(label="a")
-    again, _ = nested_calibrated_predictions(poisoned, inner, classes, "auto")
-    before, selected = nested_calibrated_predictions(oof, inner, classes, "auto")
+    again, _ = nested_calibrated_predictions(poisoned, inner, classes, method="auto")
+    before, selected = nested_calibrated_predictions(oof, inner, classes, method="auto")
     np.testing.assert_allclose(again[columns], before[columns])
     assert set(selected.values()) <= {"none", "temperature", "vector", "platt", "isotonic"}
     # the video level fits on the inner tables' video means
     from covnb.evaluate import video_predictions
 
     videos = video_predictions(oof, classes, "mean")
-    video_cal, _ = nested_calibrated_predictions(videos, inner, classes, "temperature", level="video")
+    video_cal, _ = nested_calibrated_predictions(videos, inner, classes, method="temperature", level="video")
     inner_videos = video_predictions(inner[(0, 1)], classes, "mean")
     labels, probs = _labels_and_probs(inner_videos, classes)
     rows = (videos["seed"] == 0) & (videos["fold"] == 1)
@@ -202,7 +202,7 @@ def test_nested_maps_come_from_the_inner_tables_only_per_level():
         fit_calibration(probs, labels, "temperature"), videos.loc[rows, columns].to_numpy()))
     # an outer fold without inner predictions keeps its raw probabilities
     missing = {k: v for k, v in inner.items() if k != (0, 1)}
-    kept, chosen = nested_calibrated_predictions(oof, missing, classes, "temperature")
+    kept, chosen = nested_calibrated_predictions(oof, missing, classes, method="temperature")
     np.testing.assert_allclose(kept.loc[target, columns], oof.loc[target, columns])
     assert chosen[(0, 1)] == "none"
 

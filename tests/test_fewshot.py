@@ -107,8 +107,8 @@ def test_separated_clusters_give_full_accuracy(protonet_factory):
     x, labels, groups = clusters(separation=10.0, noise=1.0)
     base = _split_base(labels, groups)
     methods = {**fewshot.default_methods(), "protonet": protonet_factory(x[base], labels[base], groups[base])}
-    table = evaluate_episodes(x[~base], labels[~base], groups[~base], methods, 3, 1, 2, n_episodes=100, seed=0,
-                              base_mean=x[base].mean(0))
+    table = evaluate_episodes(x[~base], labels[~base], groups[~base], methods, n_way=3, k_shot=1, q_query=2,
+                              n_episodes=100, seed=0, base_mean=x[base].mean(0))
     summary = summarize_episodes(table).set_index("method")
     assert (summary["mean"] > 0.97).all(), summary
 
@@ -117,7 +117,8 @@ def test_overlapping_clusters_give_chance(protonet_factory):
     x, labels, groups = clusters(separation=0.0, noise=1.0, seed=3)
     base = _split_base(labels, groups)
     methods = {**fewshot.default_methods(), "protonet": protonet_factory(x[base], labels[base], groups[base])}
-    table = evaluate_episodes(x[~base], labels[~base], groups[~base], methods, 3, 3, 2, n_episodes=300, seed=0)
+    table = evaluate_episodes(x[~base], labels[~base], groups[~base], methods, n_way=3, k_shot=3, q_query=2,
+                              n_episodes=300, seed=0)
     summary = summarize_episodes(table).set_index("method")
     assert ((summary["mean"] - 1 / 3).abs() < 0.08).all(), summary
 
@@ -125,8 +126,10 @@ def test_overlapping_clusters_give_chance(protonet_factory):
 def test_patient_leak_inflates_item_level_accuracy():
     """Items of one patient are near-duplicates: sharing patients makes an easy task look easier."""
     x, labels, groups = clusters(separation=0.6, noise=1.0, patients_per_class=5, items_per_patient=8, seed=5)
-    honest = evaluate_episodes(x, labels, groups, {"s": SimpleShot()}, 3, 3, 2, 300, seed=0)
-    leaky = evaluate_episodes(x, labels, groups, {"s": SimpleShot()}, 3, 3, 2, 300, seed=0, disjoint="item")
+    honest = evaluate_episodes(x, labels, groups, {"s": SimpleShot()}, n_way=3, k_shot=3, q_query=2, n_episodes=300,
+                               seed=0)
+    leaky = evaluate_episodes(x, labels, groups, {"s": SimpleShot()}, n_way=3, k_shot=3, q_query=2, n_episodes=300,
+                              seed=0, disjoint="item")
     assert leaky["accuracy"].mean() > honest["accuracy"].mean() + 0.1
 
 
@@ -134,7 +137,7 @@ def test_protonet_refused_on_its_training_patients(protonet_factory):
     x, labels, groups = clusters()
     protonet = protonet_factory(x, labels, groups)
     with pytest.raises(ValueError, match="trained on"):
-        evaluate_episodes(x, labels, groups, {"protonet": protonet}, 3, 1, 1, 5)
+        evaluate_episodes(x, labels, groups, {"protonet": protonet}, n_way=3, k_shot=1, q_query=1, n_episodes=5)
 
 
 def test_leave_episode_out_mean_excludes_the_episode():
@@ -151,8 +154,10 @@ def test_leave_episode_out_mean_excludes_the_episode():
 def test_ci_shrinks_with_more_episodes():
     x, labels, groups = clusters(separation=0.8, seed=2)
     methods = {"simpleshot": SimpleShot()}
-    few = summarize_episodes(evaluate_episodes(x, labels, groups, methods, 3, 2, 2, 60, seed=1)).iloc[0]
-    many = summarize_episodes(evaluate_episodes(x, labels, groups, methods, 3, 2, 2, 960, seed=1)).iloc[0]
+    few = summarize_episodes(evaluate_episodes(x, labels, groups, methods, n_way=3, k_shot=2, q_query=2,
+                                                   n_episodes=60, seed=1)).iloc[0]
+    many = summarize_episodes(evaluate_episodes(x, labels, groups, methods, n_way=3, k_shot=2, q_query=2,
+                                                    n_episodes=960, seed=1)).iloc[0]
     assert 0 < many["ci95"] < few["ci95"]
     assert many["ci95"] == pytest.approx(1.96 * many["std"] / np.sqrt(960))
 
@@ -198,17 +203,19 @@ def test_learning_curve_embedding_recipe_learns_separated_clusters():
 def test_compute_embeddings_caches_and_matches_model(tmp_path, monkeypatch):
     monkeypatch.setenv("COVNB_CACHE_DIR", str(tmp_path / "cache"))
     frames = np.random.default_rng(0).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
-    first = fewshot.compute_embeddings(frames, "mobilenet_v2", 32, None, batch_size=2)
+    first = fewshot.compute_embeddings(frames, backbone="mobilenet_v2", image_size=32, weights=None, batch_size=2)
     files = list((tmp_path / "cache" / "embeddings").glob("*.npy"))
     assert first.shape == (5, 1280) and len(files) == 1
     np.save(files[0], first + 1)  # a cache hit returns the stored array, not a recomputation
-    np.testing.assert_allclose(fewshot.compute_embeddings(frames, "mobilenet_v2", 32, None), first + 1)
-    other = fewshot.compute_embeddings(frames[:4], "mobilenet_v2", 32, None)  # other frames, other key
+    np.testing.assert_allclose(fewshot.compute_embeddings(frames, backbone="mobilenet_v2", image_size=32, weights=None),
+                               first + 1)
+    # other frames, other key
+    other = fewshot.compute_embeddings(frames[:4], backbone="mobilenet_v2", image_size=32, weights=None)
     np.testing.assert_allclose(other, first[:4], rtol=1e-4, atol=1e-5)
     assert len(list((tmp_path / "cache" / "embeddings").glob("*.npy"))) == 2
     assert not list((tmp_path / "cache" / "embeddings").glob("*.tmp*"))
     with pytest.raises(ValueError, match="image_size"):
-        fewshot.compute_embeddings(frames, "mobilenet_v2", 64, None)
+        fewshot.compute_embeddings(frames, backbone="mobilenet_v2", image_size=64, weights=None)
 
 
 # ----------------------------------------------------------------------------- notebook
@@ -309,7 +316,7 @@ def test_cross_domain_evaluation_known_answer_and_misuse():
     source = np.where((labels == "covid")[:, None], [3.0, 0.0], [-3.0, 0.0]) + rng.normal(0, 0.1, (12, 2))
     target = source + 5.0
     groups = [f"p{i}" for i in range(12)]
-    table = fewshot.cross_domain_evaluation(source, labels, target, labels, groups, source_name="cxr",
+    table = fewshot.cross_domain_evaluation(source, labels, target, labels, target_groups=groups, source_name="cxr",
                                             target_name="pocus", k_shot=2, q_query=2, n_episodes=20, seed=0)
     rows = table.set_index("protocol")["balanced_accuracy"]
     assert rows["transfer, source-centred"] == 0.5
@@ -317,6 +324,6 @@ def test_cross_domain_evaluation_known_answer_and_misuse():
     assert rows["in-domain 2-shot SimpleShot"] == 1.0
     assert set(table["direction"]) == {"cxr -> pocus", "pocus -> pocus"}
     with pytest.raises(ValueError, match="both 'covid' and other"):
-        fewshot.cross_domain_evaluation(source, labels, target, np.array(["regular"] * 12), groups)
+        fewshot.cross_domain_evaluation(source, labels, target, np.array(["regular"] * 12), target_groups=groups)
     with pytest.raises(ValueError, match="embedding sizes differ"):
-        fewshot.cross_domain_evaluation(source, labels, target[:, :1], labels, groups)
+        fewshot.cross_domain_evaluation(source, labels, target[:, :1], labels, target_groups=groups)

@@ -29,7 +29,7 @@ CLASSES = ["covid", "pneumonia", "regular"]
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    model = build_model("mobilenet", 3, "gap", SIZE, None, alpha=0.25, seed=0)
+    model = build_model("mobilenet", 3, "gap", SIZE, weights=None, alpha=0.25, seed=0)
     folder = tmp_path_factory.mktemp("model")
     save_model(model, folder / "model.keras", {"classes": CLASSES, "image_size": SIZE, "frame_settings": {
         "rate_hz": 3.0, "max_frames": 4, "image_size": SIZE, "crop": None, "clahe": False, "mask_sector": True}})

@@ -14,7 +14,8 @@ SIZE = 32
 
 @pytest.fixture(scope="module")
 def gap_model():
-    return build_model("mobilenet", 3, "gap", SIZE, None, trainable="head", augmentation="default", alpha=0.25, seed=1)
+    return build_model("mobilenet", 3, "gap", SIZE, weights=None, trainable="head", augmentation="default", alpha=0.25,
+                       seed=1)
 
 
 def frames(n=4, seed=0):
@@ -60,7 +61,7 @@ def test_augmentation_only_in_training(gap_model):
 
 
 def test_pocovid_head_layers_and_small_inputs():
-    model = build_model("mobilenet", 2, "pocovid", SIZE, None, augmentation="pocovid", alpha=0.25)
+    model = build_model("mobilenet", 2, "pocovid", SIZE, weights=None, augmentation="pocovid", alpha=0.25)
     names = [layer.name for layer in model.layers]
     for name in ("head_pool", "head_features", "head_dense", "head_bn", "head_relu", "head_dropout", "logits"):
         assert name in names
@@ -73,9 +74,9 @@ def test_pocovid_head_layers_and_small_inputs():
 
 def test_bad_arguments_are_clear_errors():
     with pytest.raises(ValueError, match="head"):
-        build_model("mobilenet", 3, "transformer", SIZE, None, alpha=0.25)
+        build_model("mobilenet", 3, "transformer", SIZE, weights=None, alpha=0.25)
     with pytest.raises(ValueError, match="n_classes"):
-        build_model("mobilenet", 1, "gap", SIZE, None, alpha=0.25)
+        build_model("mobilenet", 1, "gap", SIZE, weights=None, alpha=0.25)
     with pytest.raises(ValueError, match="augmentation"):
         augmentation_spec("heavy")
     with pytest.raises(ValueError, match="Unknown augmentation keys"):
@@ -120,7 +121,7 @@ def test_load_errors_name_the_file(tmp_path):
 def test_multiscale_head_pools_every_tap_and_stays_flat():
     from covnb.models import MULTISCALE_TAPS
 
-    model = build_model("mobilenet", 3, "multiscale", SIZE, None, alpha=0.25, seed=0)
+    model = build_model("mobilenet", 3, "multiscale", SIZE, weights=None, alpha=0.25, seed=0)
     assert not any(isinstance(layer, keras.Model) for layer in model.layers)
     taps = MULTISCALE_TAPS["mobilenet"]
     channels = sum(int(model.get_layer(tap).output.shape[-1]) for tap in taps) + 256  # + conv_pw_13_relu
@@ -133,13 +134,13 @@ def test_multiscale_head_pools_every_tap_and_stays_flat():
     expected = np.concatenate([np.asarray(m).mean(axis=(1, 2)) for m in maps], axis=1)
     np.testing.assert_allclose(np.asarray(pooled), expected, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="multiscale"):
-        build_model("inception_v3", 3, "multiscale", 75, None)
+        build_model("inception_v3", 3, "multiscale", 75, weights=None)
 
 
 def test_midlevel_head_pools_average_and_max_of_each_tap_and_drops_the_top():
     from covnb.models import MIDLEVEL_TAPS
 
-    model = build_model("mobilenet", 3, "midlevel", SIZE, None, alpha=0.25, seed=0)
+    model = build_model("mobilenet", 3, "midlevel", SIZE, weights=None, alpha=0.25, seed=0)
     assert not any(isinstance(layer, keras.Model) for layer in model.layers)
     taps = MIDLEVEL_TAPS["mobilenet"]
     names = [layer.name for layer in model.layers]
@@ -153,4 +154,4 @@ def test_midlevel_head_pools_average_and_max_of_each_tap_and_drops_the_top():
                                for m in maps], axis=1)
     np.testing.assert_allclose(np.asarray(pooled), expected, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="midlevel"):
-        build_model("inception_v3", 3, "midlevel", 75, None)
+        build_model("inception_v3", 3, "midlevel", 75, weights=None)

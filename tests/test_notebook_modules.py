@@ -122,5 +122,5 @@ def test_most_confident_prefers_other_patients_and_median_ignores_nan():
                           "label": ["covid"] * 4})
     probs = np.array([[0.9, 0.1], [0.95, 0.05], [0.8, 0.2], [0.6, 0.4]])
     # best frame of each file: a (0.95), b (0.8), c (0.6); one file per patient first: a, c, then b
-    assert most_confident(table, probs, 0, 3, ["covid", "other"]).tolist() == [1, 3, 2]
+    assert most_confident(table, probs, 0, 3, class_names=["covid", "other"]).tolist() == [1, 3, 2]
     assert median_or_none([0.2, np.nan, 0.4]) == 0.3 and median_or_none([np.nan]) is None

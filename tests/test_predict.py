@@ -43,7 +43,7 @@ def media(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
-    model = build_model("mobilenet", 3, "gap", SIZE, None, augmentation="default", alpha=0.25, seed=0)
+    model = build_model("mobilenet", 3, "gap", SIZE, weights=None, augmentation="default", alpha=0.25, seed=0)
     path = tmp_path_factory.mktemp("model") / "model.keras"
     metadata = {"classes": CLASSES, "image_size": SIZE,
                 "frame_settings": {"rate_hz": 3.0, "max_frames": 4, "image_size": SIZE, "crop": None, "clahe": False}}

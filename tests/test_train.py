@@ -79,7 +79,7 @@ def test_oversampling_balances_each_epoch():
 
 
 def test_standardisation_folds_exactly_into_the_dense_layer():
-    model = train.build_model("mobilenet", 3, "gap", SIZE, None, alpha=0.25)
+    model = train.build_model("mobilenet", 3, "gap", SIZE, weights=None, alpha=0.25)
     rng = np.random.default_rng(0)
     features = rng.normal(5, 3, (6, 256)).astype(np.float32)
     mean, std = features.mean(axis=0), features.std(axis=0)
@@ -141,9 +141,9 @@ def test_cross_validation_never_leaks_patients(frameset, monkeypatch):
     seen = []
     real_fit_fold = train.fit_fold
 
-    def spy(model, data, config, groups, n_classes, **kwargs):
+    def spy(model, data, config, groups, **kwargs):
         seen.append((set(groups[data.train_rows]), set(groups[data.validation_rows])))
-        return real_fit_fold(model, data, config, groups, n_classes, **kwargs)
+        return real_fit_fold(model, data, config, groups, **kwargs)
 
     monkeypatch.setattr(crossval, "fit_fold", spy)  # where cross-validation looks it up
     cv = run_cross_validation(frameset, tiny("linear_probe"), n_folds=3, seeds=(0, 1), log=None)
@@ -364,4 +364,4 @@ def test_fold_data_names_its_training_unit_and_fit_fold_holds_the_recipe_to_it(f
     frames_only = train.FoldData(frameset.frames, labels, rows, rows, videos=frameset.index["sample_id"].to_numpy())
     assert frames_only.unit == "frame"
     with pytest.raises(ValueError, match="training unit is 'frame' but the recipe trains per 'video'"):
-        train.fit_fold(None, frames_only, config, np.zeros(len(frameset)), 3, log=None)
+        train.fit_fold(None, frames_only, config, np.zeros(len(frameset)), n_classes=3, log=None)

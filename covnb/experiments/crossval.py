@@ -110,7 +110,7 @@ class RecipeCandidates:
             model.set_weights(initial)
             data = FoldData.for_recipe(candidate, self.frames, labels, train_rows=train_rows,
                                        validation_rows=validation_rows, features=features, videos=videos)
-            histories = fit_fold(model, data, candidate, groups, self.n_classes, seed=seed,
+            histories = fit_fold(model, data, candidate, groups, n_classes=self.n_classes, seed=seed,
                                  log=log if len(self.entries) == 1 else None, prefix=prefix)
             score = histories.get("linear_probe", [{}])[-1].get("inner_cv_balanced_accuracy", 0.0)
             if best is None or score > best[3]:

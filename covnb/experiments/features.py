@@ -32,7 +32,7 @@ DEVICE_APPEARANCE_VERSION = 1
 
 def recipe_model(config: TrainConfig, n_classes: int, seed: int) -> keras.Model:
     """The full Keras model (raw RGB in, probabilities out) a recipe trains."""
-    return build_model(config.backbone, n_classes, config.head, config.image_size, config.weights,
+    return build_model(config.backbone, n_classes, config.head, config.image_size, weights=config.weights,
                        trainable=config.trainable if config.trainable != "all" else "all",
                        augmentation=config.augmentation, dropout=config.dropout, alpha=config.alpha, seed=seed)
 
@@ -193,7 +193,7 @@ class _FrozenPass:
             batch = self.augment_call(batch)
         return batch
 
-    def view(self, source: np.ndarray, kind: str, view: int, n_views: int, step: int) -> list[np.ndarray]:
+    def view(self, source: np.ndarray, kind: str, view: int, *, n_views: int, step: int) -> list[np.ndarray]:
         """The features of one view of ``source``, in chunks of ``step`` frames."""
         if kind == "augment":
             keras.utils.set_random_seed(int(self.config.seed) * 1009 + view)
@@ -237,7 +237,8 @@ def compute_features(frames: np.ndarray, config: TrainConfig, model: keras.Model
     dtype = np.float32 if cut == "head" else np.float16
     for view in missing:
         source = frames if from_last_block is None else from_last_block[view]
-        chunks = frozen.view(source, kinds[view], view, len(kinds), batch_size if from_last_block is None else 256)
+        chunks = frozen.view(source, kinds[view], view, n_views=len(kinds),
+                             step=batch_size if from_last_block is None else 256)
         results[view] = (np.concatenate(chunks) if chunks else np.zeros((0,) + frozen.output_shape)).astype(dtype)
         if writable:
             writable = write_cached_array(paths[view], results[view])

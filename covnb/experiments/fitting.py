@@ -372,7 +372,7 @@ def _fit_linear_probe(model: keras.Model, data: FoldData, config: TrainConfig, g
 # ----------------------------------------------------------------------------- one fold
 
 
-def fit_fold(model: keras.Model, data: FoldData, config: TrainConfig, groups: np.ndarray, n_classes: int, *,
+def fit_fold(model: keras.Model, data: FoldData, config: TrainConfig, groups: np.ndarray, *, n_classes: int,
              seed: int = 0, log: Callable[[str], None] | None = print, prefix: str = "") -> dict[str, list[dict]]:
     """Train ``model`` in place on ``data`` with ``config``'s recipe; returns histories per stage.
 

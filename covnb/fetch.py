@@ -75,6 +75,7 @@ def _is_pocus_folder(folder: Path) -> bool:
 
 def fetch_pocus(
     data_home=None,
+    *,
     url: str = DEFAULT_POCUS_URL,
     force: bool = False,
     progress: bool = True,

@@ -110,7 +110,8 @@ INNER_FOLDS = 5
 NESTED_CALIBRATION = True
 
 
-def inner_fold_predictions(frameset, config, classes, folds: pd.DataFrame, history: pd.DataFrame, features: dict,
+def inner_fold_predictions(frameset, config, classes, folds: pd.DataFrame, *, history: pd.DataFrame,
+                           features: dict,
                            model, n_inner: int = INNER_FOLDS) -> dict | None:
     """Out-of-fold frame predictions INSIDE every outer fold's training data, for nested calibration.
 
@@ -298,8 +299,8 @@ def _inner_tables(frameset, config, classes, folds, history, features) -> dict |
     """Inner out-of-fold predictions for fully nested calibration, when the recipe allows it."""
     if features is None or not len(history) or not NESTED_CALIBRATION:
         return None
-    return inner_fold_predictions(frameset, config, classes, folds, history, features[2]["features"],
-                                  features[2]["model"])
+    return inner_fold_predictions(frameset, config, classes, folds, history=history, features=features[2]["features"],
+                                  model=features[2]["model"])
 
 
 def _calibration_outputs(out: Path, oof: pd.DataFrame, classes, paths: dict, *, n_boot: int, seed: int,

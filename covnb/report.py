@@ -152,38 +152,40 @@ def _validate(nb_path: Path, params: dict, declared: dict) -> None:
         raise ReportError(str(error)) from None
 
 
-def plan_report(profile: str = "sample", data: str | None = None, overrides: dict | None = None,
-                notebooks_dir: Path = NOTEBOOKS_DIR) -> ReportPlan:
-    """Resolve a profile and overrides into a checked plan; raises :class:`ReportError`."""
-    spec, path = load_profile(profile)
-    overrides = dict(overrides or {})
-    shared = dict(spec.get("parameters") or {})
-    data_path = data if data is not None else spec.get("data")
-    if data_path is not None:
-        data_path = str(Path(data_path).expanduser().resolve())
-        if not Path(data_path).is_dir():
-            raise ReportError(f"data folder {data_path} does not exist")
-    plans, accepted = [], set(RUNNER_PARAMETERS)
-    for entry in spec["notebooks"]:
-        entry = {"path": entry} if isinstance(entry, str) else dict(entry)
-        nb_path = notebooks_dir / entry["path"]
-        if not nb_path.is_file():
-            raise ReportError(f"profile {spec.get('name', path.stem)} names a missing notebook {nb_path}")
-        declared = notebook_parameters(nb_path)
-        if not declared:
-            raise ReportError(f"{nb_path.name} has no cell tagged 'parameters'")
-        own = dict(entry.get("parameters") or {})
-        unknown = sorted(set(own) - set(declared))
-        if unknown:
-            raise ReportError(f"profile {path.stem}: {nb_path.name} has no parameter {', '.join(unknown)}")
-        params = {k: v for k, v in shared.items() if k in declared}
-        params.update(own)
-        params.update({k: v for k, v in overrides.items() if k in declared})
-        accepted.update(declared)
-        for name, value in params.items():
-            _check_type(nb_path.name, name, value, declared[name])
-        _validate(nb_path, params, declared)
-        plans.append(NotebookPlan(nb_path.stem, nb_path, params, declared))
+def _resolved_data_path(data_path: str | None) -> str | None:
+    """The data folder as an absolute path (``None`` stays ``None``); raises when it does not exist."""
+    if data_path is None:
+        return None
+    data_path = str(Path(data_path).expanduser().resolve())
+    if not Path(data_path).is_dir():
+        raise ReportError(f"data folder {data_path} does not exist")
+    return data_path
+
+
+def _plan_notebook(entry, notebooks_dir: Path, spec: dict, path: Path, shared: dict, overrides: dict) -> NotebookPlan:
+    """One profile entry as a checked :class:`NotebookPlan`: shared, then its own, then override parameters."""
+    entry = {"path": entry} if isinstance(entry, str) else dict(entry)
+    nb_path = notebooks_dir / entry["path"]
+    if not nb_path.is_file():
+        raise ReportError(f"profile {spec.get('name', path.stem)} names a missing notebook {nb_path}")
+    declared = notebook_parameters(nb_path)
+    if not declared:
+        raise ReportError(f"{nb_path.name} has no cell tagged 'parameters'")
+    own = dict(entry.get("parameters") or {})
+    unknown = sorted(set(own) - set(declared))
+    if unknown:
+        raise ReportError(f"profile {path.stem}: {nb_path.name} has no parameter {', '.join(unknown)}")
+    params = {k: v for k, v in shared.items() if k in declared}
+    params.update(own)
+    params.update({k: v for k, v in overrides.items() if k in declared})
+    for name, value in params.items():
+        _check_type(nb_path.name, name, value, declared[name])
+    _validate(nb_path, params, declared)
+    return NotebookPlan(nb_path.stem, nb_path, params, declared)
+
+
+def _check_accepted(path: Path, shared: dict, overrides: dict, accepted: set) -> None:
+    """Raise when a shared profile parameter or an override is taken by no notebook of the profile."""
     unknown = sorted(set(shared) - accepted)
     if unknown:
         raise ReportError(f"profile {path.stem}: no notebook has a parameter {', '.join(unknown)}")
@@ -191,6 +193,21 @@ def plan_report(profile: str = "sample", data: str | None = None, overrides: dic
     if unknown:
         raise ReportError(f"unknown parameter {', '.join(unknown)}; the notebooks of profile {path.stem} accept: "
                           f"{', '.join(sorted(accepted))}")
+
+
+def plan_report(profile: str = "sample", data: str | None = None, overrides: dict | None = None,
+                notebooks_dir: Path = NOTEBOOKS_DIR) -> ReportPlan:
+    """Resolve a profile and overrides into a checked plan; raises :class:`ReportError`."""
+    spec, path = load_profile(profile)
+    overrides = dict(overrides or {})
+    shared = dict(spec.get("parameters") or {})
+    data_path = _resolved_data_path(data if data is not None else spec.get("data"))
+    plans, accepted = [], set(RUNNER_PARAMETERS)
+    for entry in spec["notebooks"]:
+        plan = _plan_notebook(entry, notebooks_dir, spec, path, shared, overrides)
+        accepted.update(plan.declared)
+        plans.append(plan)
+    _check_accepted(path, shared, overrides, accepted)
     return ReportPlan(spec.get("name", path.stem), path, spec.get("description", ""), plans, data_path,
                       int(spec.get("timeout", DEFAULT_TIMEOUT_S)))
 
@@ -208,15 +225,8 @@ def package_versions() -> dict:
     return versions
 
 
-def verify_run(run_dir: str | Path) -> list[str]:
-    """What is wrong with a finished run folder (empty list: nothing): the manifest says ok, every notebook
-    ran and wrote its ``metrics.json`` and HTML, and every ``href``/``src`` of ``index.html`` that is not a
-    URL or an anchor names a file that exists."""
-    run_dir = Path(run_dir)
-    manifest_path = run_dir / "manifest.json"
-    if not manifest_path.is_file():
-        return [f"{manifest_path}: missing"]
-    manifest = json.loads(manifest_path.read_text())
+def _manifest_problems(run_dir: Path, manifest: dict) -> list[str]:
+    """What the manifest says went wrong: its status, and every notebook not ok or without metrics/HTML."""
     problems = [] if manifest.get("status") == "ok" else [f"manifest status {manifest.get('status')!r}"]
     if not manifest.get("notebooks"):
         problems.append("manifest lists no notebook")
@@ -228,11 +238,14 @@ def verify_run(run_dir: str | Path) -> list[str]:
             problems.append(f"{name}: no metrics.json")
         if not (run_dir / record.get("html", "")).is_file():
             problems.append(f"{name}: no HTML")
-    index = run_dir / "index.html"
-    if not index.is_file():
-        return problems + [f"{index}: missing"]
+    return problems
+
+
+def _broken_links(run_dir: Path, index: Path) -> list[str]:
+    """Every ``href``/``src`` of ``index`` that is not a URL, data: URI or anchor and names no existing file."""
     from urllib.parse import unquote, urlsplit
 
+    problems = []
     for link in re.findall(r"""(?:href|src)\s*=\s*["']?([^"'\s>]+)""", index.read_text(encoding="utf-8")):
         parts = urlsplit(html.unescape(link))
         if parts.scheme or parts.netloc or not parts.path:  # a URL, data: URI or a bare #anchor
@@ -240,6 +253,21 @@ def verify_run(run_dir: str | Path) -> list[str]:
         if not (run_dir / unquote(parts.path)).exists():
             problems.append(f"index.html links to {link}, which does not exist")
     return problems
+
+
+def verify_run(run_dir: str | Path) -> list[str]:
+    """What is wrong with a finished run folder (empty list: nothing): the manifest says ok, every notebook
+    ran and wrote its ``metrics.json`` and HTML, and every ``href``/``src`` of ``index.html`` that is not a
+    URL or an anchor names a file that exists."""
+    run_dir = Path(run_dir)
+    manifest_path = run_dir / "manifest.json"
+    if not manifest_path.is_file():
+        return [f"{manifest_path}: missing"]
+    problems = _manifest_problems(run_dir, json.loads(manifest_path.read_text()))
+    index = run_dir / "index.html"
+    if not index.is_file():
+        return problems + [f"{index}: missing"]
+    return problems + _broken_links(run_dir, index)
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -265,29 +293,83 @@ def _to_html(notebook_path: Path, html_path: Path) -> None:
     notebook_to_html(notebook_path, html_path, mathjax_url=copy_mathjax(html_path.parent))
 
 
-def run_report(plan: ReportPlan, out: str | Path = "runs", log=print, progress: bool = True) -> tuple[Path, dict]:
-    """Execute a planned report; returns the run folder and the manifest (``status`` ok/failed)."""
-    import papermill
-
-    from covnb.quiet import kernel_arguments, quiet_environment
-
-    quiet_environment()  # inherited by the kernels
-    # papermill runs each kernel inside its notebook's output folder: every path handed on must be absolute
-    run_dir = new_run_dir(Path(out).expanduser().resolve(), plan.profile)
-    started = time.time()
+def _new_manifest(plan: ReportPlan) -> dict:
+    """The manifest of a run about to start: profile, time, command, platform, versions, data and seed."""
     manifest = {
         "profile": plan.profile, "profile_file": str(plan.profile_path), "description": plan.description,
         "started_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv), "platform": platform.platform(), "versions": package_versions(),
         "seed": None, "data": None, "notebooks": [], "status": "running",
     }
-    log(f"covnb report: profile {plan.profile} -> {run_dir}")
+    return manifest
+
+
+def _record_data_and_seed(manifest: dict, plan: ReportPlan) -> None:
+    """Fill the manifest's ``data`` (or the error loading it) and ``seed`` (one value, a sorted list, or None)."""
     try:
         manifest["data"] = _data_record(plan.data_path)
     except Exception as error:  # the notebooks report data problems themselves; record and go on
         manifest["data"] = {"path": plan.data_path, "error": f"{type(error).__name__}: {error}"}
     seeds = {p.parameters.get("seed") for p in plan.notebooks if "seed" in p.parameters}
     manifest["seed"] = seeds.pop() if len(seeds) == 1 else sorted(seeds, key=str) or None
+
+
+def _notebook_parameters(nb: NotebookPlan, plan: ReportPlan, run_dir: Path, output_dir: Path) -> dict:
+    """The parameters handed to papermill: expanded paths, plus the runner's ``output_dir`` and ``data_path``."""
+    params = {k: _expand(v, run_dir, k) for k, v in nb.parameters.items()}
+    if "output_dir" in nb.declared:
+        params["output_dir"] = str(output_dir)
+    if "data_path" in nb.declared:
+        params["data_path"] = plan.data_path
+    return params
+
+
+def _execute_notebook(nb: NotebookPlan, plan: ReportPlan, run_dir: Path, record: dict, progress: bool,
+                      execute_notebook) -> bool:
+    """Run one notebook with ``execute_notebook`` (papermill's) into ``run_dir``, filling ``record``; returns
+    whether it failed."""
+    from covnb.quiet import kernel_arguments
+
+    output_dir = run_dir / nb.name
+    output_dir.mkdir()
+    params = _notebook_parameters(nb, plan, run_dir, output_dir)
+    record["parameters"] = params
+    executed = run_dir / f"{nb.name}.ipynb"
+    failed = False
+    t0 = time.time()
+    try:
+        execute_notebook(str(nb.path), str(executed), parameters=params, kernel_name="python3",
+                         execution_timeout=plan.timeout_s, progress_bar=progress, cwd=str(output_dir),
+                         extra_arguments=kernel_arguments())
+        record["status"] = "ok"
+    except Exception as error:  # papermill writes the failed notebook with its traceback
+        record["status"] = "failed"
+        record["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
+        failed = True
+    record["seconds"] = round(time.time() - t0, 1)
+    metrics_file = output_dir / "metrics.json"
+    record["metrics"] = f"{nb.name}/metrics.json" if metrics_file.is_file() else None
+    if executed.is_file():
+        try:
+            _to_html(executed, run_dir / f"{nb.name}.html")
+        except Exception as error:
+            record["html_error"] = str(error)
+    return failed
+
+
+def run_report(plan: ReportPlan, out: str | Path = "runs", log=print, progress: bool = True) -> tuple[Path, dict]:
+    """Execute a planned report; returns the run folder and the manifest (``status`` ok/failed)."""
+    import papermill
+
+    from covnb.quiet import quiet_environment
+
+    quiet_environment()  # inherited by the kernels
+    # papermill runs each kernel inside its notebook's output folder: every path handed on must be absolute
+    run_dir = new_run_dir(Path(out).expanduser().resolve(), plan.profile)
+    started = time.time()
+    manifest = _new_manifest(plan)
+    log(f"covnb report: profile {plan.profile} -> {run_dir}")
+    _record_data_and_seed(manifest, plan)
     _write_json(run_dir / "manifest.json", manifest)
     failed = False
     for number, nb in enumerate(plan.notebooks, 1):
@@ -296,34 +378,8 @@ def run_report(plan: ReportPlan, out: str | Path = "runs", log=print, progress: 
         manifest["notebooks"].append(record)
         if failed:
             continue
-        output_dir = run_dir / nb.name
-        output_dir.mkdir()
-        params = {k: _expand(v, run_dir, k) for k, v in nb.parameters.items()}
-        if "output_dir" in nb.declared:
-            params["output_dir"] = str(output_dir)
-        if "data_path" in nb.declared:
-            params["data_path"] = plan.data_path
-        record["parameters"] = params
-        executed = run_dir / f"{nb.name}.ipynb"
         log(f"[{number}/{len(plan.notebooks)}] {nb.path.name} ...")
-        t0 = time.time()
-        try:
-            papermill.execute_notebook(str(nb.path), str(executed), parameters=params, kernel_name="python3",
-                                       execution_timeout=plan.timeout_s, progress_bar=progress, cwd=str(output_dir),
-                                       extra_arguments=kernel_arguments())
-            record["status"] = "ok"
-        except Exception as error:  # papermill writes the failed notebook with its traceback
-            record["status"] = "failed"
-            record["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
-            failed = True
-        record["seconds"] = round(time.time() - t0, 1)
-        metrics_file = output_dir / "metrics.json"
-        record["metrics"] = f"{nb.name}/metrics.json" if metrics_file.is_file() else None
-        if executed.is_file():
-            try:
-                _to_html(executed, run_dir / f"{nb.name}.html")
-            except Exception as error:
-                record["html_error"] = str(error)
+        failed = _execute_notebook(nb, plan, run_dir, record, progress, papermill.execute_notebook)
         log(f"[{number}/{len(plan.notebooks)}] {nb.path.name}: {record['status']} in {record['seconds']} s"
             + (f" ({record['error']})" if failed else ""))
         _write_json(run_dir / "manifest.json", manifest)

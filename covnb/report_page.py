@@ -196,15 +196,8 @@ def _entry(label: str, key: str, value, *, interval=None, std=None, note="") -> 
             "note": note}
 
 
-def headline_numbers(metrics, notebook: str) -> list[dict]:
-    """The headline numbers of one notebook's metrics (any shape): label, dotted key, value, interval.
-
-    Declared keys of :data:`HEADLINES` first, then the notebook's own ``headline`` block, then, when
-    neither gave anything, the top-level numbers of the file.
-    """
-    if not isinstance(metrics, dict):
-        return []
-    entries, seen = [], set()
+def _declared_numbers(metrics: dict, notebook: str, entries: list, seen: set) -> None:
+    """Append the numbers of the keys :data:`HEADLINES` declares for ``notebook`` (with interval and std)."""
     for spec in HEADLINES.get(notebook, ()):
         for value, captured, siblings in _matches(metrics, spec.key):
             if not (_is_number(value) or isinstance(value, bool)):
@@ -215,19 +208,42 @@ def headline_numbers(metrics, notebook: str) -> list[dict]:
                                   interval=_interval(metrics, spec, captured, value),
                                   std=std if _is_number(std) else None, note=spec.note))
             seen.add(key)
+
+
+def _headline_block_numbers(metrics: dict, entries: list, seen: set) -> None:
+    """Append the numbers of the notebook's own ``headline`` block not already shown (``*_std`` left out)."""
     headline = metrics.get("headline")
-    if isinstance(headline, dict):
-        for name, value in headline.items():
-            key = f"headline.{name}"
-            if key in seen or not _is_number(value) or str(name).endswith("_std"):
-                continue
-            entries.append(_entry(str(name).replace("_", " "), key, value))
-            seen.add(key)
-    if not entries:
-        for name, value in metrics.items():
-            if _is_number(value) and not FALLBACK_SKIP.search(str(name)) and len(entries) < MAX_FALLBACK_NUMBERS:
-                entries.append(_entry(str(name).replace("_", " "), str(name), value))
+    if not isinstance(headline, dict):
+        return
+    for name, value in headline.items():
+        key = f"headline.{name}"
+        if key in seen or not _is_number(value) or str(name).endswith("_std"):
+            continue
+        entries.append(_entry(str(name).replace("_", " "), key, value))
+        seen.add(key)
+
+
+def _fallback_numbers(metrics: dict) -> list[dict]:
+    """The first :data:`MAX_FALLBACK_NUMBERS` top-level numbers of a metrics file (not matching FALLBACK_SKIP)."""
+    entries = []
+    for name, value in metrics.items():
+        if _is_number(value) and not FALLBACK_SKIP.search(str(name)) and len(entries) < MAX_FALLBACK_NUMBERS:
+            entries.append(_entry(str(name).replace("_", " "), str(name), value))
     return entries
+
+
+def headline_numbers(metrics, notebook: str) -> list[dict]:
+    """The headline numbers of one notebook's metrics (any shape): label, dotted key, value, interval.
+
+    Declared keys of :data:`HEADLINES` first, then the notebook's own ``headline`` block, then, when
+    neither gave anything, the top-level numbers of the file.
+    """
+    if not isinstance(metrics, dict):
+        return []
+    entries, seen = [], set()
+    _declared_numbers(metrics, notebook, entries, seen)
+    _headline_block_numbers(metrics, entries, seen)
+    return entries or _fallback_numbers(metrics)
 
 
 # ----------------------------------------------------------------------------- one notebook
@@ -256,14 +272,19 @@ def _read_metrics(path: Path | None) -> tuple[object, str | None]:
         return None, f"metrics.json could not be read ({type(error).__name__}: {error})"
 
 
+def _ordered_figures(folder: Path, metrics) -> tuple[list[str], list[str]]:
+    """The figure files of ``folder`` (sorted) and their display order: those ``metrics["figures"]`` lists first."""
+    on_disk = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FIGURE_SUFFIXES)
+    listed = metrics.get("figures") if isinstance(metrics, dict) else None
+    listed = [name for name in listed if name in on_disk] if isinstance(listed, list) else []
+    return on_disk, list(dict.fromkeys(listed + on_disk))
+
+
 def _figures(folder: Path | None, folder_name: str, notebook: str, metrics) -> tuple[list[dict], list[dict], int]:
     """Key figures and the other figures of a notebook's output folder, as relative links."""
     if folder is None or not folder.is_dir():
         return [], [], 0
-    on_disk = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FIGURE_SUFFIXES)
-    listed = metrics.get("figures") if isinstance(metrics, dict) else None
-    listed = [name for name in listed if name in on_disk] if isinstance(listed, list) else []
-    ordered = list(dict.fromkeys(listed + on_disk))
+    on_disk, ordered = _ordered_figures(folder, metrics)
     declared = [name for name in KEY_FIGURES.get(notebook, ()) if name in on_disk]
     key = declared or ordered[:KEY_FIGURES_FALLBACK]
     rest = [name for name in ordered if name not in key]
@@ -357,15 +378,15 @@ def _environment() -> jinja2.Environment:
                               trim_blocks=True, lstrip_blocks=True)
 
 
-def render_index(run_dir: str | Path, manifest: dict) -> str:
-    """``index.html`` of a run folder as text (see the module docstring for what it shows)."""
-    run_dir = Path(run_dir)
-    manifest = manifest if isinstance(manifest, dict) else {}
-    data = manifest.get("data") if isinstance(manifest.get("data"), dict) else {}
-    cards = [notebook_card(run_dir, record) for record in manifest.get("notebooks") or []]
-    versions = manifest.get("versions") if isinstance(manifest.get("versions"), dict) else {}
-    counts = {status: sum(card["status"] == status for card in cards) for status in ("ok", "failed", "not run")}
-    context = {
+def _dict_field(manifest: dict, name: str) -> dict:
+    """``manifest[name]`` when it is a dict, else an empty dict (the manifest is data, not trusted)."""
+    value = manifest.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+def _run_fields(manifest: dict) -> dict:
+    """The page's run-level texts taken straight from the manifest (profile, status, timing, command ...)."""
+    return {
         "profile": str(manifest.get("profile") or "report"),
         "description": manifest.get("description") or "",
         "status": str(manifest.get("status") or "unknown"),
@@ -375,10 +396,31 @@ def render_index(run_dir: str | Path, manifest: dict) -> str:
         "platform": manifest.get("platform") or "",
         "profile_file": manifest.get("profile_file") or "",
         "seed": manifest.get("seed"),
-        "synthetic": data.get("synthetic") is True or any(card["synthetic"] for card in cards),
-        "data": {"path": data.get("path"), "synthetic": data.get("synthetic"), "layout": data.get("layout"), "fingerprint": data.get("fingerprint"),
-                 "samples": data.get("samples"), "groups": data.get("groups"), "error": data.get("error")},
+    }
+
+
+def _data_fields(data: dict) -> dict:
+    """The data block of the page: where the data came from and what was skipped."""
+    return {
+        "data": {"path": data.get("path"), "synthetic": data.get("synthetic"), "layout": data.get("layout"),
+                 "fingerprint": data.get("fingerprint"), "samples": data.get("samples"),
+                 "groups": data.get("groups"), "error": data.get("error")},
         "skipped": _skipped(data.get("skipped")),
+    }
+
+
+def render_index(run_dir: str | Path, manifest: dict) -> str:
+    """``index.html`` of a run folder as text (see the module docstring for what it shows)."""
+    run_dir = Path(run_dir)
+    manifest = manifest if isinstance(manifest, dict) else {}
+    data = _dict_field(manifest, "data")
+    cards = [notebook_card(run_dir, record) for record in manifest.get("notebooks") or []]
+    versions = _dict_field(manifest, "versions")
+    counts = {status: sum(card["status"] == status for card in cards) for status in ("ok", "failed", "not run")}
+    context = {
+        **_run_fields(manifest),
+        "synthetic": data.get("synthetic") is True or any(card["synthetic"] for card in cards),
+        **_data_fields(data),
         "shared_parameters": _shared_parameters(manifest.get("notebooks") or []),
         "versions": [(str(k), "" if v is None else str(v)) for k, v in versions.items()],
         "cards": cards, "counts": counts,

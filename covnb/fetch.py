@@ -22,7 +22,6 @@ the extracted size (:data:`MAX_EXTRACTED_BYTES`).
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
@@ -37,6 +36,7 @@ from pathlib import Path
 
 from covnb.cache import cache_dir
 from covnb.io_utils import atomic_write_json, replace_folder
+from covnb.media import file_digest
 
 #: The commit of jannisborn/covid19_ultrasound whose data/ folder covnb's results were measured on.
 POCUS_COMMIT = "bed269a62275ff39d58c7c9e9a92405db5f7f6d6"
@@ -212,11 +212,7 @@ def _download(url: str, destination: Path, timeout: float, progress: bool, targe
 
 def check_sha256(archive: Path, expected: str | None, *, url: str, target: Path, progress: bool = False) -> str:
     """SHA-256 of ``archive``; raises :class:`FetchError` when ``expected`` is given and differs."""
-    digest = hashlib.sha256()
-    with open(archive, "rb") as handle:
-        while block := handle.read(_CHUNK):
-            digest.update(block)
-    actual = digest.hexdigest()
+    actual = file_digest(archive, "sha256", _CHUNK)
     if expected is not None and actual.lower() != expected.strip().lower():
         raise FetchError(
             f"The archive downloaded from {url} has SHA-256 {actual}, expected {expected}: it is not "
@@ -374,11 +370,7 @@ def file_digests(folder: Path) -> dict[str, str]:
     digests = {}
     for path in sorted(Path(folder).rglob("*")):
         if path.is_file() and not path.is_symlink():
-            digest = hashlib.sha256()
-            with open(path, "rb") as handle:
-                while block := handle.read(_CHUNK):
-                    digest.update(block)
-            digests[path.relative_to(folder).as_posix()] = digest.hexdigest()
+            digests[path.relative_to(folder).as_posix()] = file_digest(path, "sha256", _CHUNK)
     return digests
 
 

@@ -146,13 +146,18 @@ def _probe_image(path: Path) -> dict:
             "height": image.shape[0], "duration_s": np.nan}
 
 
-def file_sha1(path: Path, chunk: int = 1 << 20) -> str:
-    """SHA-1 of a file's content (used for cache keys and duplicate audits)."""
-    digest = hashlib.sha1()
+def file_digest(path: Path, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
+    """Hex digest of a file's content, read in chunks (``algorithm``: a :mod:`hashlib` name)."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_sha1(path: Path, chunk: int = 1 << 20) -> str:
+    """SHA-1 of a file's content (used for cache keys and duplicate audits)."""
+    return file_digest(path, "sha1", chunk)
 
 
 def symlink_problem(path: Path) -> str | None:

@@ -28,7 +28,8 @@ STAGES = {
             "fewshot_embeddings", "fewshot_episodes", "fewshot_methods"},
     # cross-validation and few-shot episodes fit and score: they sit with evaluation
     "evaluate": {"experiments.crossval", "fewshot_evaluation", "fewshot_curves", "fewshot_plots", "fewshot", "evaluate",
-                 "calibration", "predict", "prediction_trust", "heatmaps", "cam", "cam_export", "widgets",
+                 "calibration", "predict", "prediction_trust", "heatmaps", "cam_layers", "cam_gradients", "cam", "cam_export",
+                 "explorer_state", "widgets",
                  "explore_common", "explore_census", "explore_frames", "explore_duplicates", "explore_phantom",
                  "explore", "ensemble"},
     "report": {"experiments.training", "experiments", "train", "audit", "backbone_comparison", "trust", "model_card", "parameters", "report",

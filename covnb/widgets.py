@@ -25,7 +25,7 @@ import numpy as np
 import keras
 
 from covnb import cam
-from covnb.explorer_state import PREDICTED, ExplorerCache, check_samples, png_bytes  # noqa: F401 (API)
+from covnb.explorer_state import PREDICTED, ExplorerCache, png_bytes
 from covnb.io_utils import slug
 
 __all__ = ["CamExplorer", "METHOD_LABELS", "COLORMAPS"]

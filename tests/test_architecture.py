@@ -36,7 +36,7 @@ STAGES = {
                "report_page", "notebook_html", "cli", "cli_common", "cli_data", "cli_train", "cli_cam", "__main__"},
     # what the notebooks call: figures, sentences and studies built on everything above
     "notebooks": {"notebook_display", "recipe_text", "transfer_study", "study_plots", "exploration_summary",
-                  "fewshot_study", "fewshot_text", "cam_figures", "cam_model", "trust_demo"},
+                  "fewshot_study", "fewshot_text", "cam_figures", "cam_model", "trust_demo", "transfer_summary"},
 }
 ORDER = list(STAGES)
 STAGE_OF = {module: ORDER.index(stage) for stage, modules in STAGES.items() for module in modules}

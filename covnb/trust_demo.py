@@ -14,7 +14,7 @@ from covnb.predict import predict_paths
 from covnb.uncertainty import separation_auroc
 
 __all__ = ["write_unfamiliar_images", "plot_ood_scores", "calibration_table", "stored_map_text", "risk_table",
-           "shift_check", "record_shift"]
+           "unfamiliar_comparison", "record_shift"]
 
 #: The columns of ``covnb predict``'s file table notebook 05 shows (the trust ones when the model has them).
 SHOWN_COLUMNS = ["path", "pred", "probabilities", "confidence", "uncertainty", "uncertain", "uncertain_reason"]
@@ -80,7 +80,7 @@ def risk_table(risk_coverage: dict) -> pd.DataFrame:
     return risk.droplevel(1).set_index("abstain_fraction", append=True)
 
 
-def shift_check(run_dir: str | Path, familiar, unfamiliar, *, threshold: float) -> tuple:
+def unfamiliar_comparison(run_dir: str | Path, familiar, unfamiliar, *, threshold: float) -> tuple:
     """Predict ``familiar`` and ``unfamiliar`` files with the run's ``model.keras`` (:func:`covnb.predict.predict_paths`)
     and compare the unfamiliar files' OOD scores with the held-out training files' (``heldout_ood_scores.csv``).
 

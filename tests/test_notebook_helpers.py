@@ -341,3 +341,22 @@ def test_canonical_method_and_explorer_samples():
     with pytest.raises(ValueError, match="non-empty dict"):
         check_samples({})
     assert png_bytes(np.zeros((3, 4, 3), np.uint8))[:4] == b"\x89PNG"
+
+
+def test_methods_for_and_layer_notes_on_a_tiny_model():
+    pytest.importorskip("keras")
+    from covnb import cam_model
+    from test_cam import SIZE, small_flat_model
+
+    gap, dense_head = small_flat_model(head="gap"), small_flat_model(head="pocovid")
+    assert cam_model.methods_for(gap, "cam") == ["gradcam", "gradcam++", "cam"]
+    with pytest.raises(ValueError, match=r"method 'cam' needs a global-average-pooling head; this model allows "
+                                         r"\['gradcam', 'gradcam\+\+'\]"):
+        cam_model.methods_for(dense_head, "cam")
+    labels = pd.Series(["a", "b", "c", "c"])
+    notes = cam_model.layer_notes(gap, "conv3", labels, ["a", "b"], image_size=SIZE, available=["gradcam"])
+    grid = SIZE // 4
+    assert notes == ["2 frames have labels the model does not know (['c']).",
+                     f"Explaining layer 'conv3' ({grid}x{grid} cells over a {SIZE} px frame); methods available: "
+                     "gradcam"]
+    assert len(cam_model.layer_notes(gap, "conv3", labels[:2], ["a", "b"], image_size=SIZE, available=[])) == 1

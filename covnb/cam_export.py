@@ -60,15 +60,15 @@ def check_options(model, metadata: dict, *, method: str = "gradcam", layer: str 
                   class_name: str | None = None) -> _Options:
     """Validate method, layer and class against ``model``; raise :class:`CamOptionError`."""
     classes = [str(name) for name in metadata.get("classes") or []]
-    canonical = cam._METHOD_ALIASES.get(str(method).lower())
+    canonical = cam.METHOD_ALIASES.get(str(method).lower())
     if canonical is None:
         raise CamOptionError(f"unknown CAM method {method!r}; choose one of {', '.join(cam.METHODS)}")
     if canonical not in cam.available_methods(model):
         raise CamOptionError(f"method {method!r} needs a GlobalAveragePooling2D + Dense head; model "
                              f"{model.name!r} has another head: use gradcam or gradcam++")
     try:
-        layer_name = cam.cam_feature_layer_name(model) if canonical == "cam" else cam._resolve_layer(model, layer).name
-        if canonical == "cam" and layer is not None and cam._resolve_layer(model, layer).name != layer_name:
+        layer_name = cam.cam_feature_layer_name(model) if canonical == "cam" else cam.resolve_layer(model, layer).name
+        if canonical == "cam" and layer is not None and cam.resolve_layer(model, layer).name != layer_name:
             raise CamOptionError(f"CAM is defined on the layer feeding the global pooling ({layer_name!r}), "
                                  f"not on {layer!r}; use gradcam for other layers")
     except CamOptionError:

@@ -17,7 +17,9 @@ from covnb import cam
 
 __all__ = ["short_name", "most_confident", "plot_gallery", "plot_heat_inside_sector", "plot_method_agreement",
            "plot_methods_side_by_side", "explorer_samples", "median_or_none", "explain_all", "heat_statistics",
-           "agreement_medians", "summary_markdown", "prediction_table", "exercise_explorer"]
+           "agreement_medians", "summary_markdown", "prediction_table", "exercise_explorer", "frame_accuracy",
+           "confusion_counts", "peak_box", "plot_peaks_over_mean_frame", "heat_inside_example", "inside_summary",
+           "agreement_tables", "same_map_note", "set_explorer_view", "cam_metrics", "timing_line", "accuracy_line"]
 
 
 def short_name(sample_id, width: int = 24) -> str:
@@ -241,3 +243,115 @@ def exercise_explorer(explorer) -> tuple[dict, Path]:
                     "new_frame_overlay_ms": round(explorer.timings["overlay"], 1),
                     "plot_ms": round(explorer.timings["plot"], 1)})
     return timings, explorer.save_png()
+
+
+def frame_accuracy(table: pd.DataFrame, known: np.ndarray) -> float:
+    """Share of frames (among those with a label the model knows) whose predicted class is the label; NaN without any."""
+    if not known.any():
+        return float("nan")
+    return float((table["predicted"] == table["label"].astype(str))[known].mean())
+
+
+def confusion_counts(table: pd.DataFrame) -> pd.DataFrame:
+    """Frames counted by true label (rows) and predicted class (columns)."""
+    return pd.crosstab(table["label"], table["predicted"], rownames=["true"], colnames=["predicted"])
+
+
+def peak_box(image_size: int) -> int:
+    """The box filter before the heatmap peak: 19 px at 224 px as POCOVID-Net, scaled, odd, at least 1."""
+    return max(1, int(round(19 * image_size / 224)) | 1)
+
+
+def plot_peaks_over_mean_frame(frames: np.ndarray, peaks: pd.DataFrame, method: str):
+    """:func:`covnb.cam.plot_peak_scatter` of ``method``'s peaks by predicted class over the mean frame."""
+    return cam.plot_peak_scatter(peaks[peaks["method"] == method], hue="class",
+                                 background=frames.astype(np.float32).mean(axis=0),
+                                 title=f"Peaks of {method} heatmaps by predicted class (over the mean frame)")
+
+
+def heat_inside_example(frames, index, *, table: pd.DataFrame, probs, results: dict, peaks: pd.DataFrame, method: str,
+                        class_names, labelled: bool = True) -> tuple:
+    """:func:`plot_heat_inside_sector` on the frame the model is surest is of the first class (frame 0
+    when there is none): ``(figure, inside fraction of that frame, median sector share)``."""
+    best = most_confident(table, probs, 0, 1, class_names=class_names, labelled=labelled)
+    example = int(best[0]) if len(best) else 0
+    return plot_heat_inside_sector(frames, index, example, results[method].heatmaps[example], peaks=peaks,
+                                   method=method)
+
+
+def inside_summary(peaks: pd.DataFrame) -> pd.DataFrame:
+    """Median inside fraction per predicted class (rows) and method (columns)."""
+    return peaks.pivot_table(index="class", columns="method", values="inside", aggfunc="median").rename_axis(
+        columns="median inside fraction")
+
+
+def agreement_tables(results: dict, frame_size, *, box: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`covnb.cam.method_agreement` of every pair of methods (with a ``pair`` column) and its
+    per-pair medians; two empty tables with fewer than two methods."""
+    if len(results) < 2:
+        return pd.DataFrame(), pd.DataFrame()
+    agreement = cam.method_agreement(results, frame_size, box=box)
+    agreement["pair"] = agreement["method_a"] + " vs " + agreement["method_b"]
+    summary = agreement.groupby("pair", sort=False)[["correlation", "peak_distance", "top_iou"]].median()
+    return agreement, summary.rename_axis(columns="median over frames")
+
+
+def same_map_note(results: dict) -> list[str]:
+    """The largest Grad-CAM vs CAM difference when both explain the same layer (they give the same map)."""
+    if not {"gradcam", "cam"} <= set(results) or results["gradcam"].layer != results["cam"].layer:
+        return []
+    difference = float(np.abs(results["gradcam"].heatmaps - results["cam"].heatmaps).max())
+    return [f"Grad-CAM vs CAM on '{results['cam'].layer}': largest difference {difference:.2e} (the same map, "
+            "as expected)"]
+
+
+def set_explorer_view(explorer, *, method: str, layer: str, threshold: float, class_names, labelled: bool) -> None:
+    """Put the explorer on ``method``, ``layer`` (added to its menu when missing; not for CAM) and the
+    threshold (to its 0.05 steps, at most 0.95), at the most confident frame of its first sample's class."""
+    explorer.method_dropdown.value = method
+    if method != "cam":
+        if layer not in explorer.layer_dropdown.options:
+            explorer.layer_dropdown.options = list(explorer.layer_dropdown.options) + [layer]
+        explorer.layer_dropdown.value = layer
+    explorer.threshold_slider.value = min(round(threshold / 0.05) * 0.05, 0.95)
+    first = class_names.index(next(iter(explorer.samples)).split(":")[0]) if labelled else 0
+    explorer.jump_to_class(first)
+
+
+def cam_metrics(*, dataset, synthetic: bool, task_name: str, model_info: dict, settings: dict, table: pd.DataFrame,
+                n_frames: int, accuracy: float, gallery: dict, peaks: pd.DataFrame, method: str, methods,
+                n_outside: int, sector_share: float, agreement_summary: pd.DataFrame, explorer_samples,
+                explorer_ms: dict, timings: dict, figures, runtime_s: float) -> dict:
+    """Notebook 04's ``metrics.json``: data, model, settings, accuracy, galleries, heat statistics
+    (:func:`heat_statistics`), agreement medians, the explorer's samples and timings."""
+    return {
+        "data_path": None if synthetic else str(dataset.root),
+        "synthetic": bool(synthetic),
+        "task": task_name,
+        "model": model_info,
+        "settings": settings,
+        "samples": int(table["sample_id"].nunique()),
+        "frames": int(n_frames),
+        "frame_accuracy": None if np.isnan(accuracy) else round(accuracy, 4),
+        "gallery": gallery,
+        **heat_statistics(peaks, method, methods),
+        "frames_mostly_outside_sector": int(n_outside),
+        "sector_share_of_frame_median": round(sector_share, 4),
+        "agreement_median": agreement_medians(agreement_summary),
+        "explorer": {"samples": list(explorer_samples), **explorer_ms},
+        "timings": timings,
+        "figures": list(figures),
+        "runtime_s": round(runtime_s, 1),
+    }
+
+
+def timing_line(timings: dict, methods, n_frames: int, box: int) -> str:
+    """How long each method took per frame (from :func:`explain_all`'s timings) and the box filter used."""
+    per_frame = ", ".join(f"{m} {timings[f'heatmaps_{m}_ms_per_frame']:.0f} ms" for m in methods)
+    return f"{n_frames} frames explained ({per_frame} per frame); box filter {box} px"
+
+
+def accuracy_line(accuracy: float, *, quick_demo: bool) -> str:
+    """The frame accuracy, flagged as optimistic for the demo model (trained on these very frames)."""
+    return (f"Frame accuracy on these frames: {accuracy:.2f}"
+            + (" (the demo model was trained on them: an optimistic number)" if quick_demo else ""))

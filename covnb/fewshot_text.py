@@ -3,9 +3,12 @@ K-shot curves; a sentence never states a finding the run did not show)."""
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 
-__all__ = ["Findings", "shot_sentence", "shots_sentence", "leak_sentence", "learning_sentence", "at_k", "best_at_largest_k"]
+__all__ = ["Findings", "shot_sentence", "shots_sentence", "leak_sentence", "learning_sentence", "at_k", "best_at_largest_k",
+           "run_summary", "summary_markdown"]
 
 
 class Findings(list):
@@ -84,3 +87,25 @@ def shots_sentence(curve_held: pd.DataFrame, curve_all: pd.DataFrame, n_way: int
             else "not reached (too few patients per class)")
     return (f"**Shots.** {shot_sentence(curve_held, 'the held-out patients', n_way)} "
             f"{shot_sentence(curve_all, 'all patients', n_way)} K=5 is {five} in this run.")
+
+
+def run_summary(curve_held: pd.DataFrame, curve_all: pd.DataFrame, learning: pd.DataFrame, *, recipe: str) -> dict:
+    """Notebook 03's ``summary`` block: K=5 on both pools, the best method at the largest K (all
+    patients) and the trained recipe at the largest n (``learning``: :func:`covnb.fewshot_study.learning_summary`)."""
+    summary = {"five_shot_held_out": at_k(curve_held, 5), "five_shot_all_patients": at_k(curve_all, 5)}
+    if len(curve_all):
+        summary["best_few_shot_at_largest_k"] = best_at_largest_k(curve_all)
+    if len(learning):
+        n_top = int(learning.index.max())
+        summary["trained_recipe_at_largest_n"] = {"n_patients": n_top, "recipe": recipe,
+                                                  "balanced_accuracy": float(learning.loc[n_top, "mean"])}
+    return summary
+
+
+def summary_markdown(summary: dict, findings, *, synthetic: bool) -> str:
+    """The closing cell: one bullet per summary entry (3 digits), then the run's findings."""
+    bullets = "\n".join(f"* **{key}**: `{json.dumps(value, default=lambda v: round(float(v), 3))}`"
+                         for key, value in summary.items())
+    return (bullets + "\n\n### What this run shows\n\n" + "\n".join(f"* {sentence}" for sentence in findings)
+            + ("\n\n*Synthetic phantom: these numbers show how the methods behave, not how well anything "
+               "detects COVID-19.*" if synthetic else ""))

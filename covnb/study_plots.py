@@ -11,7 +11,9 @@ import pandas as pd
 import seaborn as sns
 
 __all__ = ["fold_dot_plot", "plot_feature_map", "plot_frame_agreement", "plot_sensitivity_by_option",
-           "plot_source_probe", "plot_interval_bars"]
+           "plot_source_probe", "plot_interval_bars", "plot_recipe_folds", "plot_leaky_vs_honest",
+           "training_curves_or_none", "class_palette", "outcome_figures",
+           "plot_patient_vs_source"]
 
 
 def fold_dot_plot(results: dict, metric: str, title: str, chance: float | None = None):
@@ -110,3 +112,54 @@ def plot_interval_bars(names, means, errors, xlabel: str, *, chance: float | Non
     ax.set_xlim(0, 1)
     ax.set_xlabel(xlabel)
     return fig
+
+
+def plot_recipe_folds(cv_results: dict, classes, n_folds: int):
+    """:func:`fold_dot_plot` of the video-level balanced accuracy of every named cross-validation."""
+    from covnb.evaluate import fold_metrics
+
+    return fold_dot_plot({name: fold_metrics(cv.oof, classes, "video_mean") for name, cv in cv_results.items()},
+                         "balanced_accuracy", f"Video-level balanced accuracy, patient-level {n_folds}-fold CV",
+                         chance=1 / len(classes))
+
+
+def plot_leaky_vs_honest(comparison: dict, recipe: str, n_classes: int):
+    """:func:`fold_dot_plot` of the frame-level balanced accuracy of the leaky and the honest split
+    (:func:`covnb.transfer_study.leaky_split_comparison`)."""
+    return fold_dot_plot({"frame-level split (leaky)": comparison["leaky_folds"],
+                          "patient-level split (honest)": comparison["honest_folds"]}, "balanced_accuracy",
+                         f"Same recipe ({recipe}), same frames: frame-level balanced accuracy", chance=1 / n_classes)
+
+
+def training_curves_or_none(cv, name: str):
+    """Loss per epoch of a cross-validation (:func:`covnb.evaluate.plot_training_curves`), or None when its
+    recipe has no epochs (a logistic regression)."""
+    from covnb.evaluate import plot_training_curves
+
+    if "loss" not in cv.histories or not cv.histories["loss"].notna().any():
+        return None
+    return plot_training_curves(cv.histories, title=f"{name}: loss per epoch, one line per fold")
+
+
+def class_palette(classes) -> dict:
+    """Class -> colour of seaborn's "deep" palette, in the order of ``classes``."""
+    return dict(zip(classes, sns.color_palette("deep", len(classes))))
+
+
+def outcome_figures(oof: pd.DataFrame, videos: pd.DataFrame, classes, name: str) -> dict:
+    """Figure name -> figure: confusion matrices of the videos and of the frames, ROC curves of the videos
+    (:func:`covnb.evaluate.plot_confusion_matrices`, :func:`covnb.evaluate.plot_roc_curves`)."""
+    from covnb.evaluate import plot_confusion_matrices, plot_roc_curves
+
+    return {"confusion_videos": plot_confusion_matrices(
+                videos, classes, title=f"{name}: videos (mean probability), {len(videos)} out-of-fold predictions"),
+            "confusion_frames": plot_confusion_matrices(
+                oof, classes, title=f"{name}: frames, {len(oof)} out-of-fold predictions"),
+            "roc_videos": plot_roc_curves(videos, classes, title=f"{name}: ROC per class, videos")}
+
+
+def plot_patient_vs_source(fold_tables: dict, n_classes: int):
+    """:func:`fold_dot_plot` of the video balanced accuracy on patient-grouped and source-held-out folds
+    (``fold_tables`` of :func:`covnb.transfer_study.source_comparison`)."""
+    return fold_dot_plot(fold_tables, "balanced_accuracy",
+                         "Video balanced accuracy: patient-grouped vs source-held-out folds", chance=1 / n_classes)

@@ -16,11 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from covnb.evaluate import classification_metrics, fold_metrics, metrics_frame, video_predictions
+from covnb.evaluate import (bootstrap_ci, classification_metrics, fold_metrics, metrics_frame, summarize_cv,
+                            video_predictions)
 
 __all__ = ["cv_results_of", "recipe_row", "leaky_split_comparison", "source_comparison", "uncertainty_table",
            "level_table", "frame_agreement", "feature_map", "imbalance_comparison", "imbalance_summary",
-           "compare_available_backbones", "recipe_variants", "headline_numbers", "split_audit"]
+           "compare_available_backbones", "recipe_variants", "headline_numbers", "split_audit", "notebook_variants",
+           "class_counts", "complete_cv_results", "recipes_table", "source_held_out_study", "video_summary",
+           "reload_difference"]
 
 _TEXT_COLUMNS = {"sample_id": str, "group": str, "label": str, "source": str, "kind": str, "pred": str}
 
@@ -345,3 +348,96 @@ def split_audit(frame_set, cv, seed: int):
     tests = cv.folds[(cv.folds["role"] == "test") & (cv.folds["seed"] == seed)]
     fold_of_frame = index["sample_id"].map(dict(zip(tests["sample_id"], tests["fold"]))).to_numpy()
     return audit_split(index, fold_of_frame, frames=frame_set.frames, raise_on_leak=False)
+
+
+def notebook_variants(recipe: str, samples: pd.DataFrame, *, backbone: str, weights, alpha, image_size: int, seed: int,
+                      aug_views: int, mirror_view, epochs: int, fine_tune_epochs: int) -> tuple[dict, str]:
+    """:func:`recipe_variants` from notebook 02's parameters; ``mirror_view="auto"`` mirrors frames when
+    :func:`covnb.train.mirror_is_plausible` says so for ``samples`` (no chest X-ray or CT)."""
+    from covnb.train import mirror_is_plausible
+
+    common = dict(backbone=backbone, weights=weights, alpha=alpha, image_size=image_size, seed=seed)
+    views = dict(aug_views=aug_views, mirror_view=mirror_is_plausible(samples) if mirror_view == "auto" else mirror_view)
+    return recipe_variants(recipe, common=common, views=views, epochs=epochs, fine_tune_epochs=fine_tune_epochs)
+
+
+def class_counts(index: pd.DataFrame) -> pd.DataFrame:
+    """Per label: distinct files, patients and frames of a frame index."""
+    return index.groupby("label").agg(files=("sample_id", "nunique"), patients=("group", "nunique"),
+                                      frames=("sample_id", "size"))
+
+
+def complete_cv_results(frame_set, variants: dict, done: dict, *, n_folds: int, seeds, classes, log=None) -> dict:
+    """Name -> CVResult for every recipe of ``variants`` (in its order): those in ``done`` as they are,
+    the others cross-validated now on the same patient-grouped folds (a line per recipe to ``log``)."""
+    from covnb.recipe_text import describe
+    from covnb.train import run_cross_validation
+
+    results = {}
+    for name, config in variants.items():
+        if name not in done:
+            if log is not None:
+                log(f"--- {name}: {describe(config)}")
+            done = {**done, name: run_cross_validation(frame_set, config, n_folds=n_folds, seeds=seeds, log=log,
+                                                       classes=classes)}
+        results[name] = done[name]
+    return results
+
+
+def recipes_table(cv_results: dict, classes, focus: str) -> pd.DataFrame:
+    """One :func:`recipe_row` per named cross-validation, indexed by recipe."""
+    return pd.DataFrame([recipe_row(name, cv, classes, focus) for name, cv in cv_results.items()]).set_index("recipe")
+
+
+def source_held_out_study(samples: pd.DataFrame, runs: dict, cv_results: dict, classes, *, main_name: str,
+                          focus: str, leaky: dict | None, n_folds: int, seed: int, enabled: bool = True) -> tuple:
+    """Notebook 02's section 4b: ``(source_comparison(...) or None, lines to print)``.
+
+    ``runs``: :func:`cv_results_of` of the training run (its source-held-out cross-validations);
+    ``cv_results``: name -> patient-grouped CVResult. None with a line saying why when the data have
+    no source-held-out folds (:func:`covnb.splits.source_held_out_folds`) or ``enabled`` is False.
+    """
+    from covnb.splits import source_held_out_folds
+
+    split = source_held_out_folds(samples, positive_label=focus, n_splits=n_folds, seed=seed)
+    lines = [f"note: {note}" for note in split.attrs["notes"]]
+    if not enabled:
+        return None, lines + ["compare_source_split=False: skipped."]
+    if split.attrs["protocol"] != "source" or ("recipe", "source") not in runs:
+        return None, lines + [f"No source-held-out comparison on this data: {split.attrs['notes'][0]}. Only the "
+                              "frame-level and patient-grouped splits above can be compared."]
+    lines += [f"fold {fold}: {focus} test files only from source(s) {', '.join(held)}, none of which is in training"
+              for fold, held in split.attrs["held_out"].items()]
+    names = list(dict.fromkeys([main_name, "linear probe"]))
+    source_cv = {name: runs[("recipe" if name == main_name else "linear probe", "source")] for name in names}
+    comparison = source_comparison({name: cv_results[name] for name in names}, source_cv, classes,
+                                   main_name=main_name, focus=focus, leaky=leaky, split_attrs=split.attrs)
+    return comparison, lines
+
+
+def video_summary(oof: pd.DataFrame, videos: pd.DataFrame, classes, *, n_boot: int, seed: int) -> dict:
+    """:func:`covnb.evaluate.summarize_cv` of ``oof`` (no bootstrap of its own) with, when ``n_boot``, the
+    patient bootstrap 95% intervals (Efron & Tibshirani 1993) of ``videos`` at the video level (the headline
+    level): every patient's videos resampled together."""
+    summary = summarize_cv(oof, classes, n_boot=0)
+    if n_boot:
+        metrics = ["balanced_accuracy", "mcc", "macro_auc"] + [f"{c}_{m}" for c in classes
+                                                               for m in ("sensitivity", "specificity")]
+        summary["video_mean"]["bootstrap_95ci"] = bootstrap_ci(videos, classes, metrics, n_boot=n_boot, seed=seed)
+    return summary
+
+
+def reload_difference(model_path: str | Path, frames: np.ndarray, classes, *, n_check: int = 16) -> tuple[float, dict]:
+    """Load the saved model twice and compare their probabilities on the first ``n_check`` frames:
+    ``(largest difference, metadata)``; ValueError naming the file when they differ (>= 1e-4) or the
+    classes are not ``classes``."""
+    from covnb.models import load_model
+    from covnb.train import predict_frames
+
+    (first, metadata), (second, _) = load_model(model_path), load_model(model_path)
+    check = frames[: min(n_check, len(frames))]
+    difference = float(np.max(np.abs(predict_frames(first, check) - predict_frames(second, check))))
+    if difference >= 1e-4 or metadata["classes"] != list(classes):
+        raise ValueError(f"{model_path}: the saved model does not reload as trained (max difference {difference:g}, "
+                         f"classes {metadata['classes']})")
+    return difference, metadata

@@ -8,68 +8,37 @@ matters. Probabilities are computed once per sample (batched); heatmaps are cach
 resolution per (sample, frame, layer, class, method), so opacity, colormap and threshold only
 redraw the overlay. ``static_figure()`` returns a matplotlib Figure of the current view, for
 executed HTML reports (where widgets are frozen), and ``save_png()`` writes it to ``out_dir``.
+What is computed and cached (frames, probabilities, heatmaps) lives in :mod:`covnb.explorer_state`;
+this module is the controls, their callbacks and the rendering.
 """
 
 from __future__ import annotations
 
 import base64
-import collections
 import contextlib
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import cv2
 import numpy as np
 
 import keras
 
 from covnb import cam
-from covnb.calibration import calibrate_file_probabilities
+from covnb.explorer_state import PREDICTED, ExplorerCache, png_bytes
 from covnb.io_utils import slug
-from covnb.prediction_trust import annotate_predictions
-from covnb.registry import HEAD_FEATURES
 
 __all__ = ["CamExplorer", "METHOD_LABELS", "COLORMAPS"]
 
 METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "cam": "CAM"}
 COLORMAPS = ("jet", "turbo", "inferno", "magma", "viridis", "plasma", "hot", "coolwarm")
-PREDICTED = -1
 
 
 def _slug(text) -> str:
     return slug(text, default="x", strip="_")
 
 
-def _png_bytes(rgb: np.ndarray) -> bytes:
-    params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB]  # fast, still small
-    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]), params)
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
-    return encoded.tobytes()
-
-
-def _check_samples(samples: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    if not isinstance(samples, Mapping) or not samples:
-        raise ValueError("samples must be a non-empty dict: name -> frames (T, H, W, 3) uint8.")
-    checked = {}
-    for name, frames in samples.items():
-        array = np.asarray(frames)
-        if array.ndim == 3:
-            array = array[None]
-        if array.ndim != 4 or array.shape[-1] != 3 or len(array) == 0:
-            raise ValueError(f"Sample {name!r}: frames must be (T, H, W, 3) RGB or one image (H, W, 3); "
-                             f"got shape {np.asarray(frames).shape}.")
-        if array.dtype != np.uint8:
-            if array.min() < 0 or array.max() > 255:
-                raise ValueError(f"Sample {name!r}: pixel values must be 0..255 (uint8 RGB); got "
-                                 f"{array.min()}..{array.max()}.")
-            array = np.rint(array).astype(np.uint8)
-        checked[str(name)] = array
-    return checked
-
-
-class CamExplorer:
+class CamExplorer(ExplorerCache):
     """Interactive CAM explorer for a covnb model: pick a sample, a frame, a method (Grad-CAM,
     Selvaraju et al. 2017; Grad-CAM++, Chattopadhay et al. 2018; CAM, Zhou et al. 2016), a layer
     and a class, and see the heatmap over the frame with the class probabilities.
@@ -121,41 +90,15 @@ class CamExplorer:
                  calibration: dict | None = None, metadata: dict | None = None, trust_arrays: dict | None = None):
         import ipywidgets as widgets
 
-        self.model = model
-        self.metadata = dict(metadata or {})
-        if calibration is None:
-            calibration = self.metadata.get("calibration")
-        self.calibration = calibration  # a model sidecar's "calibration" block: probabilities shown calibrated
-        self.trust_arrays = trust_arrays
-        self._summaries: dict[str, dict] = {}
-        self.samples = _check_samples(samples)
-        self.class_names = [str(name) for name in class_names]
-        n_outputs = model.outputs[0].shape[-1]
-        if n_outputs is not None and len(self.class_names) != int(n_outputs):
-            raise ValueError(f"class_names has {len(self.class_names)} names but model {model.name!r} "
-                             f"outputs {n_outputs} classes.")
+        super().__init__(model, samples, class_names, batch_size=batch_size, max_cached_heatmaps=max_cached_heatmaps,
+                         calibration=calibration, metadata=metadata, trust_arrays=trust_arrays)
         self.out_dir = Path(out_dir)
-        self.batch_size = int(batch_size)
-        self.methods = cam.available_methods(model)
-        self.cam_layer = cam.cam_feature_layer_name(model) if "cam" in self.methods else None
         self.layers = self._check_layers(layers, max_layers)
-        self._input_size = tuple(model.input.shape[1:3])
-        self._model_frames: dict[str, np.ndarray] = {}
-        self._probs: dict[str, np.ndarray] = {}
-        self._raw_probs: dict[str, np.ndarray] = {}
-        self._heatmaps: collections.OrderedDict = collections.OrderedDict()
-        self._max_cached = int(max_cached_heatmaps)
-        self._inside: dict[tuple, float] = {}
-        self._sectors: dict[str, np.ndarray] = {}
-        #: Wall time (ms) of the last heatmap computation, overlay render and plot render.
-        self.timings = {"heatmap": 0.0, "overlay": 0.0, "plot": 0.0}
         self._quiet = False
         self._figure = None
         self._figure_sample = None
         self.last_overlay: np.ndarray | None = None
         self.last_saved: Path | None = None
-        self.stats = {"model_calls": 0, "heatmaps_computed": 0, "heatmap_cache_hits": 0,
-                      "overlay_renders": 0, "plot_renders": 0}
 
         controls = self._build_controls(widgets, int(display_width))
         self.widget = widgets.VBox([widgets.HBox([controls, self.image]), self.status, self.plot_output])
@@ -229,7 +172,7 @@ class CamExplorer:
             if last not in names:
                 names.append(last)
             return names[-int(max_layers):] if max_layers else names
-        names = [cam._resolve_layer(self.model, name).name for name in layers]  # clear error on bad names
+        names = [cam.resolve_layer(self.model, name).name for name in layers]  # clear error on bad names
         if not names:
             raise ValueError("layers is empty: give at least one conv layer name.")
         return names
@@ -251,58 +194,14 @@ class CamExplorer:
         """The layer actually explained (CAM always uses the layer feeding its global pooling)."""
         return self.cam_layer if self.method == "cam" else self.layer_dropdown.value
 
-    def model_frames(self, sample: str) -> np.ndarray:
-        """Frames of ``sample`` resized to the model input (cached)."""
-        if sample not in self._model_frames:
-            frames = self.samples[sample]
-            if all(size is not None for size in self._input_size):
-                frames = cam.resize_frames(frames, self._input_size)
-            self._model_frames[sample] = frames
-        return self._model_frames[sample]
-
     def probabilities(self, sample: str | None = None) -> np.ndarray:
-        """(T, C) class probabilities of every frame of ``sample``: one batched pass, then cached."""
-        sample = self.sample if sample is None else sample
-        if sample not in self._probs:
-            self.stats["model_calls"] += 1
-            self._raw_probs[sample] = cam.predict_probs(self.model, self.model_frames(sample), batch_size=self.batch_size)
-            self._probs[sample] = calibrate_file_probabilities({"calibration": self.calibration},
-                                                               self._raw_probs[sample])[0]
-        return self._probs[sample]
+        """(T, C) class probabilities of every frame of ``sample`` (default: the current one), cached."""
+        return super().probabilities(self.sample if sample is None else sample)
 
     def file_summary(self, sample: str | None = None) -> dict:
-        """The whole file as ``covnb predict`` reports it: ``probabilities`` (the video map on the mean
-        raw frame probability), ``predicted``, ``probability``, ``label`` ("calibrated (<method>)" or
-        "raw"), and with the model's ``trust`` block ``uncertain`` and ``reason``
-        (:func:`covnb.prediction_trust.annotate_predictions`)."""
-        import pandas as pd
-
-        sample = self.sample if sample is None else sample
-        if sample not in self._summaries:
-            frames = self.model_frames(sample)
-            features = None
-            if self.trust_arrays and HEAD_FEATURES in [layer.name for layer in self.model.layers]:
-                import keras
-
-                tap = keras.Model(self.model.input, self.model.get_layer(HEAD_FEATURES).output)
-                features = np.asarray(tap.predict(np.asarray(frames, dtype="float32"), batch_size=self.batch_size,
-                                                  verbose=0))
-            self.probabilities(sample)
-            raw = self._raw_probs[sample]
-            columns = {f"prob_{name}": raw[:, k] for k, name in enumerate(self.class_names)}
-            frame_table = pd.DataFrame({"path": sample, "frame_index": np.arange(len(raw)), **columns})
-            video_table = pd.DataFrame({"path": [sample], **{c: [v.mean()] for c, v in columns.items()}})
-            metadata = {**self.metadata, "calibration": self.calibration}
-            _, videos = annotate_predictions(frame_table, video_table, self.class_names, metadata,
-                                             frame_features=features, arrays=self.trust_arrays)
-            row = videos.iloc[0]
-            probs = np.array([row[f"prob_{name}"] for name in self.class_names], dtype=float)
-            self._summaries[sample] = {
-                "probabilities": probs, "predicted": self.class_names[int(probs.argmax())],
-                "probability": float(probs.max()), "label": str(row["probabilities"]),
-                "uncertain": bool(row["uncertain"]) if "uncertain" in row else None,
-                "reason": str(row.get("uncertain_reason", "") or "")}
-        return self._summaries[sample]
+        """The whole file as ``covnb predict`` reports it (default: the current sample); see
+        :meth:`covnb.explorer_state.ExplorerCache.file_summary`."""
+        return super().file_summary(self.sample if sample is None else sample)
 
     def target_class(self) -> int:
         """The explained class: the chosen one, or the predicted class of the current frame."""
@@ -312,29 +211,11 @@ class CamExplorer:
     def heatmap(self, sample: str | None = None, frame: int | None = None, *, layer: str | None = None,
                 class_index: int | None = None, method: str | None = None) -> np.ndarray:
         """Heatmap (h, w) 0..1 at conv resolution; defaults to the current view. Cached."""
-        sample = self.sample if sample is None else sample
-        frame = self.frame if frame is None else int(frame)
-        method = self.method if method is None else method
-        layer = (self.cam_layer if method == "cam" else (layer or self.layer_dropdown.value))
-        if class_index is None:
-            class_index = int(self.class_dropdown.value)
-        if class_index == PREDICTED:
-            class_index = int(self.probabilities(sample)[frame].argmax())
-        key = (sample, frame, layer, int(class_index), method)
-        if key in self._heatmaps:
-            self.stats["heatmap_cache_hits"] += 1
-            self._heatmaps.move_to_end(key)
-            return self._heatmaps[key]
-        self.stats["model_calls"] += 1
-        self.stats["heatmaps_computed"] += 1
-        frames = self.model_frames(sample)[frame:frame + 1]
-        start = time.perf_counter()
-        result = cam.explain(self.model, frames, method=method, class_index=int(class_index), layer=layer)
-        self.timings["heatmap"] = (time.perf_counter() - start) * 1000.0
-        self._heatmaps[key] = result.heatmaps[0]
-        while len(self._heatmaps) > self._max_cached:
-            self._heatmaps.popitem(last=False)
-        return self._heatmaps[key]
+        return self.cached_heatmap(self.sample if sample is None else sample,
+                                   self.frame if frame is None else int(frame),
+                                   layer=layer or self.layer_dropdown.value,
+                                   class_index=int(self.class_dropdown.value) if class_index is None else class_index,
+                                   method=self.method if method is None else method)
 
     def overlay_image(self) -> np.ndarray:
         """uint8 RGB overlay of the current view (from the heatmap cache when possible)."""
@@ -343,18 +224,13 @@ class CamExplorer:
                            colormap=self.colormap_dropdown.value, threshold=threshold)
 
     def sector(self, sample: str | None = None) -> np.ndarray:
-        """Ultrasound sector mask of ``sample`` (over all its frames: the sector does not move)."""
-        sample = self.sample if sample is None else sample
-        if sample not in self._sectors:
-            self._sectors[sample] = cam.sector_mask(self.samples[sample])
-        return self._sectors[sample]
+        """Ultrasound sector mask of ``sample`` (default: the current one)."""
+        return super().sector(self.sample if sample is None else sample)
 
     def heat_inside_sector(self) -> float:
         """Fraction of the current heatmap inside the ultrasound sector (cached)."""
         key = (self.sample, self.frame, self.layer, self.target_class(), self.method)
-        if key not in self._inside:
-            self._inside[key] = cam.heat_inside_fraction(self.heatmap(), self.sector())
-        return self._inside[key]
+        return self.cached_heat_inside(key, self.heatmap(), self.sample)
 
     # ------------------------------------------------------------------ rendering
 
@@ -366,7 +242,7 @@ class CamExplorer:
     def _render_overlay(self) -> None:
         start = time.perf_counter()
         self.last_overlay = self.overlay_image()
-        self.image.value = _png_bytes(self.last_overlay)
+        self.image.value = png_bytes(self.last_overlay)
         self.stats["overlay_renders"] += 1
         self._render_status()
         self.timings["overlay"] = (time.perf_counter() - start) * 1000.0
@@ -444,7 +320,7 @@ class CamExplorer:
         rgb = np.asarray(canvas.buffer_rgba())[..., :3]
         self.plot_output.outputs = ({
             "output_type": "display_data",
-            "data": {"image/png": base64.b64encode(_png_bytes(rgb)).decode("ascii"),
+            "data": {"image/png": base64.b64encode(png_bytes(rgb)).decode("ascii"),
                      "text/plain": f"<probabilities of {self.sample}, frame {self.frame}>"},
             "metadata": {},
         },)

@@ -28,14 +28,15 @@ STAGES = {
             "fewshot_embeddings", "fewshot_episodes", "fewshot_methods"},
     # cross-validation and few-shot episodes fit and score: they sit with evaluation
     "evaluate": {"experiments.crossval", "fewshot_evaluation", "fewshot_curves", "fewshot_plots", "fewshot", "evaluate",
-                 "calibration", "predict", "prediction_trust", "heatmaps", "cam", "cam_export", "widgets",
+                 "calibration", "predict", "prediction_trust", "heatmaps", "cam_layers", "cam_gradients", "cam", "cam_export",
+                 "explorer_state", "widgets",
                  "explore_common", "explore_census", "explore_frames", "explore_duplicates", "explore_phantom",
                  "explore", "ensemble"},
     "report": {"experiments.training", "experiments", "train", "audit", "backbone_comparison", "trust", "model_card", "parameters", "report",
                "report_page", "notebook_html", "cli", "cli_common", "cli_data", "cli_train", "cli_cam", "__main__"},
     # what the notebooks call: figures, sentences and studies built on everything above
     "notebooks": {"notebook_display", "recipe_text", "transfer_study", "study_plots", "exploration_summary",
-                  "fewshot_study", "fewshot_text", "cam_figures", "cam_model", "trust_demo"},
+                  "fewshot_study", "fewshot_text", "cam_figures", "cam_model", "trust_demo", "transfer_summary"},
 }
 ORDER = list(STAGES)
 STAGE_OF = {module: ORDER.index(stage) for stage, modules in STAGES.items() for module in modules}

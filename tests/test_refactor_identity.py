@@ -40,10 +40,10 @@ GOLDEN: dict[str, dict[str, str | float]] = {
         "video_balanced_accuracy": 0.449176
     },
     "phantom_keras_head": {
-        "oof.csv": "6d851bec0c23319d82fc9e5195a3d0ad2797aaf178350ebd730cc286183678bc"
+        "oof.csv": "663e8d5c551c00d0f12f0bded125c3caf70dbc2e501e52338c8cef8147c9e4d3"
     },
     "phantom_auto": {
-        "oof.csv": "0da8c6c4ac773c1fb14e58cf3fbe1c31eefa05fb83c863d2e944fc939752ad36"
+        "oof.csv": "3ef745f6b6e5cc60a1af5dd29ef669626c2da9a214b25e52f3b2dbf866e10293"
     },
     "pocus_default": {
         "baseline_oof_predictions.csv": "e620fb6834b8b8eefae2132e9b6a400afcc96dcee7da0d7145576a9ce9a01295",

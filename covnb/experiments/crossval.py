@@ -259,7 +259,7 @@ def run_cross_validation(frameset, config: TrainConfig | None = None, *, n_folds
         The class whose sources are held out under ``group_by="source"``.
     client : distributed.Client, optional
         Run every (seed, fold) as a task on this Dask cluster (:mod:`covnb.cluster`); the frozen
-        features are computed here once and scattered. Results are assembled in the serial order:
+        features are computed here once and sent. Results are assembled in the serial order:
         the out-of-fold table is the same, byte for byte, as without a client.
 
     Returns
@@ -376,6 +376,11 @@ def _fold_in_worker(payload: dict, job: _FoldJob):
     return selected, probs, histories, time.perf_counter() - started
 
 
+def _payload_task(payload: dict) -> dict:
+    """What every fold task of a cross-validation shares (kept by the cluster as a task's result)."""
+    return payload
+
+
 def _fold_task(payload: dict, job: _FoldJob):
     """A (seed, fold) on a Dask worker: the candidates are rebuilt once per worker and
     cross-validation (models from their configs, the sent initial weights, the sent features).
@@ -392,7 +397,7 @@ def _fold_task(payload: dict, job: _FoldJob):
 
 
 def _run_folds_on_cluster(client, candidates, shared: _FoldInputs, jobs: list[_FoldJob], log, groups):
-    """Every fold as a Dask task (the candidates' weights and features scattered once); the
+    """Every fold as a Dask task (the candidates' weights and features sent once); the
     results in the jobs' order, each fold logged as it finishes."""
     import uuid
 
@@ -400,7 +405,8 @@ def _run_folds_on_cluster(client, candidates, shared: _FoldInputs, jobs: list[_F
 
     payload = {"token": uuid.uuid4().hex, "frames": candidates.frames if candidates.needs_frames else None,
                "n_classes": candidates.n_classes, "parts": candidates.parts(), "shared": shared}
-    [sent] = client.scatter([payload], hash=False)
+    # A task holding the payload, not a scatter: if the worker keeping it dies, it is recomputed.
+    sent = client.submit(_payload_task, payload, pure=False, key=f"covnb-candidates-{payload['token'][:8]}")
     started = time.perf_counter()
     futures = [client.submit(_fold_task, sent, job, pure=False, key=f"covnb-fold-{payload['token'][:8]}-"
                              f"{job.seed}-{job.fold}") for job in jobs]

@@ -70,7 +70,7 @@ def _recipe_overrides(args, dataset) -> dict:
     """The recipe settings the command line gives, with the mirrored view decided for the data (none for chests)."""
     overrides = {"backbone": args.backbone, "weights": _weights_arg(args.weights), "image_size": args.image_size,
                  "seed": args.seeds_list[0]}
-    for name in ("epochs", "fine_tune_epochs", "imbalance", "alpha", "head", "aug_views", "device_views"):
+    for name in ("epochs", "fine_tune_epochs", "imbalance", "alpha", "head", "aug_views", "device_views", "distribute"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
@@ -289,6 +289,9 @@ def add_train_command(commands) -> None:
                        help="run frame decoding and the cross-validation folds on Dask: local (one worker process "
                             "per core), local:N, or a scheduler address tcp://host:port (default: $COVNB_SCHEDULER, "
                             "else in this process); same results, the dashboard link is printed")
+    train.add_argument("--distribute", default=None, choices=["none", "mirrored", "multiworker"],
+                       help="Keras heads and fine-tuning under tf.distribute: mirrored (this machine's GPUs or "
+                            "logical CPUs) or multiworker (the machines of $TF_CONFIG); default none")
     _add_no_cache_arg(train)
     train.set_defaults(func=cmd_train)
 

@@ -138,3 +138,48 @@ def test_a_worker_killed_in_the_middle_of_a_fold_is_replaced_and_the_result_is_u
         distributed = _oof_bytes(frameset, config, client)
     assert marker.exists()  # a worker did die
     assert distributed == serial
+
+
+# ----------------------------------------------------------------------------- tf.distribute
+
+_TWO_DEVICES = r'''
+import json, os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)  # before TF starts
+sys.path.insert(0, sys.argv[1])
+from test_train import synthetic_frameset, tiny
+from covnb.experiments.fitting import distribution_strategy
+from covnb.train import run_cross_validation
+frameset, out = synthetic_frameset(), {}
+for name in ("none", "mirrored"):
+    config = tiny("default", solver="keras", train_unit="frame", epochs=4, mirror_view=False, dropout=0.0,
+                  distribute=name)
+    cv = run_cross_validation(frameset, config, n_folds=3, log=None)
+    out[name] = {"probs": cv.oof[[c for c in cv.oof if c.startswith("prob_")]].to_numpy().tolist(),
+                 "balanced_accuracy": cv.summary(n_boot=0)["frame"]["pooled_mean"]["balanced_accuracy"],
+                 "replicas": 1 if name == "none" else distribution_strategy(name).num_replicas_in_sync}
+print("RESULT " + json.dumps(out))
+'''
+
+
+@pytest.mark.slow
+def test_a_keras_head_mirrored_over_two_logical_devices_matches_one_device(tmp_path):
+    import json
+    import os
+    import subprocess
+
+    import numpy as np
+
+    script = tmp_path / "two_devices.py"
+    script.write_text(_TWO_DEVICES)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(script), str(root / "tests")], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    assert result["mirrored"]["replicas"] == 2  # really two devices
+    np.testing.assert_allclose(result["mirrored"]["probs"], result["none"]["probs"], atol=1e-4)
+    assert result["mirrored"]["balanced_accuracy"] == pytest.approx(result["none"]["balanced_accuracy"], abs=1e-9)

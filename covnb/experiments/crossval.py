@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -406,7 +407,9 @@ def _run_folds_on_cluster(client, candidates, shared: _FoldInputs, jobs: list[_F
     payload = {"token": uuid.uuid4().hex, "frames": candidates.frames if candidates.needs_frames else None,
                "n_classes": candidates.n_classes, "parts": candidates.parts(), "shared": shared}
     # A task holding the payload, not a scatter: if the worker keeping it dies, it is recomputed.
-    sent = client.submit(_payload_task, payload, pure=False, key=f"covnb-candidates-{payload['token'][:8]}")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sending large graph", UserWarning)  # the features, sent once on purpose
+        sent = client.submit(_payload_task, payload, pure=False, key=f"covnb-candidates-{payload['token'][:8]}")
     started = time.perf_counter()
     futures = [client.submit(_fold_task, sent, job, pure=False, key=f"covnb-fold-{payload['token'][:8]}-"
                              f"{job.seed}-{job.fold}") for job in jobs]

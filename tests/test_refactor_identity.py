@@ -33,11 +33,11 @@ TINY = dict(backbone="mobilenet", alpha=0.25, weights=None, image_size=SIZE)
 #: sha256 of each CSV (and the video balanced accuracy of the headline protocol, as a readable check).
 GOLDEN: dict[str, dict[str, str | float]] = {
     "phantom_default": {
-        "baseline_oof_predictions.csv": "12ed731b7a69e1a783690aeef043498dfdfe3159aeff9c3b76e38c7a3f16e493",
-        "baseline_oof_predictions_patient_cv.csv": "c1dd18707fc6f3a66cd6f4ad36bb74ff1ddbd80b2f2246c0887a96d6a1720377",
-        "oof_predictions.csv": "9ec2629732dc238420b3c42f68bace6604ee8f258a7581f2f6ac99d144cab958",
-        "oof_predictions_patient_cv.csv": "6f66e2fc96a7014fe909edfdac17cf69ef55992515bcf49dd2a3e78c8cf49739",
-        "video_balanced_accuracy": 0.449176
+        "baseline_oof_predictions.csv": "20369c70e7481e1fce011394df5edbe4733e145d8b6979f6b4141d0a364b77a2",
+        "baseline_oof_predictions_patient_cv.csv": "f9fa7f8a156f8a314cb232b029e2e794b402da94a08a2cd1ac692f1443b3830e",
+        "oof_predictions.csv": "7704c4cef7f97dae3e0414a0f018aca9a7c23e2968619876c6a90a09dd0d6543",
+        "oof_predictions_patient_cv.csv": "6521ed221418ff474ba0b4aa1b53f12b905b279ed55d4ba20ef45788757acd2c",
+        "video_balanced_accuracy": 0.448107
     },
     "phantom_keras_head": {
         "oof.csv": "663e8d5c551c00d0f12f0bded125c3caf70dbc2e501e52338c8cef8147c9e4d3"

@@ -40,6 +40,12 @@ def cmd_train(args) -> int:
         raise UsageError(f"--folds must be at least 2, got {args.folds}")
     if args.n_boot < 0:
         raise UsageError(f"--n-boot must be 0 or more, got {args.n_boot}")
+    from covnb.cluster import ClusterSpecError, parse_cluster_spec
+
+    try:
+        parse_cluster_spec(args.cluster)  # a bad --cluster / $COVNB_SCHEDULER fails before any work
+    except ClusterSpecError as error:
+        raise UsageError(str(error)) from error
     dataset = _load(args.data, args.layout)
     overrides = _recipe_overrides(args, dataset)
     try:
@@ -64,7 +70,7 @@ def _recipe_overrides(args, dataset) -> dict:
     """The recipe settings the command line gives, with the mirrored view decided for the data (none for chests)."""
     overrides = {"backbone": args.backbone, "weights": _weights_arg(args.weights), "image_size": args.image_size,
                  "seed": args.seeds_list[0]}
-    for name in ("epochs", "fine_tune_epochs", "imbalance", "alpha", "head", "aug_views", "device_views"):
+    for name in ("epochs", "fine_tune_epochs", "imbalance", "alpha", "head", "aug_views", "device_views", "distribute"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
@@ -90,6 +96,7 @@ def _train_into(out: Path, args, dataset, config, settings) -> None:
 
     from covnb.backbones import WeightsUnavailableError
     from covnb.cache import staging_folder
+    from covnb.cluster import ClusterSpecError
     from covnb.train import run_training
 
     staging = staging_folder(out)  # also removes .partial-* folders of interrupted runs
@@ -97,10 +104,10 @@ def _train_into(out: Path, args, dataset, config, settings) -> None:
         run_training(dataset, out_dir=staging, config=config, task=None if args.task == "auto" else args.task,
                      n_folds=args.folds, seeds=args.seeds_list, frame_settings=settings,
                      final_model=not args.no_final_model, baseline=not args.no_baseline,
-                     n_boot=args.n_boot,
+                     n_boot=args.n_boot, cluster=args.cluster,
                      protocols={"both": ("source", "patient"), "source": ("source",),
                                 "patient": ("patient",)}[args.group_by])
-    except WeightsUnavailableError as error:
+    except (WeightsUnavailableError, ClusterSpecError) as error:
         shutil.rmtree(staging, ignore_errors=True)
         raise UsageError(str(error)) from error
     except BaseException:
@@ -278,6 +285,13 @@ def add_train_command(commands) -> None:
     train.add_argument("--no-final-model", action="store_true", help="cross-validation only")
     train.add_argument("--no-baseline", action="store_true",
                        help="skip the linear-probe baseline reported beside the recipe (same folds)")
+    train.add_argument("--cluster", default=None, metavar="SPEC",
+                       help="run frame decoding and the cross-validation folds on Dask: local (one worker process "
+                            "per core), local:N, or a scheduler address tcp://host:port (default: $COVNB_SCHEDULER, "
+                            "else in this process); same results, the dashboard link is printed")
+    train.add_argument("--distribute", default=None, choices=["none", "mirrored", "multiworker"],
+                       help="Keras heads and fine-tuning under tf.distribute: mirrored (this machine's GPUs or "
+                            "logical CPUs) or multiworker (the machines of $TF_CONFIG); default none")
     _add_no_cache_arg(train)
     train.set_defaults(func=cmd_train)
 

@@ -447,25 +447,36 @@ class FrameSet:
         return len(self.frames)
 
 
+#: Files per Dask task when frames are decoded on a cluster (see benchmarks/bench_cluster.py).
+FILES_PER_TASK = 16
+
+
 def extract_frames(samples: pd.DataFrame, settings: FrameSettings = FrameSettings(), cache: FrameCache | bool = True,
-                   progress: bool = True) -> FrameSet:
+                   progress: bool = True, *, client=None, files_per_task: int = FILES_PER_TASK) -> FrameSet:
     """Frames of every sample (rows of a :class:`covnb.datasets.Dataset` table).
 
-    A file that fails to decode is skipped with its reason; the run goes on.
+    A file that fails to decode is skipped with its reason; the run goes on. With a Dask
+    ``client`` (:mod:`covnb.cluster`) the files are decoded by the workers, ``files_per_task``
+    per task, each filling the frame cache (its folder must be shared by the workers; entries
+    are written atomically, first writer wins) and the frames assembled here in the samples'
+    order: the same :class:`FrameSet` as in this process.
     """
     frame_cache = cache if isinstance(cache, FrameCache) else (FrameCache() if cache and cache_enabled() else None)
-    chunks, rows, skipped = [], [], []
-    iterator = samples.to_dict("records")
-    if progress:
-        from tqdm.auto import tqdm
+    records = samples.to_dict("records")
+    if client is not None:
+        decoded = _decode_on_cluster(client, records, settings, frame_cache, int(files_per_task), progress)
+    else:
+        iterator = records
+        if progress:
+            from tqdm.auto import tqdm
 
-        iterator = tqdm(iterator, desc="frames", unit="file", leave=False)
-    for sample in iterator:
+            iterator = tqdm(iterator, desc="frames", unit="file", leave=False)
+        decoded = (_decode_one(sample, settings, frame_cache) for sample in iterator)
+    chunks, rows, skipped = [], [], []
+    for sample, (frames, info, reason) in zip(records, decoded):
         path = Path(sample["path"])
-        try:
-            frames, info = frame_cache.get(path, settings) if frame_cache else read_frames(path, settings)
-        except (FrameError, OSError, cv2.error) as error:
-            skipped.append({"path": str(path), "reason": error_reason(error, path)})
+        if reason is not None:
+            skipped.append({"path": str(path), "reason": reason})
             continue
         chunks.append(frames)
         for position, (frame_index, time_s) in enumerate(zip(info["frame_index"], info["time_s"])):
@@ -476,3 +487,37 @@ def extract_frames(samples: pd.DataFrame, settings: FrameSettings = FrameSetting
     size = int(settings.image_size)
     frames = np.concatenate(chunks) if chunks else np.zeros((0, size, size, 3), np.uint8)
     return FrameSet(frames, pd.DataFrame(rows), pd.DataFrame(skipped, columns=["path", "reason"]), settings)
+
+
+def _decode_one(sample: dict, settings: FrameSettings, frame_cache: FrameCache | None):
+    """``(frames, info, None)`` of one sample's file, or ``(None, None, reason)`` when it cannot be decoded."""
+    path = Path(sample["path"])
+    try:
+        frames, info = frame_cache.get(path, settings) if frame_cache else read_frames(path, settings)
+    except (FrameError, OSError, cv2.error) as error:
+        return None, None, error_reason(error, path)
+    return frames, info, None
+
+
+def decode_chunk(samples: list[dict], settings: FrameSettings, cache_folder: str | None) -> list[tuple]:
+    """:func:`_decode_one` of every sample (a Dask task of :func:`extract_frames`), through the
+    frame cache in ``cache_folder`` (None: no cache)."""
+    frame_cache = FrameCache(cache_folder) if cache_folder else None
+    return [_decode_one(sample, settings, frame_cache) for sample in samples]
+
+
+def _decode_on_cluster(client, records: list[dict], settings: FrameSettings, frame_cache: FrameCache | None,
+                       files_per_task: int, progress: bool):
+    """Decoded files in ``records``' order, ``files_per_task`` per Dask task."""
+    if files_per_task < 1:
+        raise ValueError(f"files_per_task must be at least 1, got {files_per_task}")
+    folder = str(frame_cache.folder) if frame_cache is not None and frame_cache.writable else None
+    chunks = [records[i:i + files_per_task] for i in range(0, len(records), files_per_task)]
+    futures = [client.submit(decode_chunk, chunk, settings, folder, pure=False) for chunk in chunks]
+    if progress:
+        from distributed import progress as dask_progress
+
+        dask_progress(futures)
+    for future in futures:
+        yield from future.result()
+        future.release()

@@ -129,6 +129,8 @@ SCHEMAS: dict[str, dict[str, Parameter]] = {
         "n_boot": Parameter("int", "patient bootstrap resamples for the 95% intervals (0 skips them)", low=0),
         "backbones": Parameter("choice_list", "backbones compared in the 'which backbone' section ([] skips it)",
                                choices=_backbones),
+        "cluster": Parameter("text", "Dask cluster of section 2's run_training: \"local\", \"local:N\" or "
+                             "\"tcp://host:port\" (None: $COVNB_SCHEDULER, else this kernel)", optional=True),
         "output_dir": OUTPUT_DIR,
     },
     "03_few_shot": {
@@ -268,6 +270,10 @@ def _check_together(notebook: str, values: dict) -> None:
     if notebook == "02_transfer_learning" and values.get("alpha") is not None \
             and values.get("backbone") not in ("mobilenet", "mobilenet_v2"):
         raise ValueError(f"alpha applies to mobilenet / mobilenet_v2 only, not {values['backbone']!r}")
+    if values.get("cluster") is not None:
+        from covnb.cluster import parse_cluster_spec
+
+        parse_cluster_spec(values["cluster"])  # ClusterSpecError (a ValueError) names what is accepted
 
 
 def validate_parameters(notebook: str, params: Mapping[str, Any], *, running: bool = True) -> dict:
@@ -299,6 +305,8 @@ def validate_parameters(notebook: str, params: Mapping[str, Any], *, running: bo
     if notebook not in SCHEMAS:
         raise ParameterError(f"no parameter schema for notebook {notebook!r}; known: {', '.join(SCHEMAS)}")
     schema = SCHEMAS[notebook]
+    # an optional parameter a notebook does not set is None (a notebook older than the parameter still runs)
+    params = {**{name: None for name, spec in schema.items() if spec.optional and name not in params}, **params}
     missing = [name for name in schema if name not in params]
     if missing:
         raise ParameterError(f"{notebook}: parameter(s) {', '.join(missing)} not given")

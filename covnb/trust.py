@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
+import keras
+
 from covnb.calibration import DEFAULT_METHOD, evaluate_calibration, fit_final_calibration, plot_reliability
 from covnb.evaluate import _labels_and_probs
 from covnb.io_utils import atomic_write, atomic_write_json
@@ -70,6 +72,7 @@ def _video_features(frameset, config, log) -> tuple[np.ndarray, np.ndarray, dict
     if config.engine != "cached" or config.trainable != "head" or config.head == "pocovid":
         return None
     classes = sorted(frameset.index["label"].unique())
+    keras.utils.set_random_seed(int(config.seed))  # the cross-validation's backbone, also with random weights
     model = recipe_model(config, len(classes), config.seed)
     features = recipe_features(frameset.frames, config, model, log=None)
     ids, means = video_mean_features(features["head"][0], frameset.index["sample_id"].to_numpy())

@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "covnb"
 #: Stages of the data flow, first to last: a module may import modules of its own or an earlier
 #: stage, never of a later one. (A module not listed here is still checked for cycles.)
 STAGES = {
-    "base": {"__init__", "io_utils", "registry", "cache", "quiet", "aggregate", "compiled", "media", "canonical",
+    "base": {"__init__", "cluster", "io_utils", "registry", "cache", "quiet", "aggregate", "compiled", "media", "canonical",
              "run_folders"},
     "data": {"phantom_style", "phantom_screen", "phantom_draw", "phantom", "near_duplicates", "datasets", "dataset_table",
              "dataset_layouts", "fetch", "splits"},

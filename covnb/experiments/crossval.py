@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable
+import warnings
+from typing import Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -78,6 +79,12 @@ def inner_cv_groups(index: pd.DataFrame, group_by: str = "patient", positive_lab
     return np.where(np.isin(sources, list(positive_sources)), np.char.add("source:", sources), groups)
 
 
+def _seed_states(model: keras.Model) -> list:
+    """The random-generator states of a model's layers (dropout, augmentation): variables that
+    are not weights, advanced by every training step."""
+    return [v for v in model.variables if "seed_generator_state" in v.path]
+
+
 class RecipeCandidates:
     """Models, initial weights and stored features (:func:`~covnb.experiments.features.recipe_features`)
     of each candidate of a recipe (``config`` alone unless ``config.select``), for ``frames``.
@@ -88,12 +95,38 @@ class RecipeCandidates:
 
     def __init__(self, frames: np.ndarray, config: TrainConfig, n_classes: int, log: Callable[[str], None] | None):
         self.frames, self.n_classes = frames, n_classes
-        self.entries = []
+        self.entries, self.random_states = [], []
         for name, candidate in selection_configs(config):
             keras.utils.set_random_seed(candidate.seed)
             model = recipe_model(candidate, n_classes, candidate.seed)
             self.entries.append((name, candidate, model, model.get_weights(),
                                  recipe_features(frames, candidate, model, log)))
+            self.random_states.append([np.asarray(v.numpy()) for v in _seed_states(model)])
+
+    @property
+    def needs_frames(self) -> bool:
+        """Whether fitting reads the frames themselves (a candidate without cached features)."""
+        return any(features is None for _, _, _, _, features in self.entries)
+
+    def parts(self) -> list[tuple]:
+        """``(name, config, initial weights, features)`` of every candidate: what a Dask worker
+        needs to rebuild them (:meth:`from_parts`) without the backbone's weights file."""
+        return [(name, candidate, initial, features, states)
+                for (name, candidate, _, initial, features), states in zip(self.entries, self.random_states)]
+
+    @classmethod
+    def from_parts(cls, frames: np.ndarray | None, n_classes: int, parts: list[tuple]) -> "RecipeCandidates":
+        """Candidates from :meth:`parts`: each model built from its config (random weights, then
+        the sent initial weights), its features as sent; nothing is computed or read from disk."""
+        self = cls.__new__(cls)
+        self.frames, self.n_classes, self.entries, self.random_states = frames, n_classes, [], []
+        for name, candidate, initial, features, states in parts:
+            keras.utils.set_random_seed(candidate.seed)
+            model = recipe_model(dataclasses.replace(candidate, weights=None), n_classes, candidate.seed)
+            model.set_weights(initial)
+            self.entries.append((name, candidate, model, initial, features))
+            self.random_states.append(states)
+        return self
 
     def fit_best(self, labels: np.ndarray, train_rows: np.ndarray, validation_rows: np.ndarray, *,
                  videos: np.ndarray, groups: np.ndarray, seed: int, log: Callable[[str], None] | None = None,
@@ -105,9 +138,11 @@ class RecipeCandidates:
         weights, features)``, ``data`` the :class:`FoldData` it was fitted on.
         """
         best = None
-        for entry in self.entries:
+        for entry, states in zip(self.entries, self.random_states):
             name, candidate, model, initial, features = entry
             model.set_weights(initial)
+            for variable, state in zip(_seed_states(model), states):
+                variable.assign(state)  # dropout / augmentation draw as in a fresh model: folds independent
             data = FoldData.for_recipe(candidate, self.frames, labels, train_rows=train_rows,
                                        validation_rows=validation_rows, features=features, videos=videos)
             histories = fit_fold(model, data, candidate, groups, n_classes=self.n_classes, seed=seed,
@@ -194,7 +229,7 @@ def _log_fold_result(log, prefix, labels, test_rows, probs, fold_started):
 def run_cross_validation(frameset, config: TrainConfig | None = None, *, n_folds: int = 5, seeds=(0,),
                          folds: pd.Series | None = None, log: Callable[[str], None] | None = print,
                          classes: list[str] | None = None, group_by: str = "patient",
-                         positive_label: str = "covid") -> CVResult:
+                         positive_label: str = "covid", client=None) -> CVResult:
     """Grouped stratified K-fold CV of a recipe on a :class:`covnb.frames.FrameSet`.
 
     For each split seed: folds by patient group (:func:`covnb.splits.patient_folds`) or, with
@@ -223,6 +258,10 @@ def run_cross_validation(frameset, config: TrainConfig | None = None, *, n_folds
         Patient-grouped folds, or source-held-out folds for ``positive_label``.
     positive_label : str
         The class whose sources are held out under ``group_by="source"``.
+    client : distributed.Client, optional
+        Run every (seed, fold) as a task on this Dask cluster (:mod:`covnb.cluster`); the frozen
+        features are computed here once and sent. Results are assembled in the serial order:
+        the out-of-fold table is the same, byte for byte, as without a client.
 
     Returns
     -------
@@ -240,7 +279,51 @@ def run_cross_validation(frameset, config: TrainConfig | None = None, *, n_folds
     index, classes, labels, groups, sample_ids, samples = encode_frames(frameset, classes)
     selection_groups = inner_cv_groups(index, group_by, positive_label)
     candidates = RecipeCandidates(frameset.frames, config, len(classes), log)
-    oof_parts, history_rows, fold_rows, protocol = [], [], [], {}
+    jobs, protocol = _plan_folds(samples, sample_ids, groups, folds, config, seeds=seeds, group_by=group_by,
+                                 n_folds=n_folds, positive_label=positive_label)
+    shared = _FoldInputs(labels, sample_ids, selection_groups)
+    if client is None:
+        results = [_run_fold_here(candidates, shared, job, log, groups) for job in jobs]
+    else:
+        results = _run_folds_on_cluster(client, candidates, shared, jobs, log, groups)
+    oof_parts, history_rows, fold_rows = [], [], []
+    for job, (selected, probs, histories) in zip(jobs, results):
+        oof_parts.append(_oof_part(index, job.test_rows, probs, classes, seed=job.seed, fold=job.fold,
+                                   selected=selected if config.select else None))
+        for stage, rows in histories.items():
+            history_rows += [{"seed": job.seed, "fold": job.fold, "stage": stage, **row} for row in rows]
+        for role, rows in (("train", job.train_rows), ("validation", job.validation_rows), ("test", job.test_rows)):
+            fold_rows += [{"seed": job.seed, "fold": job.fold, "role": role, "sample_id": sample}
+                          for sample in sorted(set(sample_ids[rows]))]
+    fold_table = pd.DataFrame(fold_rows).merge(samples, on="sample_id", how="left")
+    return CVResult(pd.concat(oof_parts, ignore_index=True), classes, config, pd.DataFrame(history_rows), fold_table,
+                    time.perf_counter() - started, group_by, protocol)
+
+
+class _FoldJob(NamedTuple):
+    """One (split seed, fold) of a cross-validation: its rows and its training seed."""
+
+    seed: int
+    fold: int
+    prefix: str
+    train_rows: np.ndarray
+    validation_rows: np.ndarray
+    test_rows: np.ndarray
+    fit_seed: int
+
+
+class _FoldInputs(NamedTuple):
+    """What every fold shares besides the candidates: labels, videos, inner-CV groups."""
+
+    labels: np.ndarray
+    sample_ids: np.ndarray
+    selection_groups: np.ndarray
+
+
+def _plan_folds(samples, sample_ids, groups, folds, config: TrainConfig, *, seeds, group_by: str, n_folds: int,
+                positive_label: str) -> tuple[list[_FoldJob], dict]:
+    """Every (seed, fold) in the serial order, with its rows; the split notes per seed."""
+    jobs, protocol = [], {}
     for seed in seeds:
         fold_of, attrs = _fold_assignment(samples, folds, group_by=group_by, n_folds=n_folds, seed=seed,
                                           positive_label=positive_label)
@@ -250,31 +333,98 @@ def run_cross_validation(frameset, config: TrainConfig | None = None, *, n_folds
         frame_fold = np.array([sample_fold[s] for s in sample_ids])
         n_made = len(set(fold_of))
         for fold in sorted(int(f) for f in set(fold_of)):
-            fold_started = time.perf_counter()
             train_rows, validation_rows, test_rows = _fold_rows(samples, fold_of, frame_fold, sample_ids, fold=fold,
                                                                 seed=seed,
                                                                 validation_fraction=config.validation_fraction)
             _check_disjoint(groups, train_rows, validation_rows, test_rows, seed, fold)
-            prefix = f"seed {seed} fold {fold + 1}/{n_made}"
-            if log:
-                _log_fold_sizes(log, prefix, groups, train_rows, validation_rows, test_rows)
-            entry, data, histories = candidates.fit_best(labels, train_rows, validation_rows, videos=sample_ids,
-                                                         groups=selection_groups,
-                                                         seed=config.seed + 1000 * seed + fold, log=log,
-                                                         prefix=prefix)
-            probs = candidates.predict(entry, data, test_rows)
-            oof_parts.append(_oof_part(index, test_rows, probs, classes, seed=seed, fold=fold,
-                                       selected=entry[0] if config.select else None))
-            for stage, rows in histories.items():
-                history_rows += [{"seed": seed, "fold": fold, "stage": stage, **row} for row in rows]
-            for role, rows in (("train", train_rows), ("validation", validation_rows), ("test", test_rows)):
-                fold_rows += [{"seed": seed, "fold": fold, "role": role, "sample_id": sample}
-                              for sample in sorted(set(sample_ids[rows]))]
-            if log:
-                _log_fold_result(log, prefix, labels, test_rows, probs, fold_started)
-    fold_table = pd.DataFrame(fold_rows).merge(samples, on="sample_id", how="left")
-    return CVResult(pd.concat(oof_parts, ignore_index=True), classes, config, pd.DataFrame(history_rows), fold_table,
-                    time.perf_counter() - started, group_by, protocol)
+            jobs.append(_FoldJob(seed, fold, f"seed {seed} fold {fold + 1}/{n_made}", train_rows, validation_rows,
+                                 test_rows, config.seed + 1000 * seed + fold))
+    return jobs, protocol
+
+
+def _fit_one(candidates: "RecipeCandidates", shared: _FoldInputs, job: _FoldJob, log):
+    """Fit the recipe on one fold and predict its test rows: ``(selected name, probabilities, histories)``."""
+    entry, data, histories = candidates.fit_best(shared.labels, job.train_rows, job.validation_rows,
+                                                 videos=shared.sample_ids, groups=shared.selection_groups,
+                                                 seed=job.fit_seed, log=log, prefix=job.prefix)
+    return entry[0], candidates.predict(entry, data, job.test_rows), histories
+
+
+def _run_fold_here(candidates, shared: _FoldInputs, job: _FoldJob, log, groups):
+    fold_started = time.perf_counter()
+    if log:
+        _log_fold_sizes(log, job.prefix, groups, job.train_rows, job.validation_rows, job.test_rows)
+    result = _fit_one(candidates, shared, job, log)
+    if log:
+        _log_fold_result(log, job.prefix, shared.labels, job.test_rows, result[1], fold_started)
+    return result
+
+
+#: Candidates rebuilt on a worker, by the token of the cross-validation that sent them (the last few).
+_WORKER_CANDIDATES: dict[str, "RecipeCandidates"] = {}
+_FIT_THREAD = None
+
+
+def _fold_in_worker(payload: dict, job: _FoldJob):
+    token = payload["token"]
+    if token not in _WORKER_CANDIDATES:
+        while len(_WORKER_CANDIDATES) >= 2:
+            _WORKER_CANDIDATES.pop(next(iter(_WORKER_CANDIDATES)))
+        _WORKER_CANDIDATES[token] = RecipeCandidates.from_parts(payload["frames"], payload["n_classes"],
+                                                                payload["parts"])
+    started = time.perf_counter()
+    selected, probs, histories = _fit_one(_WORKER_CANDIDATES[token], payload["shared"], job, None)
+    return selected, probs, histories, time.perf_counter() - started
+
+
+def _payload_task(payload: dict) -> dict:
+    """What every fold task of a cross-validation shares (kept by the cluster as a task's result)."""
+    return payload
+
+
+def _fold_task(payload: dict, job: _FoldJob):
+    """A (seed, fold) on a Dask worker: the candidates are rebuilt once per worker and
+    cross-validation (models from their configs, the sent initial weights, the sent features).
+
+    Everything Keras does runs in one thread of the worker process, always the same: Keras keeps
+    random state per thread, and the worker's executor may hand a task any of its threads.
+    """
+    global _FIT_THREAD
+    if _FIT_THREAD is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _FIT_THREAD = ThreadPoolExecutor(1, thread_name_prefix="covnb-fit")
+    return _FIT_THREAD.submit(_fold_in_worker, payload, job).result()
+
+
+def _run_folds_on_cluster(client, candidates, shared: _FoldInputs, jobs: list[_FoldJob], log, groups):
+    """Every fold as a Dask task (the candidates' weights and features sent once); the
+    results in the jobs' order, each fold logged as it finishes."""
+    import uuid
+
+    from distributed import as_completed
+
+    payload = {"token": uuid.uuid4().hex, "frames": candidates.frames if candidates.needs_frames else None,
+               "n_classes": candidates.n_classes, "parts": candidates.parts(), "shared": shared}
+    # A task holding the payload, not a scatter: if the worker keeping it dies, it is recomputed.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sending large graph", UserWarning)  # the features, sent once on purpose
+        sent = client.submit(_payload_task, payload, pure=False, key=f"covnb-candidates-{payload['token'][:8]}")
+    started = time.perf_counter()
+    futures = [client.submit(_fold_task, sent, job, pure=False, key=f"covnb-fold-{payload['token'][:8]}-"
+                             f"{job.seed}-{job.fold}") for job in jobs]
+    position = {future.key: i for i, future in enumerate(futures)}
+    if log:
+        log(f"cluster: {len(jobs)} fold task(s) submitted")
+        for future in as_completed(futures):
+            job = jobs[position[future.key]]
+            if future.status == "finished":
+                _log_fold_sizes(log, job.prefix, groups, job.train_rows, job.validation_rows, job.test_rows)
+                selected, probs, _, seconds = future.result()
+                _log_fold_result(log, job.prefix, shared.labels, job.test_rows, probs,
+                                 time.perf_counter() - seconds)
+        log(f"cluster: {len(jobs)} fold(s) in {time.perf_counter() - started:.0f} s")
+    return [result[:3] for result in client.gather(futures)]
 
 
 def fit_final_model(frameset, config: TrainConfig | None = None, classes: list[str] | None = None, *,

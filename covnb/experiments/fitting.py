@@ -22,7 +22,7 @@ from covnb.experiments.features import _batched_call, _tail, cut_layer
 from covnb.experiments.recipes import TRAIN_UNITS, TrainConfig
 from covnb.models import set_trainable
 
-__all__ = ["class_weights", "FoldData", "fit_fold", "predict_rows"]
+__all__ = ["class_weights", "FoldData", "fit_fold", "predict_rows", "distribution_strategy"]
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -218,6 +218,34 @@ def _stage_batches(views: np.ndarray, cut: str | None, data: FoldData, config: T
     return train, validation
 
 
+_STRATEGIES: dict = {}
+
+
+def distribution_strategy(name: str):
+    """The ``tf.distribute`` strategy of ``TrainConfig.distribute`` (one per process), or None for ``"none"``.
+
+    ``"mirrored"``: :class:`tf.distribute.MirroredStrategy`, synchronous data parallelism over this
+    machine's devices (every GPU, or the logical CPU devices); ``"multiworker"``:
+    :class:`tf.distribute.MultiWorkerMirroredStrategy` over the machines ``$TF_CONFIG`` names (one
+    process per machine runs the same command). Each global batch is split across the replicas
+    and their gradients summed (Goyal et al. 2017, "Accurate, large minibatch SGD"), so the fit
+    matches one device up to floating-point order.
+    """
+    if name == "none":
+        return None
+    if name not in _STRATEGIES:
+        import tensorflow as tf
+
+        if name == "mirrored":
+            devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+            _STRATEGIES[name] = tf.distribute.MirroredStrategy([device.name for device in devices])
+        elif name == "multiworker":
+            _STRATEGIES[name] = tf.distribute.MultiWorkerMirroredStrategy()
+        else:
+            raise ValueError(f"distribute must be 'none', 'mirrored' or 'multiworker', got {name!r}")
+    return _STRATEGIES[name]
+
+
 def _fit_stage(model: keras.Model, cut: str | None, data: FoldData, config: TrainConfig, n_classes: int, *,
                epochs: int, learning_rate: float, patience: int, seed: int, log, prefix: str) -> list[dict]:
     """Train ``model`` (or its tail after ``cut``) with early stopping on the inner validation rows."""
@@ -230,14 +258,25 @@ def _fit_stage(model: keras.Model, cut: str | None, data: FoldData, config: Trai
         if cut == "head":
             views, standardise = _standardised_head_views(model, data)
     train, validation = _stage_batches(views, cut, data, config, n_classes, seed)
-    trained.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="categorical_crossentropy",
-                    weighted_metrics=["accuracy"])
+    strategy = distribution_strategy(config.distribute)
+    replica = trained
+    if strategy is not None:  # variables made under the strategy's scope: a copy, trained, then copied back
+        with strategy.scope():
+            replica = keras.models.clone_model(trained)
+            replica.set_weights(trained.get_weights())
+            replica.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="categorical_crossentropy",
+                            weighted_metrics=["accuracy"])
+    else:
+        trained.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="categorical_crossentropy",
+                        weighted_metrics=["accuracy"])
     history: list[dict] = []
     callbacks = [keras.callbacks.EarlyStopping("val_loss", patience=patience, restore_best_weights=True),
                  _EpochLine(log, prefix, epochs, history)]
     if config.reduce_lr:
         callbacks.insert(0, keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.7, patience=7, min_lr=1e-7))
-    trained.fit(train, validation_data=validation, epochs=epochs, callbacks=callbacks, verbose=0)
+    replica.fit(train, validation_data=validation, epochs=epochs, callbacks=callbacks, verbose=0)
+    if replica is not trained:
+        trained.set_weights(replica.get_weights())
     if standardise is not None:
         _fold_standardisation(model, *standardise)
     return history

@@ -14,7 +14,7 @@ import pandas as pd
 
 from covnb.models import POOLED_TAP_HEADS, augmentation_spec
 
-__all__ = ["RECIPES", "IMBALANCE_CHOICES", "ENGINES", "TRAIN_UNITS", "SOLVERS", "GROUPINGS", "SELECTION_CANDIDATES",
+__all__ = ["RECIPES", "DISTRIBUTE_CHOICES", "IMBALANCE_CHOICES", "ENGINES", "TRAIN_UNITS", "SOLVERS", "GROUPINGS", "SELECTION_CANDIDATES",
            "UNMIRRORABLE_MODALITIES", "TrainConfig", "recipe_config", "selection_configs", "mirror_is_plausible"]
 
 RECIPES = ("pocovid", "default", "linear_probe", "auto")
@@ -23,6 +23,8 @@ ENGINES = ("cached", "plain")
 TRAIN_UNITS = ("frame", "video")
 SOLVERS = ("keras", "logistic")
 GROUPINGS = ("patient", "source")
+#: tf.distribute strategies of the Keras heads and fine-tuning (covnb.experiments.fitting.distribution_strategy).
+DISTRIBUTE_CHOICES = ("none", "mirrored", "multiworker")
 
 #: The declared candidates of ``select`` (recipe "auto"): each a set of overrides of the logistic
 #: recipe, compared by the inner (source-aware when grouping by source) CV of every training fold.
@@ -37,7 +39,7 @@ SELECTION_CANDIDATES: dict[str, dict[str, Any]] = {
 
 def _check_choices(config: "TrainConfig") -> None:
     for name, choices in (("imbalance", IMBALANCE_CHOICES), ("train_unit", TRAIN_UNITS), ("solver", SOLVERS),
-                          ("engine", ENGINES)):
+                          ("engine", ENGINES), ("distribute", DISTRIBUTE_CHOICES)):
         if getattr(config, name) not in choices:
             raise ValueError(f"{name} must be one of {choices}, got {getattr(config, name)!r}")
 
@@ -106,6 +108,8 @@ class TrainConfig:
     linear_probe_cs: tuple = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
     select: tuple = ()  # names of SELECTION_CANDIDATES chosen between inside each training fold (nested CV)
     seed: int = 0
+    distribute: str = "none"  # Keras heads / fine-tuning under a tf.distribute strategy: "mirrored" (this machine's
+    #                           devices) or "multiworker" (machines named by $TF_CONFIG); the logistic head ignores it
 
     def __post_init__(self):
         if self.recipe not in RECIPES:

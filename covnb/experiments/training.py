@@ -82,14 +82,14 @@ class TrainingResult(dict):
 
 
 def _baseline(frameset, config: TrainConfig, classes, *, n_folds: int, seeds, n_boot: int, log, group_by: str,
-              positive_label: str, video_balanced_accuracy: float) -> tuple[dict, pd.DataFrame]:
+              positive_label: str, video_balanced_accuracy: float, client=None) -> tuple[dict, pd.DataFrame]:
     """The linear probe on the same backbone, folds and seeds: its summary (with the paired
     difference to ``config``'s ``video_balanced_accuracy``) and its out-of-fold predictions."""
     probe = recipe_config("linear_probe", backbone=config.backbone, weights=config.weights, alpha=config.alpha,
                           image_size=config.image_size, seed=config.seed)
     cv = run_cross_validation(frameset, probe, n_folds=n_folds, seeds=seeds, classes=classes,
                               log=(lambda message: log(f"baseline {message}")) if log else None,
-                              group_by=group_by, positive_label=positive_label)
+                              group_by=group_by, positive_label=positive_label, client=client)
     summary = summarize_cv(cv.oof, classes, n_boot=n_boot)
     entry = {"recipe": "linear_probe", "config": probe.to_dict(), "cv_seconds": cv.seconds}
     for level in ("frame", "video_mean"):
@@ -185,7 +185,7 @@ def _load(data, task: str | None) -> _Data:
     return _Data(samples, str(dataset.root), dataset.skipped, dataset.grouping, dataset.merges)
 
 
-def _frames(loaded: _Data, config: TrainConfig, frame_settings, log, *, n_folds: int, seeds):
+def _frames(loaded: _Data, config: TrainConfig, frame_settings, log, *, n_folds: int, seeds, client=None):
     """Frame settings, the frame set and every skipped file (load and frame stages)."""
     samples = loaded.samples
     check_usable(samples, loaded.skipped)  # before any decoding
@@ -195,7 +195,7 @@ def _frames(loaded: _Data, config: TrainConfig, frame_settings, log, *, n_folds:
     if log:
         log(f"frames: {len(samples)} files at {settings.rate_hz:g} Hz, at most {settings.max_frames} per video "
             "(decoded once, then read from the cache)")
-    frameset = extract_frames(samples, settings, progress=bool(log) and sys.stderr.isatty())
+    frameset = extract_frames(samples, settings, progress=bool(log) and sys.stderr.isatty(), client=client)
     skipped = pd.concat([loaded.skipped.assign(stage="load"), frameset.skipped.assign(stage="frames")],
                         ignore_index=True)
     if log:
@@ -226,7 +226,8 @@ def _usable_protocols(frameset, protocols, *, n_folds: int, seed: int, positive_
 
 
 def _run_protocols(frameset, config: TrainConfig, protocols, classes, out: Path, paths: dict, *, n_folds: int,
-                   seeds, n_boot: int, baseline: bool, log, positive_label: str) -> tuple[dict, CVResult]:
+                   seeds, n_boot: int, baseline: bool, log, positive_label: str,
+                   client=None) -> tuple[dict, CVResult]:
     """Cross-validate under every protocol; write the OOF CSVs (and the headline's history and
     folds) into ``out``, adding them to ``paths``. Returns the metric blocks and the headline CV."""
     blocks, headline_cv = {}, None
@@ -236,7 +237,7 @@ def _run_protocols(frameset, config: TrainConfig, protocols, classes, out: Path,
         if log:
             log(f"--- {key.replace('_', ' ')} cross-validation" + (" (headline)" if position == 0 else ""))
         cv = run_cross_validation(frameset, config, n_folds=n_folds, seeds=seeds, log=log, classes=classes,
-                                  group_by=group_by, positive_label=positive_label)
+                                  group_by=group_by, positive_label=positive_label, client=client)
         block = _protocol_block(cv, classes, n_boot)
         if log:
             for note in block["notes"]:
@@ -246,7 +247,7 @@ def _run_protocols(frameset, config: TrainConfig, protocols, classes, out: Path,
         if baseline and config.recipe != "linear_probe":
             block["baseline"], baseline_oof = _baseline(
                 frameset, config, classes, n_folds=n_folds, seeds=seeds, n_boot=n_boot, log=log, group_by=group_by,
-                positive_label=positive_label,
+                positive_label=positive_label, client=client,
                 video_balanced_accuracy=block["video_mean"]["pooled_mean"]["balanced_accuracy"])
             paths[f"baseline_oof_predictions{suffix}"] = out / f"baseline_oof_predictions{suffix}.csv"
             baseline_oof.to_csv(paths[f"baseline_oof_predictions{suffix}"], index=False)
@@ -324,7 +325,7 @@ def run_training(data=None, out_dir: str | Path = "covnb-train", config: TrainCo
                  task: str | None = None, n_folds: int = 5, seeds=(0,), frame_settings=None,
                  final_model: bool = True, figures: bool = True, n_boot: int = 1000, baseline: bool = True,
                  log: Callable[[str], None] | None = print, protocols=("source", "patient"),
-                 positive_label: str = "covid") -> TrainingResult:
+                 positive_label: str = "covid", cluster=None) -> TrainingResult:
     """What ``covnb train`` does: data -> frames -> CV -> metrics, OOF CSV, figures -> final model.
 
     Source-held-out folds (every test fold's ``positive_label`` files from sources absent from its
@@ -366,6 +367,10 @@ def run_training(data=None, out_dir: str | Path = "covnb-train", config: TrainCo
         The cross-validations to run, the first one the headline.
     positive_label : str
         The class whose sources are held out (and the headline class of the trust outputs).
+    cluster : str or distributed.Client, optional
+        Where frame decoding and the cross-validation folds run (:mod:`covnb.cluster`): ``"local"``,
+        ``"local:N"``, a scheduler address ``"tcp://host:port"`` or a Client; None: ``$COVNB_SCHEDULER``
+        when set, else this process. The results are the same as in this process.
 
     Returns
     -------
@@ -381,18 +386,32 @@ def run_training(data=None, out_dir: str | Path = "covnb-train", config: TrainCo
     >>> result.headline_metrics["video_mean"]["pooled_mean"]["balanced_accuracy"]  # doctest: +SKIP
     >>> result.oof().head(), result.figures["roc_videos"], result.model_path  # doctest: +SKIP
     """
+    from covnb.cluster import open_cluster
+
     config = config or recipe_config("default")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     loaded = _load(data, task)
-    settings, frameset, skipped = _frames(loaded, config, frame_settings, log, n_folds=n_folds, seeds=seeds)
+    with open_cluster(cluster, log=log) as client:
+        settings, frameset, skipped = _frames(loaded, config, frame_settings, log, n_folds=n_folds, seeds=seeds,
+                                              client=client)
+        return _train_on(loaded, config, out, settings, frameset, skipped, n_folds=n_folds, seeds=seeds,
+                         final_model=final_model, figures=figures, n_boot=n_boot, baseline=baseline, log=log,
+                         protocols=protocols, positive_label=positive_label, client=client)
+
+
+def _train_on(loaded: _Data, config: TrainConfig, out: Path, settings, frameset, skipped, *, n_folds: int, seeds,
+              final_model: bool, figures: bool, n_boot: int, baseline: bool, log, protocols, positive_label: str,
+              client) -> TrainingResult:
+    """The cross-validations, figures, final model and trust outputs of :func:`run_training`."""
     classes = sorted(frameset.index["label"].unique())
     protocols, skipped_notes = _usable_protocols(frameset, protocols, n_folds=n_folds, seed=int(seeds[0]),
                                                  positive_label=positive_label, log=log)
     paths = {"training_history": out / "training_history.csv", "folds": out / "folds.csv",
              "metrics": out / "metrics.json"}
     blocks, cv = _run_protocols(frameset, config, protocols, classes, out, paths, n_folds=n_folds, seeds=seeds,
-                                n_boot=n_boot, baseline=baseline, log=log, positive_label=positive_label)
+                                n_boot=n_boot, baseline=baseline, log=log, positive_label=positive_label,
+                                client=client)
     headline = PROTOCOL_KEYS[protocols[0]]
     metrics = blocks[headline]
     if figures:

@@ -1,0 +1,150 @@
+"""Where covnb's independent pieces of work run: in this process, or on a Dask cluster.
+
+``covnb train --cluster SPEC`` (and the ``cluster`` argument of :func:`covnb.train.run_training`)
+takes one of:
+
+* ``local`` -- a :class:`distributed.LocalCluster` on this machine, one single-threaded worker
+  process per CPU core; ``local:N`` -- with ``N`` worker processes;
+* ``tcp://host:port`` (or ``tls://``, ``ucx://``, ``inproc://``) -- an existing Dask scheduler
+  (started by ``dask scheduler``, dask-jobqueue, Dask on Kubernetes, ...);
+* nothing -- the ``COVNB_SCHEDULER`` environment variable when set, else everything runs in this
+  process, as before.
+
+The work is then submitted as Dask tasks (Rocklin, "Dask: parallel computation with blocked
+algorithms and task scheduling", SciPy 2015): frame decoding by chunks of files
+(:func:`covnb.frames.extract_frames`) and every (split seed, fold) of a cross-validation
+(:func:`covnb.experiments.crossval.run_cross_validation`). Results are gathered and assembled in
+the serial order, so the out-of-fold predictions are byte-identical to an in-process run. A
+worker that dies is replaced and its tasks run again (``distributed.scheduler.allowed-failures``).
+
+Example::
+
+    >>> with open_cluster("local:2") as client:   # doctest: +SKIP
+    ...     run_training(None, "runs/phantom", cluster=client)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import re
+from typing import Callable, Iterator
+
+__all__ = ["SCHEDULER_ENV", "ALLOWED_FAILURES", "ClusterSpec", "ClusterSpecError", "parse_cluster_spec",
+           "open_cluster", "is_client", "worker_count"]
+
+SCHEDULER_ENV = "COVNB_SCHEDULER"
+#: How many times a task may lose its worker before the run fails (Dask's default is 3).
+ALLOWED_FAILURES = 3
+_ADDRESS = re.compile(r"^(tcp|tls|ucx|inproc|ws|wss)://\S+$")
+
+
+class ClusterSpecError(ValueError):
+    """A cluster specification covnb does not understand; the message says what is accepted."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterSpec:
+    """A parsed ``--cluster`` value: ``kind`` ``"local"`` (``workers`` processes, None: one per
+    core) or ``"address"`` (an existing scheduler at ``address``)."""
+
+    kind: str
+    workers: int | None = None
+    address: str | None = None
+
+    def describe(self) -> str:
+        if self.kind == "local":
+            return f"LocalCluster of {self.workers or os.cpu_count() or 1} worker process(es)"
+        return f"Dask scheduler at {self.address}"
+
+
+_ACCEPTED = "'local', 'local:N' (N worker processes, N >= 1) or a scheduler address such as 'tcp://host:8786'"
+
+
+def parse_cluster_spec(spec: str | None, *, environ: dict | None = None) -> ClusterSpec | None:
+    """The :class:`ClusterSpec` of ``spec`` (or of ``$COVNB_SCHEDULER`` when ``spec`` is None or
+    empty); None when neither names a cluster (run in this process).
+
+    Raises
+    ------
+    ClusterSpecError
+        For anything but ``local``, ``local:N`` or a scheduler address, naming where it came from.
+    """
+    environ = os.environ if environ is None else environ
+    origin = "--cluster"
+    if spec is None or not str(spec).strip():
+        spec, origin = environ.get(SCHEDULER_ENV, ""), f"${SCHEDULER_ENV}"
+        if not spec.strip():
+            return None
+    text = str(spec).strip()
+    lowered = text.lower()
+    if lowered == "local":
+        return ClusterSpec("local")
+    if lowered.startswith("local:"):
+        count = text.split(":", 1)[1]
+        if not count.isdigit() or int(count) < 1:
+            raise ClusterSpecError(f"{origin} {text!r}: the number of workers must be a whole number >= 1; "
+                                   f"accepted: {_ACCEPTED}")
+        return ClusterSpec("local", workers=int(count))
+    if _ADDRESS.match(text):
+        return ClusterSpec("address", address=text)
+    if re.match(r"^[\w.-]+:\d+$", text):
+        raise ClusterSpecError(f"{origin} {text!r}: give the scheduler's protocol too, e.g. 'tcp://{text}'; "
+                               f"accepted: {_ACCEPTED}")
+    raise ClusterSpecError(f"{origin} {text!r} is not a cluster; accepted: {_ACCEPTED}")
+
+
+def is_client(value) -> bool:
+    """Whether ``value`` is a :class:`distributed.Client` (without importing distributed)."""
+    return type(value).__name__ == "Client" and type(value).__module__.startswith("distributed")
+
+
+@contextlib.contextmanager
+def open_cluster(spec=None, *, log: Callable[[str], None] | None = print,
+                 environ: dict | None = None) -> Iterator[object | None]:
+    """A :class:`distributed.Client` for ``spec`` (see :func:`parse_cluster_spec`; an existing
+    Client is used as it is), or None to run in this process. Closes what it opened (the local
+    cluster and its workers, or the connection to a scheduler), never an existing cluster.
+
+    The dashboard link is printed through ``log``.
+    """
+    if is_client(spec):
+        yield spec
+        return
+    parsed = parse_cluster_spec(spec, environ=environ)
+    if parsed is None:
+        yield None
+        return
+    try:
+        import dask
+        from distributed import Client, LocalCluster
+    except ImportError as error:  # pragma: no cover - dask is a dependency
+        raise ClusterSpecError(f"--cluster needs dask[distributed] ({error}); pip install 'dask[distributed]'") \
+            from None
+    with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
+        if parsed.kind == "local":
+            workers = parsed.workers or os.cpu_count() or 1
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=":0", silence_logs=logging.ERROR)
+            client = Client(cluster)
+        else:
+            cluster = None
+            try:
+                client = Client(parsed.address, timeout="20s")
+            except (OSError, TimeoutError) as error:
+                raise ClusterSpecError(f"cannot reach the Dask scheduler at {parsed.address} ({error})") from None
+        try:
+            if log:
+                log(f"cluster: {parsed.describe()}, dashboard {client.dashboard_link}")
+            yield client
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+
+def worker_count(client) -> int:
+    """Worker processes the scheduler knows now (at least 1)."""
+    return max(1, len(client.scheduler_info().get("workers", {})))

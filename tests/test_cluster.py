@@ -1,0 +1,185 @@
+"""covnb.cluster: the --cluster specification, and the same numbers on a Dask LocalCluster as in
+this process, also when a worker dies in the middle of a fold."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import pytest
+
+from covnb import cli
+from covnb.cluster import ClusterSpec, ClusterSpecError, SCHEDULER_ENV, open_cluster, parse_cluster_spec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+SIZE = 32
+TINY = dict(backbone="mobilenet", alpha=0.25, weights=None, image_size=SIZE)
+
+
+# ----------------------------------------------------------------------------- the specification
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("local", ClusterSpec("local")),
+    ("LOCAL", ClusterSpec("local")),
+    ("local:3", ClusterSpec("local", workers=3)),
+    (" local:1 ", ClusterSpec("local", workers=1)),
+    ("tcp://10.0.0.5:8786", ClusterSpec("address", address="tcp://10.0.0.5:8786")),
+    ("tls://scheduler.example.org:8786", ClusterSpec("address", address="tls://scheduler.example.org:8786")),
+])
+def test_specifications_are_parsed(text, expected):
+    assert parse_cluster_spec(text, environ={}) == expected
+
+
+def test_no_specification_means_the_environment_then_this_process():
+    assert parse_cluster_spec(None, environ={}) is None
+    assert parse_cluster_spec("", environ={SCHEDULER_ENV: " "}) is None
+    assert parse_cluster_spec(None, environ={SCHEDULER_ENV: "local:2"}) == ClusterSpec("local", workers=2)
+    assert parse_cluster_spec("local:4", environ={SCHEDULER_ENV: "local:2"}).workers == 4  # the flag wins
+    with open_cluster(None, environ={}, log=None) as client:
+        assert client is None
+
+
+@pytest.mark.parametrize("text, message", [
+    ("local:0", r"--cluster 'local:0': the number of workers must be a whole number >= 1"),
+    ("local:two", "the number of workers must be a whole number"),
+    ("scheduler:8786", r"give the scheduler's protocol too, e.g. 'tcp://scheduler:8786'"),
+    ("kubernetes", "'kubernetes' is not a cluster; accepted: 'local', 'local:N'"),
+    ("http://host:8787", "is not a cluster"),
+])
+def test_bad_specifications_are_named(text, message):
+    with pytest.raises(ClusterSpecError, match=message):
+        parse_cluster_spec(text, environ={})
+
+
+def test_a_bad_environment_variable_is_named():
+    with pytest.raises(ClusterSpecError, match=r"\$COVNB_SCHEDULER 'local:-1'"):
+        parse_cluster_spec(None, environ={SCHEDULER_ENV: "local:-1"})
+
+
+def test_covnb_train_refuses_a_bad_cluster_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(SCHEDULER_ENV, raising=False)
+    assert cli.main(["train", "--out", str(tmp_path / "m"), "--cluster", "local:0"]) == 2
+    assert "local:0" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+    monkeypatch.setenv(SCHEDULER_ENV, "nowhere")
+    assert cli.main(["train", "--out", str(tmp_path / "m")]) == 2
+    assert "$COVNB_SCHEDULER 'nowhere' is not a cluster" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- same numbers on a cluster
+
+
+def _phantom_frames(client=None):
+    from covnb.frames import FrameSettings, extract_frames
+    from test_refactor_identity import phantom_samples
+
+    return extract_frames(phantom_samples(), FrameSettings(image_size=SIZE, max_frames=2), progress=False,
+                          client=client, files_per_task=7)
+
+
+def _oof_bytes(frameset, config, client=None) -> tuple[bytes, bytes, bytes]:
+    from covnb.train import run_cross_validation
+
+    cv = run_cross_validation(frameset, config, n_folds=3, seeds=(0, 1), log=None, group_by="source", client=client)
+    return (cv.oof.to_csv(index=False).encode(), cv.histories.to_csv(index=False).encode(),
+            cv.folds.to_csv(index=False).encode())
+
+
+@pytest.mark.slow
+def test_a_local_cluster_of_two_workers_gives_byte_identical_results():
+    import numpy as np
+
+    from covnb.train import recipe_config
+
+    serial_frames = _phantom_frames()
+    configs = [recipe_config("default", **TINY),
+               recipe_config("auto", **TINY, select=("top_probe", "top_probe_video_mirror"))]
+    serial = [_oof_bytes(serial_frames, config) for config in configs]
+    with open_cluster("local:2", log=None) as client:
+        assert len(client.scheduler_info()["workers"]) == 2
+        cluster_frames = _phantom_frames(client)  # decoded by the workers, 7 files per task
+        assert np.array_equal(cluster_frames.frames, serial_frames.frames)
+        assert cluster_frames.index.equals(serial_frames.index)
+        distributed = [_oof_bytes(cluster_frames, config, client) for config in configs]
+    for ours, theirs in zip(distributed, serial):
+        assert hashlib.sha256(ours[0]).hexdigest() == hashlib.sha256(theirs[0]).hexdigest()  # OOF, byte for byte
+        assert ours[1:] == theirs[1:]  # histories (C chosen per fold) and fold roles
+
+
+@pytest.mark.slow
+def test_a_worker_killed_in_the_middle_of_a_fold_is_replaced_and_the_result_is_unchanged(tmp_path):
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    from covnb.train import recipe_config
+
+    marker = tmp_path / "killed-once"
+
+    class KillOnce(WorkerPlugin):
+        """Kills its worker process when the first fold task starts executing (once, marker file)."""
+
+        def __init__(self, path: str):
+            self.path = path
+
+        def transition(self, key, start, finish, **kwargs):
+            import os
+
+            if finish == "executing" and "covnb-fold" in str(key) and not os.path.exists(self.path):
+                open(self.path, "w").close()
+                os._exit(1)  # the process dies at once, as on an out-of-memory kill
+
+    frameset = _phantom_frames()
+    config = recipe_config("default", **TINY)
+    serial = _oof_bytes(frameset, config)
+    with open_cluster("local:2", log=None) as client:
+        client.register_plugin(KillOnce(str(marker)))
+        distributed = _oof_bytes(frameset, config, client)
+    assert marker.exists()  # a worker did die
+    assert distributed == serial
+
+
+# ----------------------------------------------------------------------------- tf.distribute
+
+_TWO_DEVICES = r'''
+import json, os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)  # before TF starts
+sys.path.insert(0, sys.argv[1])
+from test_train import synthetic_frameset, tiny
+from covnb.experiments.fitting import distribution_strategy
+from covnb.train import run_cross_validation
+frameset, out = synthetic_frameset(), {}
+for name in ("none", "mirrored"):
+    config = tiny("default", solver="keras", train_unit="frame", epochs=4, mirror_view=False, dropout=0.0,
+                  distribute=name)
+    cv = run_cross_validation(frameset, config, n_folds=3, log=None)
+    out[name] = {"probs": cv.oof[[c for c in cv.oof if c.startswith("prob_")]].to_numpy().tolist(),
+                 "balanced_accuracy": cv.summary(n_boot=0)["frame"]["pooled_mean"]["balanced_accuracy"],
+                 "replicas": 1 if name == "none" else distribution_strategy(name).num_replicas_in_sync}
+print("RESULT " + json.dumps(out))
+'''
+
+
+@pytest.mark.slow
+def test_a_keras_head_mirrored_over_two_logical_devices_matches_one_device(tmp_path):
+    import json
+    import os
+    import subprocess
+
+    import numpy as np
+
+    script = tmp_path / "two_devices.py"
+    script.write_text(_TWO_DEVICES)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(script), str(root / "tests")], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    assert result["mirrored"]["replicas"] == 2  # really two devices
+    np.testing.assert_allclose(result["mirrored"]["probs"], result["none"]["probs"], atol=1e-4)
+    assert result["mirrored"]["balanced_accuracy"] == pytest.approx(result["none"]["balanced_accuracy"], abs=1e-9)

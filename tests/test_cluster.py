@@ -110,6 +110,27 @@ def test_a_local_cluster_of_two_workers_gives_byte_identical_results():
 
 
 @pytest.mark.slow
+def test_a_keras_head_on_a_local_cluster_of_two_workers_gives_byte_identical_results():
+    """The Keras head trained in a worker's thread while its event loop runs (Keras once drew the
+    batch order from Python's process-wide ``random``, which the event loop shares)."""
+    import io
+
+    import pandas as pd
+
+    from covnb.train import recipe_config
+
+    frameset = _phantom_frames()
+    config = recipe_config("default", **TINY, solver="keras", train_unit="frame", epochs=2, mirror_view=False)
+    serial = _oof_bytes(frameset, config)
+    with open_cluster("local:2", log=None) as client:
+        distributed = _oof_bytes(frameset, config, client)
+    assert hashlib.sha256(distributed[0]).hexdigest() == hashlib.sha256(serial[0]).hexdigest()
+    histories = [pd.read_csv(io.BytesIO(ours)).drop(columns="seconds") for ours in (distributed[1], serial[1])]
+    pd.testing.assert_frame_equal(*histories, check_exact=True)  # every epoch's losses, but the wall time
+    assert distributed[2] == serial[2]
+
+
+@pytest.mark.slow
 def test_a_worker_killed_in_the_middle_of_a_fold_is_replaced_and_the_result_is_unchanged(tmp_path):
     from distributed.diagnostics.plugin import WorkerPlugin
 

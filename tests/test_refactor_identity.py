@@ -58,7 +58,7 @@ PHANTOM_GOLDEN: dict[str, dict[str, dict[str, str | float]]] = {
             "oof_predictions_patient_cv.csv": "6521ed221418ff474ba0b4aa1b53f12b905b279ed55d4ba20ef45788757acd2c",
             "video_balanced_accuracy": 0.448107
         },
-        "phantom_keras_head": {"oof.csv": "663e8d5c551c00d0f12f0bded125c3caf70dbc2e501e52338c8cef8147c9e4d3"},
+        "phantom_keras_head": {"oof.csv": "7c45d44e5bbba895c41bbda2beaf433aaa8a5cb497cbc6bf30b66d00dada5d68"},
         "phantom_auto": {"oof.csv": "3ef745f6b6e5cc60a1af5dd29ef669626c2da9a214b25e52f3b2dbf866e10293"},
     },
 }

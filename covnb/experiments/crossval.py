@@ -387,7 +387,11 @@ def _fold_task(payload: dict, job: _FoldJob):
     cross-validation (models from their configs, the sent initial weights, the sent features).
 
     Everything Keras does runs in one thread of the worker process, always the same: Keras keeps
-    random state per thread, and the worker's executor may hand a task any of its threads.
+    its global seed per thread (:func:`~covnb.experiments.fitting.fit_fold` seeds the thread that
+    fits), and the worker's executor may hand a task any of its threads. The worker's event loop
+    runs meanwhile: nothing of a fold may draw from a process-wide generator (Python's ``random``,
+    NumPy's global state), which the loop shares -- the Keras head's batches come from the fold's
+    own generator, Keras's shuffle is off (:func:`~covnb.experiments.fitting._fit_stage`).
     """
     global _FIT_THREAD
     if _FIT_THREAD is None:

@@ -274,7 +274,11 @@ def _fit_stage(model: keras.Model, cut: str | None, data: FoldData, config: Trai
                  _EpochLine(log, prefix, epochs, history)]
     if config.reduce_lr:
         callbacks.insert(0, keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.7, patience=7, min_lr=1e-7))
-    replica.fit(train, validation_data=validation, epochs=epochs, callbacks=callbacks, verbose=0)
+    # shuffle=False: _Batches already draws each epoch's order from the fold's own generator. Keras's
+    # own shuffle reorders the batches with Python's process-wide ``random`` from the tf.data thread,
+    # whenever it starts an epoch: any other thread drawing from ``random`` meanwhile (a Dask worker's
+    # event loop does) changes the batch order, and the fold's result with it.
+    replica.fit(train, validation_data=validation, epochs=epochs, callbacks=callbacks, verbose=0, shuffle=False)
     if replica is not trained:
         trained.set_weights(replica.get_weights())
     if standardise is not None:

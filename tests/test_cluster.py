@@ -131,6 +131,25 @@ def test_a_keras_head_on_a_local_cluster_of_two_workers_gives_byte_identical_res
 
 
 @pytest.mark.slow
+def test_frozen_features_computed_by_the_workers_are_byte_identical_and_stored(tmp_path, monkeypatch):
+    from covnb.experiments.features import compute_features, recipe_model, view_kinds
+    from covnb.train import recipe_config
+
+    monkeypatch.setenv("COVNB_CACHE_DIR", str(tmp_path / "cache"))
+    frames = _phantom_frames().frames
+    config = recipe_config("default", **TINY, device_views=1)  # clean, mirror and device views
+    model = recipe_model(config, 3, config.seed)
+    serial = compute_features(frames, config, model, cache=False, log=None)
+    assert len(frames) > 64  # several tasks
+    with open_cluster("local:2", log=None) as client:
+        distributed = compute_features(frames, config, model, log=None, client=client, rows_per_task=64)
+    assert distributed.dtype == serial.dtype and distributed.tobytes() == serial.tobytes()
+    stored = sorted((tmp_path / "cache" / "features").glob("*.npy"))
+    assert len(stored) == len(view_kinds(config)) == 3  # each whole view; the tasks' parts are gone
+    assert compute_features(frames, config, model, log=None).tobytes() == serial.tobytes()  # read back
+
+
+@pytest.mark.slow
 def test_a_worker_killed_in_the_middle_of_a_fold_is_replaced_and_the_result_is_unchanged(tmp_path):
     from distributed.diagnostics.plugin import WorkerPlugin
 

@@ -93,14 +93,15 @@ class RecipeCandidates:
     the few-shot learning curve alike: :meth:`fit_best`, then :meth:`predict`.
     """
 
-    def __init__(self, frames: np.ndarray, config: TrainConfig, n_classes: int, log: Callable[[str], None] | None):
+    def __init__(self, frames: np.ndarray, config: TrainConfig, n_classes: int, log: Callable[[str], None] | None,
+                 client=None):
         self.frames, self.n_classes = frames, n_classes
         self.entries, self.random_states = [], []
         for name, candidate in selection_configs(config):
             keras.utils.set_random_seed(candidate.seed)
             model = recipe_model(candidate, n_classes, candidate.seed)
             self.entries.append((name, candidate, model, model.get_weights(),
-                                 recipe_features(frames, candidate, model, log)))
+                                 recipe_features(frames, candidate, model, log, client=client)))
             self.random_states.append([np.asarray(v.numpy()) for v in _seed_states(model)])
 
     @property
@@ -260,7 +261,8 @@ def run_cross_validation(frameset, config: TrainConfig | None = None, *, n_folds
         The class whose sources are held out under ``group_by="source"``.
     client : distributed.Client, optional
         Run every (seed, fold) as a task on this Dask cluster (:mod:`covnb.cluster`); the frozen
-        features are computed here once and sent. Results are assembled in the serial order:
+        features are computed once, by the workers too (:func:`~covnb.experiments.features.features_on_cluster`),
+        and sent to the fold tasks. Results are assembled in the serial order:
         the out-of-fold table is the same, byte for byte, as without a client.
 
     Returns
@@ -278,7 +280,7 @@ def run_cross_validation(frameset, config: TrainConfig | None = None, *, n_folds
     started = time.perf_counter()
     index, classes, labels, groups, sample_ids, samples = encode_frames(frameset, classes)
     selection_groups = inner_cv_groups(index, group_by, positive_label)
-    candidates = RecipeCandidates(frameset.frames, config, len(classes), log)
+    candidates = RecipeCandidates(frameset.frames, config, len(classes), log, client=client)
     jobs, protocol = _plan_folds(samples, sample_ids, groups, folds, config, seeds=seeds, group_by=group_by,
                                  n_folds=n_folds, positive_label=positive_label)
     shared = _FoldInputs(labels, sample_ids, selection_groups)

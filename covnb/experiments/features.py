@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 import weakref
 from pathlib import Path
 from typing import Callable
@@ -24,9 +25,11 @@ from covnb.experiments.recipes import TrainConfig
 from covnb.models import augmentation_spec, build_model, head_feature_layer, last_block_input_layer
 
 __all__ = ["FEATURE_CACHE_VERSION", "DEVICE_APPEARANCE_VERSION", "recipe_model", "predict_frames", "view_kinds",
-           "device_appearance", "compute_features", "needed_cuts", "recipe_features", "cut_layer"]
+           "device_appearance", "compute_features", "features_on_cluster", "FEATURE_ROWS_PER_TASK", "needed_cuts", "recipe_features", "cut_layer"]
 
 FEATURE_CACHE_VERSION = 1
+#: Frames per feature task on a cluster (rounded down to a multiple of the batch size).
+FEATURE_ROWS_PER_TASK = 512
 DEVICE_APPEARANCE_VERSION = 1
 
 
@@ -193,13 +196,15 @@ class _FrozenPass:
             batch = self.augment_call(batch)
         return batch
 
-    def view(self, source: np.ndarray, kind: str, view: int, *, n_views: int, step: int) -> list[np.ndarray]:
-        """The features of one view of ``source``, in chunks of ``step`` frames."""
+    def view(self, source: np.ndarray, kind: str, view: int, *, n_views: int, step: int,
+             offset: int = 0) -> list[np.ndarray]:
+        """The features of one view of ``source``, in chunks of ``step`` frames; ``source`` starts at
+        row ``offset`` of the frames (a cluster task's part: the device views are drawn per row)."""
         if kind == "augment":
             keras.utils.set_random_seed(int(self.config.seed) * 1009 + view)
         chunks = []
         for i in range(0, len(source), step):
-            chunks.append(np.asarray(self.frozen_call(self._batch(source[i:i + step], kind, view, i))))
+            chunks.append(np.asarray(self.frozen_call(self._batch(source[i:i + step], kind, view, offset + i))))
             if self.log and time.perf_counter() - self.last_report > 10:  # a sign of life at least every 10 s
                 self.last_report = time.perf_counter()
                 self.log(f"features: view {view + 1}/{n_views}, {min(i + step, len(source))}/"
@@ -210,7 +215,8 @@ class _FrozenPass:
 def compute_features(frames: np.ndarray, config: TrainConfig, model: keras.Model | None = None, *,
                      cut: str = "head", views: int | None = None, cache: bool = True,
                      log: Callable[[str], None] | None = print, batch_size: int = 32,
-                     from_last_block: np.ndarray | None = None) -> np.ndarray:
+                     from_last_block: np.ndarray | None = None, client=None,
+                     rows_per_task: int = FEATURE_ROWS_PER_TASK) -> np.ndarray:
     """Frozen features of every frame, for the views of :func:`view_kinds`: view 0 clean, then
     a horizontal mirror (``config.mirror_view``), then ``views`` random augmented views.
 
@@ -220,6 +226,9 @@ def compute_features(frames: np.ndarray, config: TrainConfig, model: keras.Model
     size, augmentation and view; the backbone is frozen, so they never change.
     ``from_last_block``: the ``cut="last_block"`` features of the same views, from which pooled
     features are derived by running only the last block (no second backbone pass).
+    ``client``: a :class:`distributed.Client` (:mod:`covnb.cluster`) whose workers compute the
+    missing views of the frames, ``rows_per_task`` frames per task (see :func:`features_on_cluster`);
+    random augmented views and derived features are computed here.
     """
     kinds = view_kinds(config, views)
     if model is None:
@@ -231,6 +240,19 @@ def compute_features(frames: np.ndarray, config: TrainConfig, model: keras.Model
     if not missing:
         if log:
             log(f"features: {len(kinds)} view(s) x {len(frames)} frames at '{layer}' read from cache")
+        return np.stack(results)
+    if client is not None and from_last_block is None and all(kinds[view] != "augment" for view in missing):
+        started = time.perf_counter()
+        filled = features_on_cluster(client, frames, config, model, layer=layer, kinds=kinds, views=missing,
+                                     rows_per_task=rows_per_task, batch_size=batch_size, folder=paths[0].parent
+                                     if writable else None)
+        for view in missing:
+            results[view] = filled[view]
+            if writable:
+                writable = write_cached_array(paths[view], results[view])
+        if log:
+            log(f"features: {len(missing)} view(s) x {len(frames)} frames at '{layer}' computed on the cluster in "
+                f"{time.perf_counter() - started:.1f} s")
         return np.stack(results)
     frozen = _FrozenPass(model, config, layer, derived=from_last_block is not None, augment="augment" in kinds
                          and bool(augmentation_spec(config.augmentation)), log=log)
@@ -275,17 +297,110 @@ def needed_cuts(config: TrainConfig) -> list[str]:
 
 
 def recipe_features(frames: np.ndarray, config: TrainConfig, model: keras.Model,
-                    log: Callable[[str], None] | None) -> dict | None:
+                    log: Callable[[str], None] | None, client=None) -> dict | None:
     """Every cached feature cut ``config`` trains on (``{"head": (V, N, D), "last_block": ...}``),
-    from the store (:func:`compute_features`); None for the plain engine."""
+    from the store (:func:`compute_features`; the backbone pass over the frames on ``client``'s
+    workers when given); None for the plain engine."""
     cuts = needed_cuts(config)
     if not cuts:
         return None
     views = 0 if config.recipe == "linear_probe" else config.aug_views
     features = {}
     if "last_block" in cuts:
-        features["last_block"] = compute_features(frames, config, model, cut="last_block", views=views, log=log)
+        features["last_block"] = compute_features(frames, config, model, cut="last_block", views=views, log=log,
+                                                  client=client)
     head_views = 0 if config.trainable != "head" else views  # only needed for prediction then
     features["head"] = compute_features(frames, config, model, cut="head", views=head_views, log=log,
-                                        from_last_block=features.get("last_block"))
+                                        from_last_block=features.get("last_block"), client=client)
     return features
+
+
+# ----------------------------------------------------------------------------- on a Dask cluster
+
+#: The frozen pass rebuilt on a worker, by the token of the extraction that sent its weights.
+_WORKER_PASSES: dict = {}
+
+
+def _feature_payload(payload: dict) -> dict:
+    """What every feature task of one extraction shares (kept by the cluster as a task's result,
+    recomputed if its worker dies)."""
+    return payload
+
+
+def feature_chunk(payload: dict, frames: np.ndarray, offset: int) -> list:
+    """On a worker: the features of ``frames`` (rows ``offset`` onwards of the full set) for the
+    payload's views. With a cache folder each view is written there atomically, under a key of
+    its frames' content, the frozen weights, the settings and ``offset``, and its path returned;
+    without one, the arrays are returned."""
+    import dataclasses
+
+    token, config = payload["token"], payload["config"]
+    if token not in _WORKER_PASSES:
+        _WORKER_PASSES.clear()
+        keras.utils.set_random_seed(int(config.seed))
+        model = recipe_model(dataclasses.replace(config, weights=None), payload["n_classes"], config.seed)
+        model.set_weights(payload["weights"])
+        _WORKER_PASSES[token] = _FrozenPass(model, config, payload["layer"], derived=False, augment=False, log=None)
+    frozen = _WORKER_PASSES[token]
+    fingerprint = f"{_frames_fingerprint(frames)}{payload['backbone']}+{int(offset)}"
+    out = []
+    for view in payload["views"]:
+        kind = payload["kinds"][view]
+        chunks = frozen.view(frames, kind, view, n_views=len(payload["kinds"]), step=payload["batch_size"],
+                             offset=int(offset))
+        array = (np.concatenate(chunks) if chunks else np.zeros((0,) + frozen.output_shape)).astype(payload["dtype"])
+        if payload["folder"] is None:
+            out.append(array)
+            continue
+        path = Path(payload["folder"]) / f"{_feature_key(fingerprint, config, payload['layer'], view, kind)}.npy"
+        if not write_cached_array(path, array):
+            out.append(array)  # the shared cache is not writable here: send the features instead
+            continue
+        out.append(str(path))
+    return out
+
+
+def features_on_cluster(client, frames: np.ndarray, config: TrainConfig, model: keras.Model, *, layer: str,
+                        kinds: list[str], views: list[int], rows_per_task: int = FEATURE_ROWS_PER_TASK,
+                        batch_size: int = 32, folder: Path | None = None) -> dict[int, np.ndarray]:
+    """Frozen features of ``frames`` at ``layer`` for ``views`` (indices into ``kinds``; no
+    random augmented view), computed by the Dask workers of ``client``.
+
+    The frames are cut into parts of ``rows_per_task`` rows, rounded down to a multiple of
+    ``batch_size``: each backbone batch is then the one of a serial run, so the features are the
+    same, byte for byte. The frozen weights are sent once; each task writes its part of every view
+    to the feature store in ``folder`` (atomically; the folder must be one all workers and this
+    process share, e.g. ``$COVNB_CACHE_DIR`` on a network file system) and this process reads
+    the parts back, in order. Without ``folder`` the parts come back as task results.
+
+    Returns ``{view: array (N, ...)}``, float32 for pooled features, float16 for last-block inputs.
+    """
+    import uuid
+
+    step = max(1, int(batch_size))
+    per_task = max(step, int(rows_per_task) // step * step)
+    dtype = np.float32 if layer == head_feature_layer() else np.float16
+    payload = {"token": uuid.uuid4().hex, "config": config, "n_classes": int(model.output.shape[-1]),
+               "weights": model.get_weights(), "layer": layer, "kinds": list(kinds), "views": list(views),
+               "batch_size": step, "dtype": dtype, "backbone": _backbone_fingerprint(model, layer),
+               "folder": None if folder is None else str(folder)}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sending large graph", UserWarning)  # weights and frames, sent once
+        sent = client.submit(_feature_payload, payload, pure=False, key=f"covnb-weights-{payload['token'][:8]}")
+        starts = list(range(0, len(frames), per_task))
+        futures = [client.submit(feature_chunk, sent, frames[start:start + per_task], start, pure=False,
+                                 key=f"covnb-features-{payload['token'][:8]}-{start}") for start in starts]
+    parts: dict[int, list] = {view: [] for view in views}
+    for start, result in zip(starts, client.gather(futures)):
+        for view, part in zip(views, result):
+            if isinstance(part, str):
+                array = read_cached_array(Path(part), rows=min(per_task, len(frames) - start))
+                if array is None:
+                    raise RuntimeError(f"features of frames {start}.. written by a worker to {part} cannot be read "
+                                       f"here: the feature cache must be on a path every worker and this process "
+                                       f"share (set $COVNB_CACHE_DIR)")
+                Path(part).unlink(missing_ok=True)  # the whole view is stored under its own key next
+                part = array
+            parts[view].append(part)
+    shape = (0,) + tuple(int(d) for d in model.get_layer(layer).output.shape[1:])
+    return {view: np.concatenate(chunks) if chunks else np.zeros(shape, dtype) for view, chunks in parts.items()}

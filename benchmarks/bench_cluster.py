@@ -8,7 +8,8 @@ Writes a phantom data set of ``--clips`` video clips (``covnb.phantom``, synthet
    ``--workers`` single-threaded processes with 1, 4, 16 and 64 files per task;
 2. the scheduler's own cost per task (no-op tasks), hence the files per task that keep it
    under 5 % of the work;
-3. the frozen backbone (``--backbone``, random weights: same cost as ImageNet) per frame;
+3. the frozen backbone (``--backbone``, random weights: same cost as ImageNet) per frame, in this
+   process and on the cluster (256 and 1024 frames per task, written to the store by the workers);
 4. the cross-validation grid (default recipe, ``--folds`` x ``--seeds``): its frozen features
    (computed once, then read from the store), the folds in this process and on the cluster
    (every (seed, fold) a task); both OOF tables compared.
@@ -83,7 +84,7 @@ def main() -> None:
               f"{n_frames} frames)")
 
         config = recipe_config("default", backbone=args.backbone, weights=None, image_size=args.image_size)
-        _, model_seconds = _timed(lambda: compute_features(frameset.frames, config, cut="head", views=0, cache=False,
+        serial_features, model_seconds = _timed(lambda: compute_features(frameset.frames, config, cut="head", views=0, cache=False,
                                                            log=None))
         report["model_ms_per_frame"] = 1000 * model_seconds / n_frames
         print(f"model ({args.backbone}, {args.image_size} px, frozen pass, this process): "
@@ -115,6 +116,19 @@ def main() -> None:
                                                       "speedup": serial_decode / seconds}
                 print(f"decode, cluster, {per_task:>3} files per task ({tasks} tasks): {seconds:.1f} s, "
                       f"x{serial_decode / seconds:.2f}")
+            store = os.environ["COVNB_CACHE_DIR"]
+            os.environ["COVNB_CACHE_DIR"] = os.path.join(folder, "cache-features")  # an empty store
+            for per_task in (256, 1024):
+                cluster_features, seconds = _timed(lambda: compute_features(
+                    frameset.frames, config, cut="head", views=0, log=None, client=client, rows_per_task=per_task))
+                for entry in os.scandir(os.path.join(folder, "cache-features", "features")):
+                    os.remove(entry.path)  # computed again at the next task size
+                report.setdefault("features_cluster", {})[per_task] = {
+                    "seconds": seconds, "speedup": model_seconds / seconds,
+                    "identical": cluster_features.tobytes() == serial_features.tobytes()}
+                print(f"features, cluster, {per_task} frames per task: {seconds:.1f} s, x{model_seconds / seconds:.2f}, "
+                      f"identical: {cluster_features.tobytes() == serial_features.tobytes()}")
+            os.environ["COVNB_CACHE_DIR"] = store
             cluster_cv, cluster_cv_s = _timed(lambda: run_cross_validation(
                 frameset, cv_config, n_folds=args.folds, seeds=tuple(range(args.seeds)), log=None, client=client))
         report["cv_cluster_s"] = cluster_cv_s

@@ -286,7 +286,7 @@ def add_train_command(commands) -> None:
     train.add_argument("--no-baseline", action="store_true",
                        help="skip the linear-probe baseline reported beside the recipe (same folds)")
     train.add_argument("--cluster", default=None, metavar="SPEC",
-                       help="run frame decoding and the cross-validation folds on Dask: local (one worker process "
+                       help="run frame decoding, frozen features and the cross-validation folds on Dask: local (one worker process "
                             "per core), local:N, or a scheduler address tcp://host:port (default: $COVNB_SCHEDULER, "
                             "else in this process); same results, the dashboard link is printed")
     train.add_argument("--distribute", default=None, choices=["none", "mirrored", "multiworker"],

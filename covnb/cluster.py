@@ -12,7 +12,9 @@ takes one of:
 
 The work is then submitted as Dask tasks (Rocklin, "Dask: parallel computation with blocked
 algorithms and task scheduling", SciPy 2015): frame decoding by chunks of files
-(:func:`covnb.frames.extract_frames`) and every (split seed, fold) of a cross-validation
+(:func:`covnb.frames.extract_frames`), the frozen backbone by chunks of frames
+(:func:`covnb.experiments.features.features_on_cluster`, into the shared feature store) and every
+(split seed, fold) of a cross-validation
 (:func:`covnb.experiments.crossval.run_cross_validation`). Results are gathered and assembled in
 the serial order, so the out-of-fold predictions are byte-identical to an in-process run. A
 worker that dies is replaced and its tasks run again (``distributed.scheduler.allowed-failures``).

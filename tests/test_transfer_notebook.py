@@ -16,7 +16,7 @@ PARAMETERS = {"data_path": None, "dataset_kind": "auto", "task": "auto", "backbo
               "weights": "imagenet", "alpha": None, "image_size": 224, "rate_hz": 3.0, "max_frames": 30, "seed": 0,
               "n_folds": 5, "n_seeds": 1, "recipe": "default", "epochs": 40, "aug_views": 0, "mirror_view": "auto", "fine_tune_epochs": 0,
               "compare_imbalance": True, "compare_leaky_split": True, "compare_source_split": True, "projection": "tsne",
-              "n_boot": 1000, "backbones": [],
+              "n_boot": 1000, "backbones": [], "cluster": None,
               "output_dir": None}
 # Random-weight MobileNet 0.25 at 32 px: every code path in seconds (the numbers mean nothing).
 TINY = {"backbone": "mobilenet", "alpha": 0.25, "weights": None, "image_size": 32, "max_frames": 3, "n_folds": 3,

@@ -64,7 +64,8 @@ def _recipe_overrides(args, dataset) -> dict:
     """The recipe settings the command line gives, with the mirrored view decided for the data (none for chests)."""
     overrides = {"backbone": args.backbone, "weights": _weights_arg(args.weights), "image_size": args.image_size,
                  "seed": args.seeds_list[0]}
-    for name in ("epochs", "fine_tune_epochs", "imbalance", "alpha", "head", "aug_views", "device_views"):
+    for name in ("epochs", "fine_tune_epochs", "imbalance", "alpha", "head", "aug_views", "device_views",
+                 "nuisance_dims"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
@@ -247,8 +248,13 @@ def add_train_command(commands) -> None:
     train.add_argument("--folds", type=int, default=5, help="patient-grouped cross-validation folds")
     train.add_argument("--epochs", type=int, default=None, help="epochs of a Keras-trained head (pocovid preset; the default preset fits a logistic head)")
     train.add_argument("--fine-tune-epochs", type=int, default=None, help="then fine-tune the last block")
-    train.add_argument("--imbalance", default=None, choices=["none", "class_weight", "oversample"],
-                       help="class imbalance handling (default: the preset's)")
+    train.add_argument("--imbalance", default=None,
+                       choices=["none", "class_weight", "oversample", "source_balanced", "source_sqrt"],
+                       help="class imbalance handling (default: the preset's); source_balanced: every source of a "
+                            "class weighs the same (source_sqrt: by the square root of its size), logistic head")
+    train.add_argument("--nuisance-dims", type=int, default=None,
+                       help="project this many within-class between-source directions, estimated on each training "
+                            "fold, out of the features before the logistic head (NAP; default 0)")
     train.add_argument("--head", default=None, choices=["gap", "midlevel", "multiscale", "pocovid"],
                        help="classifier head (default: the preset's; default preset: midlevel)")
     train.add_argument("--aug-views", type=int, default=None,

@@ -21,7 +21,7 @@ from covnb.experiments.fitting import FoldData, fit_fold, predict_rows
 from covnb.experiments.recipes import GROUPINGS, SELECTION_CANDIDATES, TrainConfig, recipe_config, selection_configs
 from covnb.splits import cv_folds, inner_validation
 
-__all__ = ["CVResult", "RecipeCandidates", "encode_frames", "inner_cv_groups", "run_cross_validation",
+__all__ = ["CVResult", "RecipeCandidates", "encode_frames", "frame_sources", "inner_cv_groups", "run_cross_validation",
            "fit_final_model"]
 
 
@@ -78,6 +78,13 @@ def inner_cv_groups(index: pd.DataFrame, group_by: str = "patient", positive_lab
     return np.where(np.isin(sources, list(positive_sources)), np.char.add("source:", sources), groups)
 
 
+def frame_sources(index: pd.DataFrame) -> np.ndarray | None:
+    """The source of every frame (``"unknown"`` where missing), or None without a ``source`` column."""
+    if "source" not in index:
+        return None
+    return np.asarray(index["source"].fillna("unknown"), dtype=str)
+
+
 class RecipeCandidates:
     """Models, initial weights and stored features (:func:`~covnb.experiments.features.recipe_features`)
     of each candidate of a recipe (``config`` alone unless ``config.select``), for ``frames``.
@@ -97,9 +104,10 @@ class RecipeCandidates:
 
     def fit_best(self, labels: np.ndarray, train_rows: np.ndarray, validation_rows: np.ndarray, *,
                  videos: np.ndarray, groups: np.ndarray, seed: int, log: Callable[[str], None] | None = None,
-                 prefix: str = ""):
+                 prefix: str = "", sources: np.ndarray | None = None):
         """Fit every candidate on ``train_rows`` (``validation_rows`` for early stopping; inner CV
-        grouped by ``groups``); keep the one with the best inner-CV score.
+        grouped by ``groups``); keep the one with the best inner-CV score. ``sources`` (per frame)
+        serves recipes that weigh or project out sources.
 
         Returns ``(entry, data, histories)``: ``entry`` is ``(name, config, model, initial
         weights, features)``, ``data`` the :class:`FoldData` it was fitted on.
@@ -109,7 +117,8 @@ class RecipeCandidates:
             name, candidate, model, initial, features = entry
             model.set_weights(initial)
             data = FoldData.for_recipe(candidate, self.frames, labels, train_rows=train_rows,
-                                       validation_rows=validation_rows, features=features, videos=videos)
+                                       validation_rows=validation_rows, features=features, videos=videos,
+                                       sources=sources)
             histories = fit_fold(model, data, candidate, groups, n_classes=self.n_classes, seed=seed,
                                  log=log if len(self.entries) == 1 else None, prefix=prefix)
             score = histories.get("linear_probe", [{}])[-1].get("inner_cv_balanced_accuracy", 0.0)
@@ -261,7 +270,7 @@ def run_cross_validation(frameset, config: TrainConfig | None = None, *, n_folds
             entry, data, histories = candidates.fit_best(labels, train_rows, validation_rows, videos=sample_ids,
                                                          groups=selection_groups,
                                                          seed=config.seed + 1000 * seed + fold, log=log,
-                                                         prefix=prefix)
+                                                         prefix=prefix, sources=frame_sources(index))
             probs = candidates.predict(entry, data, test_rows)
             oof_parts.append(_oof_part(index, test_rows, probs, classes, seed=seed, fold=fold,
                                        selected=entry[0] if config.select else None))
@@ -296,7 +305,8 @@ def fit_final_model(frameset, config: TrainConfig | None = None, classes: list[s
         log(f"final model: train {int((~is_validation).sum())} frames, validation {int(is_validation.sum())} frames")
     (name, _, model, _, _), _, histories = candidates.fit_best(
         labels, np.nonzero(~is_validation)[0], np.nonzero(is_validation)[0], videos=sample_ids,
-        groups=inner_cv_groups(index, group_by, positive_label), seed=config.seed, log=log, prefix="final")
+        groups=inner_cv_groups(index, group_by, positive_label), seed=config.seed, log=log, prefix="final",
+        sources=frame_sources(index))
     if config.select:
         histories = {**histories, "selected": [{"candidate": name, **SELECTION_CANDIDATES[name]}]}
     return model, histories

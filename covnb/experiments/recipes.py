@@ -14,11 +14,14 @@ import pandas as pd
 
 from covnb.models import POOLED_TAP_HEADS, augmentation_spec
 
-__all__ = ["RECIPES", "IMBALANCE_CHOICES", "ENGINES", "TRAIN_UNITS", "SOLVERS", "GROUPINGS", "SELECTION_CANDIDATES",
+__all__ = ["RECIPES", "IMBALANCE_CHOICES", "SOURCE_WEIGHTINGS", "ENGINES", "TRAIN_UNITS", "SOLVERS", "GROUPINGS", "SELECTION_CANDIDATES",
            "UNMIRRORABLE_MODALITIES", "TrainConfig", "recipe_config", "selection_configs", "mirror_is_plausible"]
 
 RECIPES = ("pocovid", "default", "linear_probe", "auto")
-IMBALANCE_CHOICES = ("none", "class_weight", "oversample")
+IMBALANCE_CHOICES = ("none", "class_weight", "oversample", "source_balanced", "source_sqrt")
+#: Imbalance corrections that weigh sources inside each class (:func:`covnb.nuisance.source_balanced_weights`:
+#: the power of the source size divided out), logistic head only.
+SOURCE_WEIGHTINGS = {"source_balanced": 1.0, "source_sqrt": 0.5}
 ENGINES = ("cached", "plain")
 TRAIN_UNITS = ("frame", "video")
 SOLVERS = ("keras", "logistic")
@@ -49,6 +52,11 @@ def _check_combinations(config: "TrainConfig") -> None:
                          "fine_tune_epochs=0 (use solver='keras' to fine-tune)")
     if config.engine == "cached" and config.trainable == "all":
         raise ValueError("trainable='all' cannot use cached features: use engine='plain'")
+    if config.solver != "logistic" and (config.imbalance in SOURCE_WEIGHTINGS or config.nuisance_dims):
+        raise ValueError("source-balanced weights and nuisance projection (imbalance='source_balanced'/'source_sqrt', "
+                         "nuisance_dims) are implemented for the logistic head: solver='logistic'")
+    if int(config.nuisance_dims) < 0:
+        raise ValueError(f"nuisance_dims must be >= 0, got {config.nuisance_dims}")
     if int(config.epochs) < 1 or int(config.batch_size) < 1:
         raise ValueError("epochs and batch_size must be positive")
 
@@ -88,6 +96,7 @@ class TrainConfig:
     mirror_view: bool = True  # cached engine: one more view, the exact left-right mirror of each frame
     device_views: int = 0  # cached engine: views rendered as another device might (device_appearance)
     feature_pca: int = 0  # logistic head: fit on this many principal components of the standardised features (0: all)
+    nuisance_dims: int = 0  # logistic head: project out this many within-class between-source directions (NAP)
     engine: str = "cached"  # "cached" (features computed once) or "plain" (keras fit through the backbone)
     trainable: str = "head"  # first stage: "head" or "last_block" (or "all", plain engine only)
     epochs: int = 40
@@ -98,7 +107,7 @@ class TrainConfig:
     fine_tune_epochs: int = 0  # second stage: last block + head, from the first stage's weights
     fine_tune_learning_rate: float = 1e-4
     fine_tune_patience: int = 3
-    imbalance: str = "class_weight"  # "none", "class_weight" or "oversample"
+    imbalance: str = "class_weight"  # "none", "class_weight", "oversample"; "source_balanced"/"source_sqrt" (logistic)
     train_unit: str = "video"  # cached head: "frame" (one example per frame) or "video" (mean features per video)
     solver: str = "logistic"  # cached head: "keras" (Adam, early stopping) or "logistic" (scikit-learn, C by inner
     #                           CV; imbalance "class_weight" or "oversample" -> balanced class weights)

@@ -55,6 +55,11 @@ VARIANTS = {
     "nap8": ("default", dict(nuisance_dims=8), {}, "none", False),
     "nap16": ("default", dict(nuisance_dims=16), {}, "none", False),
     "clahe": ("default", {}, dict(clahe=True), "none", False),
+    # nested choice (inner source-aware CV inside every training fold; only the outer result counts)
+    "select_nap": ("default", dict(select=("midlevel", "midlevel_nap2", "midlevel_nap4", "midlevel_nap8")), {},
+                   "none", False),
+    "select_source": ("default", dict(select=("midlevel", "midlevel_nap4", "midlevel_strong_c",
+                                              "midlevel_source_balanced")), {}, "none", False),
     "gray_clahe": ("default", {}, dict(canonical="crop+inpaint+gray", clahe=True), "none", False),
 }
 
@@ -161,7 +166,8 @@ def main(argv=None) -> int:
         if recipe == "default":
             overrides = {"mirror_view": mirror, **overrides}
         if recipe == "auto" and not mirror:
-            overrides = {"select": tuple(n for n, s in train.SELECTION_CANDIDATES.items() if not s["mirror_view"]),
+            overrides = {"select": tuple(n for n in train.AUTO_CANDIDATES
+                                         if not train.SELECTION_CANDIDATES[n]["mirror_view"]),
                          **overrides}
         config = train.recipe_config(recipe, seed=seeds[0], **overrides)
         settings = FrameSettings(image_size=224, **frame_overrides)

@@ -72,13 +72,13 @@ def _recipe_overrides(args, dataset) -> dict:
     if args.mirror is not None:
         overrides["mirror_view"] = args.mirror
     elif args.preset in ("default", "auto"):
-        from covnb.train import SELECTION_CANDIDATES, mirror_is_plausible
+        from covnb.train import AUTO_CANDIDATES, SELECTION_CANDIDATES, mirror_is_plausible
 
         if args.preset == "default":
             overrides["mirror_view"] = mirror_is_plausible(dataset.samples)
         else:
-            overrides["select"] = tuple(name for name, settings in SELECTION_CANDIDATES.items()
-                                        if mirror_is_plausible(dataset.samples) or not settings["mirror_view"])
+            overrides["select"] = tuple(name for name in AUTO_CANDIDATES if mirror_is_plausible(dataset.samples)
+                                        or not SELECTION_CANDIDATES[name]["mirror_view"])
         if not mirror_is_plausible(dataset.samples):
             print("chest X-ray / CT data: no mirrored view (a mirrored chest puts the heart on the right); "
                   "--mirror forces it", file=sys.stderr)

@@ -321,7 +321,8 @@ def test_source_held_out_cv_never_trains_on_a_test_covid_source():
 
 def test_auto_recipe_selects_inside_training_folds():
     frameset = sourced_frameset()
-    assert [name for name, _ in train.selection_configs(tiny("auto"))] == list(train.SELECTION_CANDIDATES)
+    assert [name for name, _ in train.selection_configs(tiny("auto"))] == list(train.AUTO_CANDIDATES)
+    assert train.AUTO_CANDIDATES == ("top_probe", "top_probe_video_mirror", "midlevel_no_mirror", "midlevel")
     config = tiny("auto", select=("top_probe", "top_probe_video_mirror"))
     assert [c.head for _, c in train.selection_configs(config)] == ["gap", "gap"]
     cv = run_cross_validation(frameset, config, n_folds=3, seeds=(0,), log=None, group_by="source")

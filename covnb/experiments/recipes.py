@@ -14,7 +14,7 @@ import pandas as pd
 
 from covnb.models import POOLED_TAP_HEADS, augmentation_spec
 
-__all__ = ["RECIPES", "IMBALANCE_CHOICES", "SOURCE_WEIGHTINGS", "ENGINES", "TRAIN_UNITS", "SOLVERS", "GROUPINGS", "SELECTION_CANDIDATES",
+__all__ = ["RECIPES", "IMBALANCE_CHOICES", "SOURCE_WEIGHTINGS", "ENGINES", "TRAIN_UNITS", "SOLVERS", "GROUPINGS", "SELECTION_CANDIDATES", "AUTO_CANDIDATES",
            "UNMIRRORABLE_MODALITIES", "TrainConfig", "recipe_config", "selection_configs", "mirror_is_plausible"]
 
 RECIPES = ("pocovid", "default", "linear_probe", "auto")
@@ -35,7 +35,17 @@ SELECTION_CANDIDATES: dict[str, dict[str, Any]] = {
     "top_probe_video_mirror": dict(head="gap", mirror_view=True, train_unit="video"),
     "midlevel_no_mirror": dict(head="midlevel", mirror_view=False, train_unit="video"),
     "midlevel": dict(head="midlevel", mirror_view=True, train_unit="video"),
+    # source-aware variants of the default (issue 13; covnb.nuisance), for a nested choice among them
+    "midlevel_nap2": dict(head="midlevel", mirror_view=True, train_unit="video", nuisance_dims=2),
+    "midlevel_nap4": dict(head="midlevel", mirror_view=True, train_unit="video", nuisance_dims=4),
+    "midlevel_nap8": dict(head="midlevel", mirror_view=True, train_unit="video", nuisance_dims=8),
+    "midlevel_source_balanced": dict(head="midlevel", mirror_view=True, train_unit="video",
+                                     imbalance="source_balanced"),
+    "midlevel_strong_c": dict(head="midlevel", mirror_view=True, train_unit="video",
+                              linear_probe_cs=(1e-5, 1e-4, 1e-3)),
 }
+#: The candidates of recipe "auto" (and ``covnb train --preset auto``).
+AUTO_CANDIDATES = ("top_probe", "top_probe_video_mirror", "midlevel_no_mirror", "midlevel")
 
 
 def _check_choices(config: "TrainConfig") -> None:
@@ -140,7 +150,7 @@ _RECIPE_OVERRIDES: dict[str, dict[str, Any]] = {
     "linear_probe": dict(head="gap", augmentation=None, aug_views=0, mirror_view=False, imbalance="class_weight",
                          dropout=0.0, solver="logistic", train_unit="frame"),
     "auto": dict(head="gap", augmentation="default", aug_views=0, mirror_view=False, imbalance="class_weight",
-                 solver="logistic", train_unit="frame", select=tuple(SELECTION_CANDIDATES)),
+                 solver="logistic", train_unit="frame", select=AUTO_CANDIDATES),
 }
 
 _DEFAULTS: dict[str, Any] = {field.name: field.default for field in dataclasses.fields(TrainConfig)}

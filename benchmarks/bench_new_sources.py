@@ -56,10 +56,8 @@ VARIANTS = {
     "nap16": ("default", dict(nuisance_dims=16), {}, "none", False),
     "clahe": ("default", {}, dict(clahe=True), "none", False),
     # nested choice (inner source-aware CV inside every training fold; only the outer result counts)
-    "select_nap": ("default", dict(select=("midlevel", "midlevel_nap2", "midlevel_nap4", "midlevel_nap8")), {},
-                   "none", False),
-    "select_source": ("default", dict(select=("midlevel", "midlevel_nap4", "midlevel_strong_c",
-                                              "midlevel_source_balanced")), {}, "none", False),
+    "select_nap": ("nap", {}, {}, "none", False),  # recipe "nap": NAP 0/2/4/8 chosen by the inner CV
+    "select_source": ("default", dict(select=("nap0", "nap4", "strong_c", "source_balanced")), {}, "none", False),
     "gray_clahe": ("default", {}, dict(canonical="crop+inpaint+gray", clahe=True), "none", False),
 }
 
@@ -163,7 +161,7 @@ def main(argv=None) -> int:
         recipe, overrides, frame_overrides, fnorm, intensity = VARIANTS[name] if name in VARIANTS \
             else _combination(name)
         mirror = not any(m in ("X-ray", "CT") for m in samples.get("modality", pd.Series(dtype=str)).unique())
-        if recipe == "default":
+        if recipe in ("default", "nap"):
             overrides = {"mirror_view": mirror, **overrides}
         if recipe == "auto" and not mirror:
             overrides = {"select": tuple(n for n in train.AUTO_CANDIDATES

@@ -71,10 +71,10 @@ def _recipe_overrides(args, dataset) -> dict:
             overrides[name] = value
     if args.mirror is not None:
         overrides["mirror_view"] = args.mirror
-    elif args.preset in ("default", "auto"):
+    elif args.preset in ("default", "auto", "nap"):
         from covnb.train import AUTO_CANDIDATES, SELECTION_CANDIDATES, mirror_is_plausible
 
-        if args.preset == "default":
+        if args.preset in ("default", "nap"):
             overrides["mirror_view"] = mirror_is_plausible(dataset.samples)
         else:
             overrides["select"] = tuple(name for name in AUTO_CANDIDATES if mirror_is_plausible(dataset.samples)
@@ -234,10 +234,11 @@ def add_train_command(commands) -> None:
                      "covnb train path/to/pocus --out runs/pocovid --preset pocovid --no-final-model")
     _add_data_argument(train, "the embedded synthetic phantom")
     train.add_argument("--out", required=True, help="folder for metrics.json, OOF predictions, figures, model.keras")
-    train.add_argument("--preset", default="default", choices=["default", "pocovid", "linear_probe", "auto"],
-                       help="recipe: covnb's default, POCOVID-Net's protocol, the linear-probe baseline, or auto: the "
-                            "candidate recipes of covnb.train.SELECTION_CANDIDATES, chosen inside every training fold "
-                            "by a nested source-aware CV (and for the final model)")
+    train.add_argument("--preset", default="default", choices=["default", "pocovid", "linear_probe", "auto", "nap"],
+                       help="recipe: covnb's default, POCOVID-Net's protocol, the linear-probe baseline, auto: the "
+                            "candidate recipes of covnb.train.AUTO_CANDIDATES, chosen inside every training fold "
+                            "by a nested source-aware CV (and for the final model), or nap: the default with 0, 2, 4 "
+                            "or 8 within-class between-source feature directions projected out, chosen the same way")
     train.add_argument("--group-by", default="both", choices=["both", "source", "patient"],
                        help="cross-validation: both (source-held-out as the headline, patient-grouped beside it), "
                             "source (COVID-19 sources held out whole) or patient (patient-grouped only)")

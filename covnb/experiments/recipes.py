@@ -15,9 +15,10 @@ import pandas as pd
 from covnb.models import POOLED_TAP_HEADS, augmentation_spec
 
 __all__ = ["RECIPES", "IMBALANCE_CHOICES", "SOURCE_WEIGHTINGS", "ENGINES", "TRAIN_UNITS", "SOLVERS", "GROUPINGS", "SELECTION_CANDIDATES", "AUTO_CANDIDATES",
+           "NAP_CANDIDATES",
            "UNMIRRORABLE_MODALITIES", "TrainConfig", "recipe_config", "selection_configs", "mirror_is_plausible"]
 
-RECIPES = ("pocovid", "default", "linear_probe", "auto")
+RECIPES = ("pocovid", "default", "linear_probe", "auto", "nap")
 IMBALANCE_CHOICES = ("none", "class_weight", "oversample", "source_balanced", "source_sqrt")
 #: Imbalance corrections that weigh sources inside each class (:func:`covnb.nuisance.source_balanced_weights`:
 #: the power of the source size divided out), logistic head only.
@@ -35,15 +36,17 @@ SELECTION_CANDIDATES: dict[str, dict[str, Any]] = {
     "top_probe_video_mirror": dict(head="gap", mirror_view=True, train_unit="video"),
     "midlevel_no_mirror": dict(head="midlevel", mirror_view=False, train_unit="video"),
     "midlevel": dict(head="midlevel", mirror_view=True, train_unit="video"),
-    # source-aware variants of the default (issue 13; covnb.nuisance), for a nested choice among them
-    "midlevel_nap2": dict(head="midlevel", mirror_view=True, train_unit="video", nuisance_dims=2),
-    "midlevel_nap4": dict(head="midlevel", mirror_view=True, train_unit="video", nuisance_dims=4),
-    "midlevel_nap8": dict(head="midlevel", mirror_view=True, train_unit="video", nuisance_dims=8),
-    "midlevel_source_balanced": dict(head="midlevel", mirror_view=True, train_unit="video",
-                                     imbalance="source_balanced"),
-    "midlevel_strong_c": dict(head="midlevel", mirror_view=True, train_unit="video",
-                              linear_probe_cs=(1e-5, 1e-4, 1e-3)),
+    # source-aware variants of the recipe they are applied to (issue 13; covnb.nuisance): they keep its
+    # head, views and training unit. "nap0" is the recipe itself.
+    "nap0": dict(nuisance_dims=0),
+    "nap2": dict(nuisance_dims=2),
+    "nap4": dict(nuisance_dims=4),
+    "nap8": dict(nuisance_dims=8),
+    "source_balanced": dict(imbalance="source_balanced"),
+    "strong_c": dict(linear_probe_cs=(1e-5, 1e-4, 1e-3)),
 }
+#: The candidates of recipe "nap": how many within-class between-source directions to project out.
+NAP_CANDIDATES = ("nap0", "nap2", "nap4", "nap8")
 #: The candidates of recipe "auto" (and ``covnb train --preset auto``).
 AUTO_CANDIDATES = ("top_probe", "top_probe_video_mirror", "midlevel_no_mirror", "midlevel")
 
@@ -151,6 +154,10 @@ _RECIPE_OVERRIDES: dict[str, dict[str, Any]] = {
                          dropout=0.0, solver="logistic", train_unit="frame"),
     "auto": dict(head="gap", augmentation="default", aug_views=0, mirror_view=False, imbalance="class_weight",
                  solver="logistic", train_unit="frame", select=AUTO_CANDIDATES),
+    # The default recipe with 0, 2, 4 or 8 nuisance directions (NAP) chosen inside every training fold
+    # by its inner CV (source-aware under source-held-out folds). Measured on POCUS, source-held-out, split
+    # seeds 10-14: video balanced accuracy 0.764 +- 0.012 against 0.718 +- 0.029 for "default" (README).
+    "nap": dict(select=NAP_CANDIDATES),
 }
 
 _DEFAULTS: dict[str, Any] = {field.name: field.default for field in dataclasses.fields(TrainConfig)}

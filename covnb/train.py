@@ -78,9 +78,8 @@ from covnb.experiments.features import (_CALLS, _TAILS, DEVICE_APPEARANCE_VERSIO
 from covnb.experiments.fitting import (FoldData, _Batches, _balanced_weights, _EpochLine, _first_dense_after_features,
                                        _fit_linear_probe, _fit_stage, _fold_standardisation, _sample_weights,
                                        _video_means, class_weights, fit_fold, predict_rows)
-from covnb.experiments.recipes import (AUTO_CANDIDATES, ENGINES, GROUPINGS, IMBALANCE_CHOICES, NAP_CANDIDATES,  # noqa: F401
-                                       RECIPES,
-                                       SELECTION_CANDIDATES, SOLVERS,
+from covnb.experiments.recipes import (AUTO_CANDIDATES, ENGINES, GROUPINGS, IMBALANCE_CHOICES,  # noqa: F401
+                                       NAP_CANDIDATES, RECIPES, SELECTION_CANDIDATES, SOLVERS,
                                        TRAIN_UNITS, UNMIRRORABLE_MODALITIES, TrainConfig, mirror_is_plausible,
                                        recipe_config, selection_configs)
 from covnb.experiments.training import (PROTOCOL_KEYS, TrainingResult, _baseline, _protocol_block, _videos_with,

@@ -405,7 +405,8 @@ def test_nap_recipe_chooses_the_number_of_projected_directions_inside_training_f
     config = tiny("nap")
     assert config.select == train.NAP_CANDIDATES == ("nap0", "nap2", "nap4", "nap8")
     assert [c.nuisance_dims for _, c in train.selection_configs(config)] == [0, 2, 4, 8]
-    assert all(c.head == config.head and c.mirror_view == config.mirror_view for _, c in train.selection_configs(config))
+    assert all(c.head == config.head and c.mirror_view == config.mirror_view
+               for _, c in train.selection_configs(config))
     cv = run_cross_validation(frameset, config, n_folds=3, seeds=(0,), log=None, group_by="source")
     assert set(cv.oof.drop_duplicates(["seed", "fold"])["selected"]) <= set(train.NAP_CANDIDATES)
     assert summarize_cv(cv.oof, cv.classes, n_boot=0)["video_mean"]["pooled_mean"]["balanced_accuracy"] >= 0.75

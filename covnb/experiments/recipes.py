@@ -14,8 +14,8 @@ import pandas as pd
 
 from covnb.models import POOLED_TAP_HEADS, augmentation_spec
 
-__all__ = ["RECIPES", "IMBALANCE_CHOICES", "SOURCE_WEIGHTINGS", "ENGINES", "TRAIN_UNITS", "SOLVERS", "GROUPINGS", "SELECTION_CANDIDATES", "AUTO_CANDIDATES",
-           "NAP_CANDIDATES",
+__all__ = ["RECIPES", "IMBALANCE_CHOICES", "SOURCE_WEIGHTINGS", "ENGINES", "TRAIN_UNITS", "SOLVERS", "GROUPINGS",
+           "SELECTION_CANDIDATES", "AUTO_CANDIDATES", "NAP_CANDIDATES",
            "UNMIRRORABLE_MODALITIES", "TrainConfig", "recipe_config", "selection_configs", "mirror_is_plausible"]
 
 RECIPES = ("pocovid", "default", "linear_probe", "auto", "nap")

@@ -45,7 +45,8 @@ def cmd_train(args) -> int:
     try:
         config = recipe_config(args.preset, **overrides)
         settings = FrameSettings(rate_hz=args.rate_hz, max_frames=args.max_frames, image_size=args.image_size,
-                                 mask_sector=args.mask_sector, canonical=args.canonical)
+                                 mask_sector=args.mask_sector, canonical=args.canonical,
+                                 intensity=args.intensity)
     except ValueError as error:
         raise UsageError(str(error)) from error
     from covnb.backbones import BACKBONES
@@ -273,6 +274,9 @@ def add_train_command(commands) -> None:
     train.add_argument("--mask-sector", action="store_true",
                        help="black out what lies outside the ultrasound sector (text, logos, rulers) in training and "
                             "in predict: checks that a model does not read the source off the screen")
+    train.add_argument("--intensity", action="store_true",
+                       help="map every video's image pixels to one mean and spread before the backbone (per-video "
+                            "intensity standardisation; stored in model.json, applied by predict and cam)")
     train.add_argument("--canonical", default="off", choices=["off", "crop", "crop+inpaint", "crop+inpaint+gray"],
                        help="canonical inputs (covnb.canonical): crop every video to its ultrasound image, inpaint "
                             "burned-in overlays, optionally gray; stored in model.json, applied by predict and cam")

@@ -6,7 +6,8 @@ Every variant is cross-validated with covnb's own machinery (:func:`covnb.train.
 on source-held-out and patient-grouped folds, split seeds 10-14, video level (mean frame
 probability); one JSON line per variant and protocol is appended to ``OUT/results.jsonl`` and the
 out-of-fold predictions are kept (``OUT/<variant>_<protocol>.csv``) so ensembles average them.
-Variants: see :data:`VARIANTS` (``ens:a+b`` averages the stored predictions of a and b).
+Variants: see :data:`VARIANTS` (``ens:a+b`` averages the stored predictions of a and b; ``a,b``
+fits one recipe with the settings of both, e.g. ``source_balanced,nap4``).
 """
 
 from __future__ import annotations
@@ -45,7 +46,64 @@ VARIANTS = {
     "canonical": ("default", {}, dict(canonical="crop+inpaint"), "none", False),
     "mask": ("default", {}, dict(mask_sector=True), "none", False),
     "auto": ("auto", {}, {}, "none", False),
+    # source-aware fits (covnb.nuisance; fitted on each training fold's labels and sources only)
+    "source_balanced": ("default", dict(imbalance="source_balanced"), {}, "none", False),
+    "source_sqrt": ("default", dict(imbalance="source_sqrt"), {}, "none", False),
+    "nap1": ("default", dict(nuisance_dims=1), {}, "none", False),
+    "nap2": ("default", dict(nuisance_dims=2), {}, "none", False),
+    "nap4": ("default", dict(nuisance_dims=4), {}, "none", False),
+    "nap8": ("default", dict(nuisance_dims=8), {}, "none", False),
+    "nap16": ("default", dict(nuisance_dims=16), {}, "none", False),
+    "clahe": ("default", {}, dict(clahe=True), "none", False),
+    # nested choice (inner source-aware CV inside every training fold; only the outer result counts)
+    "select_nap": ("nap", {}, {}, "none", False),  # recipe "nap": NAP 0/2/4/8 chosen by the inner CV
+    "select_source": ("default", dict(select=("nap0", "nap4", "strong_c", "source_balanced")), {}, "none", False),
+    "gray_clahe": ("default", {}, dict(canonical="crop+inpaint+gray", clahe=True), "none", False),
 }
+
+
+def _combination(name: str):
+    """``a,b``: the settings of variants ``a`` and ``b`` merged (config, frame settings; one
+    normalisation)."""
+    parts = [VARIANTS[part] for part in name.split(",")]
+    recipe = parts[0][0]
+    config, frame, fnorm, intensity = {}, {}, "none", False
+    for part in parts:
+        config.update(part[1])
+        frame.update(part[2])
+        fnorm = part[3] if part[3] != "none" else fnorm
+        intensity = intensity or part[4]
+    return recipe, config, frame, fnorm, intensity
+
+
+def _per_source_and_auc(oof, classes, positive) -> dict:
+    """Share of each held-out positive source's videos called positive (pooled over seeds), the
+    positive class's video ROC-AUC (mean over seeds) and the oracle sensitivity at specificity
+    >= 0.90 (threshold read off the test ROC: an upper bound, not a result)."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    columns = [f"prob_{c}" for c in classes]
+    keys = ["seed", "sample_id", "label"] + (["source"] if "source" in oof else [])
+    videos = oof.groupby(keys, dropna=False)[columns].mean().reset_index()
+    videos["pred"] = np.asarray(classes)[videos[columns].to_numpy().argmax(axis=1)]
+    out = {}
+    if positive in classes:
+        aucs, oracle = [], []
+        for _, part in videos.groupby("seed"):
+            truth = (part["label"] == positive).to_numpy()
+            if truth.all() or not truth.any():
+                continue
+            score = part[f"prob_{positive}"].to_numpy()
+            aucs.append(roc_auc_score(truth, score))
+            fpr, tpr, _ = roc_curve(truth, score)
+            oracle.append(float(tpr[fpr <= 0.10].max()))
+        out["covid_auc"] = float(np.mean(aucs)) if aucs else None
+        out["oracle_sens_at_spec90"] = float(np.mean(oracle)) if oracle else None
+        if "source" in videos:
+            pos = videos[videos["label"] == positive]
+            out["positive_share_by_source"] = {str(k): round(float(v), 2) for k, v in
+                                               (pos["pred"] == positive).groupby(pos["source"]).mean().items()}
+    return out
 
 
 def _summary(oof, classes) -> dict:
@@ -92,6 +150,7 @@ def main(argv=None) -> int:
                 averaged = average_oof(oofs, classes)
                 averaged.to_csv(out / f"{name.replace(':', '_')}_{protocol}.csv", index=False)
                 row = {"variant": name, "protocol": protocol, **_summary(averaged, classes),
+                       **_per_source_and_auc(averaged, classes, args.positive),
                        "seconds": sum(json.loads(line)["seconds"] for line in (out / "results.jsonl").read_text()
                                       .splitlines() if json.loads(line)["variant"] in members
                                       and json.loads(line)["protocol"] == protocol)}
@@ -99,12 +158,14 @@ def main(argv=None) -> int:
                 with open(out / "results.jsonl", "a") as handle:
                     handle.write(json.dumps(row) + "\n")
             continue
-        recipe, overrides, frame_overrides, fnorm, intensity = VARIANTS[name]
+        recipe, overrides, frame_overrides, fnorm, intensity = VARIANTS[name] if name in VARIANTS \
+            else _combination(name)
         mirror = not any(m in ("X-ray", "CT") for m in samples.get("modality", pd.Series(dtype=str)).unique())
-        if recipe == "default":
+        if recipe in ("default", "nap"):
             overrides = {"mirror_view": mirror, **overrides}
         if recipe == "auto" and not mirror:
-            overrides = {"select": tuple(n for n, s in train.SELECTION_CANDIDATES.items() if not s["mirror_view"]),
+            overrides = {"select": tuple(n for n in train.AUTO_CANDIDATES
+                                         if not train.SELECTION_CANDIDATES[n]["mirror_view"]),
                          **overrides}
         config = train.recipe_config(recipe, seed=seeds[0], **overrides)
         settings = FrameSettings(image_size=224, **frame_overrides)
@@ -132,7 +193,8 @@ def main(argv=None) -> int:
                                             group_by=protocol, positive_label=args.positive)
             seconds = time.perf_counter() - started
             cv.oof.to_csv(out / f"{name}_{protocol}.csv", index=False)
-            row = {"variant": name, "protocol": protocol, **_summary(cv.oof, classes), "seconds": seconds}
+            row = {"variant": name, "protocol": protocol, **_summary(cv.oof, classes),
+                   **_per_source_and_auc(cv.oof, classes, args.positive), "seconds": seconds}
             if "selected" in cv.oof:
                 row["selected"] = cv.oof.drop_duplicates(["seed", "fold"])["selected"].value_counts().to_dict()
             print(json.dumps(row), flush=True)

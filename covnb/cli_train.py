@@ -51,7 +51,8 @@ def cmd_train(args) -> int:
     try:
         config = recipe_config(args.preset, **overrides)
         settings = FrameSettings(rate_hz=args.rate_hz, max_frames=args.max_frames, image_size=args.image_size,
-                                 mask_sector=args.mask_sector, canonical=args.canonical)
+                                 mask_sector=args.mask_sector, canonical=args.canonical,
+                                 intensity=args.intensity)
     except ValueError as error:
         raise UsageError(str(error)) from error
     from covnb.backbones import BACKBONES
@@ -70,20 +71,21 @@ def _recipe_overrides(args, dataset) -> dict:
     """The recipe settings the command line gives, with the mirrored view decided for the data (none for chests)."""
     overrides = {"backbone": args.backbone, "weights": _weights_arg(args.weights), "image_size": args.image_size,
                  "seed": args.seeds_list[0]}
-    for name in ("epochs", "fine_tune_epochs", "imbalance", "alpha", "head", "aug_views", "device_views", "distribute"):
+    for name in ("epochs", "fine_tune_epochs", "imbalance", "alpha", "head", "aug_views", "device_views", "distribute",
+                 "nuisance_dims"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
     if args.mirror is not None:
         overrides["mirror_view"] = args.mirror
-    elif args.preset in ("default", "auto"):
-        from covnb.train import SELECTION_CANDIDATES, mirror_is_plausible
+    elif args.preset in ("default", "auto", "nap"):
+        from covnb.train import AUTO_CANDIDATES, SELECTION_CANDIDATES, mirror_is_plausible
 
-        if args.preset == "default":
+        if args.preset in ("default", "nap"):
             overrides["mirror_view"] = mirror_is_plausible(dataset.samples)
         else:
-            overrides["select"] = tuple(name for name, settings in SELECTION_CANDIDATES.items()
-                                        if mirror_is_plausible(dataset.samples) or not settings["mirror_view"])
+            overrides["select"] = tuple(name for name in AUTO_CANDIDATES if mirror_is_plausible(dataset.samples)
+                                        or not SELECTION_CANDIDATES[name]["mirror_view"])
         if not mirror_is_plausible(dataset.samples):
             print("chest X-ray / CT data: no mirrored view (a mirrored chest puts the heart on the right); "
                   "--mirror forces it", file=sys.stderr)
@@ -240,10 +242,11 @@ def add_train_command(commands) -> None:
                      "covnb train path/to/pocus --out runs/pocovid --preset pocovid --no-final-model")
     _add_data_argument(train, "the embedded synthetic phantom")
     train.add_argument("--out", required=True, help="folder for metrics.json, OOF predictions, figures, model.keras")
-    train.add_argument("--preset", default="default", choices=["default", "pocovid", "linear_probe", "auto"],
-                       help="recipe: covnb's default, POCOVID-Net's protocol, the linear-probe baseline, or auto: the "
-                            "candidate recipes of covnb.train.SELECTION_CANDIDATES, chosen inside every training fold "
-                            "by a nested source-aware CV (and for the final model)")
+    train.add_argument("--preset", default="default", choices=["default", "pocovid", "linear_probe", "auto", "nap"],
+                       help="recipe: covnb's default, POCOVID-Net's protocol, the linear-probe baseline, auto: the "
+                            "candidate recipes of covnb.train.AUTO_CANDIDATES, chosen inside every training fold "
+                            "by a nested source-aware CV (and for the final model), or nap: the default with 0, 2, 4 "
+                            "or 8 within-class between-source feature directions projected out, chosen the same way")
     train.add_argument("--group-by", default="both", choices=["both", "source", "patient"],
                        help="cross-validation: both (source-held-out as the headline, patient-grouped beside it), "
                             "source (COVID-19 sources held out whole) or patient (patient-grouped only)")
@@ -254,8 +257,13 @@ def add_train_command(commands) -> None:
     train.add_argument("--folds", type=int, default=5, help="patient-grouped cross-validation folds")
     train.add_argument("--epochs", type=int, default=None, help="epochs of a Keras-trained head (pocovid preset; the default preset fits a logistic head)")
     train.add_argument("--fine-tune-epochs", type=int, default=None, help="then fine-tune the last block")
-    train.add_argument("--imbalance", default=None, choices=["none", "class_weight", "oversample"],
-                       help="class imbalance handling (default: the preset's)")
+    train.add_argument("--imbalance", default=None,
+                       choices=["none", "class_weight", "oversample", "source_balanced", "source_sqrt"],
+                       help="class imbalance handling (default: the preset's); source_balanced: every source of a "
+                            "class weighs the same (source_sqrt: by the square root of its size), logistic head")
+    train.add_argument("--nuisance-dims", type=int, default=None,
+                       help="project this many within-class between-source directions, estimated on each training "
+                            "fold, out of the features before the logistic head (NAP; default 0)")
     train.add_argument("--head", default=None, choices=["gap", "midlevel", "multiscale", "pocovid"],
                        help="classifier head (default: the preset's; default preset: midlevel)")
     train.add_argument("--aug-views", type=int, default=None,
@@ -273,6 +281,9 @@ def add_train_command(commands) -> None:
     train.add_argument("--mask-sector", action="store_true",
                        help="black out what lies outside the ultrasound sector (text, logos, rulers) in training and "
                             "in predict: checks that a model does not read the source off the screen")
+    train.add_argument("--intensity", action="store_true",
+                       help="map every video's image pixels to one mean and spread before the backbone (per-video "
+                            "intensity standardisation; stored in model.json, applied by predict and cam)")
     train.add_argument("--canonical", default="off", choices=["off", "crop", "crop+inpaint", "crop+inpaint+gray"],
                        help="canonical inputs (covnb.canonical): crop every video to its ultrasound image, inpaint "
                             "burned-in overlays, optionally gray; stored in model.json, applied by predict and cam")

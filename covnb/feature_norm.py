@@ -90,6 +90,8 @@ def standardise_video_intensity(frames: np.ndarray, videos, *, target_mean: floa
     """Frames ``(N, H, W, 3)`` uint8 with every video's image pixels (brighter than ``floor``;
     the black background stays black) linearly mapped to mean ``target_mean`` and standard
     deviation ``target_std`` over the whole video. Returns uint8 frames."""
+    from covnb.frames import standardise_intensity
+
     frames = np.asarray(frames)
     codes = _codes(videos)
     if len(codes) != len(frames):
@@ -97,14 +99,5 @@ def standardise_video_intensity(frames: np.ndarray, videos, *, target_mean: floa
     out = np.empty_like(frames)
     for code in np.unique(codes):
         rows = np.nonzero(codes == code)[0]
-        block = frames[rows].astype(np.float32)
-        gray = block.mean(axis=-1)
-        inside = gray > floor
-        if inside.sum() < 16:
-            out[rows] = frames[rows]
-            continue
-        mean, std = float(gray[inside].mean()), float(gray[inside].std())
-        mapped = (block - mean) / max(std, 1.0) * target_std + target_mean
-        mapped = np.where(inside[..., None], mapped, block)
-        out[rows] = np.clip(mapped + 0.5, 0, 255).astype(np.uint8)
+        out[rows] = standardise_intensity(frames[rows], target_mean=target_mean, target_std=target_std, floor=floor)
     return out

@@ -54,6 +54,7 @@ class FrameSettings:
     clahe_clip: float = 2.0
     mask_sector: bool = False  # black out what lies outside the ultrasound sector (text, logos, rulers)
     canonical: str = "off"  # covnb.canonical.CANONICAL_MODES: crop to the ultrasound image, inpaint overlays, gray
+    intensity: bool = False  # every video's image pixels mapped to one mean and spread (standardise_intensity)
 
     def __post_init__(self):
         if not self.rate_hz > 0:
@@ -72,6 +73,8 @@ class FrameSettings:
         fields = asdict(self)
         if fields["canonical"] == "off":
             del fields["canonical"]  # the keys of caches made before the field existed stay valid
+        if not fields["intensity"]:
+            del fields["intensity"]
         text = json.dumps({"v": CACHE_VERSION, **fields}, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
@@ -348,7 +351,28 @@ def read_frames(path: str | Path, settings: FrameSettings = FrameSettings(), *,
         frames = canonical_frames(frames, settings)
     if settings.mask_sector:
         frames = mask_outside_sector(frames)
+    if settings.intensity:
+        frames = standardise_intensity(frames)
     return frames, info
+
+
+def standardise_intensity(frames: np.ndarray, *, target_mean: float = 100.0, target_std: float = 50.0,
+                          floor: int = 8) -> np.ndarray:
+    """One video's frames ``(T, H, W, 3)`` uint8 with the image pixels (brighter than ``floor``
+    in gray; the black background stays black) linearly mapped to mean ``target_mean`` and
+    standard deviation ``target_std`` over the whole video: a device's gain and dynamic range
+    removed (Nyul & Udupa, IEEE TMI 2000, in its simplest linear form). Fewer than 16 such
+    pixels: unchanged. Returns uint8 frames."""
+    frames = np.asarray(frames)
+    block = frames.astype(np.float32)
+    gray = block.mean(axis=-1)
+    inside = gray > floor
+    if inside.sum() < 16:
+        return frames.copy()
+    mean, std = float(gray[inside].mean()), float(gray[inside].std())
+    mapped = (block - mean) / max(std, 1.0) * target_std + target_mean
+    mapped = np.where(inside[..., None], mapped, block)
+    return np.clip(mapped + 0.5, 0, 255).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------- cache

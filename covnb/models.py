@@ -346,6 +346,7 @@ FRAME_SETTINGS_FIELDS = {
     "clahe": _boolean,
     "clahe_clip": _number(0, 1000, low_inclusive=False),
     "mask_sector": _boolean,
+    "intensity": _boolean,
 }
 
 

@@ -13,7 +13,9 @@ HEADLINE_CLASS = "covid"
 
 _HEADS = {"gap": "top layer, average pool", "midlevel": "middle layers, average + max pools",
           "multiscale": "several layers, average pools", "pocovid": "POCOVID-Net head"}
-_IMBALANCE = {"none": "no imbalance correction", "class_weight": "class weights", "oversample": "oversampling"}
+_IMBALANCE = {"none": "no imbalance correction", "class_weight": "class weights", "oversample": "oversampling",
+              "source_balanced": "every source of a class weighed the same",
+              "source_sqrt": "sources of a class weighed by the square root of their size"}
 
 
 def headline_class(classes) -> str:
@@ -37,6 +39,10 @@ def describe(config) -> str:
     elif not config.mirror_view:
         parts.append("no augmentation")
     parts.append(_IMBALANCE[config.imbalance])
+    if getattr(config, "select", ()):
+        parts.append(f"one of {', '.join(config.select)} chosen inside every training fold by its inner CV")
+    if getattr(config, "nuisance_dims", 0):
+        parts.append(f"{config.nuisance_dims} within-class between-source direction(s) projected out (NAP)")
     if config.recipe == "pocovid":
         parts.append("every augmented batch through the backbone")
     elif config.fine_tune_epochs:

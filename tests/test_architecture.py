@@ -24,7 +24,7 @@ STAGES = {
              "dataset_layouts", "fetch", "splits"},
     "frames": {"frames"},
     "features": {"torch_pickle", "efficientnet_lite", "backbones", "models", "weights", "weights_tfjs"},
-    "fit": {"experiments.recipes", "experiments.features", "experiments.fitting", "uncertainty", "feature_norm",
+    "fit": {"experiments.recipes", "experiments.features", "experiments.fitting", "uncertainty", "feature_norm", "nuisance",
             "fewshot_embeddings", "fewshot_episodes", "fewshot_methods"},
     # cross-validation and few-shot episodes fit and score: they sit with evaluation
     "evaluate": {"experiments.crossval", "fewshot_evaluation", "fewshot_curves", "fewshot_plots", "fewshot", "evaluate",

@@ -103,3 +103,25 @@ def test_average_model_returns_the_mean_of_the_members_outputs():
     other = keras.Model(other_input, keras.layers.Dense(2)(other_input))
     with pytest.raises(ValueError, match="different inputs"):
         average_model([constant([1.0, 0.0]), other])
+
+
+def test_intensity_standardisation_is_a_frame_setting_applied_per_video(tmp_path):
+    """FrameSettings(intensity=True) gives the frames standardise_video_intensity gives (training
+    and predict read files the same way), and leaves the cache keys of other settings alone."""
+    import cv2
+
+    from covnb.frames import FrameSettings, read_frames, standardise_intensity
+
+    assert FrameSettings().key() == FrameSettings(intensity=False).key() != FrameSettings(intensity=True).key()
+    rng = np.random.default_rng(0)
+    image = np.zeros((40, 40, 3), np.uint8)
+    image[8:32, 8:32] = rng.integers(30, 90, (24, 24, 1))  # a dim "device": mean ~60
+    path = tmp_path / "dim.png"
+    cv2.imwrite(str(path), image)
+    plain, _ = read_frames(path, FrameSettings(image_size=40))
+    standard, _ = read_frames(path, FrameSettings(image_size=40, intensity=True))
+    np.testing.assert_array_equal(standard, standardise_intensity(plain))
+    inside = plain.mean(axis=-1) > 8
+    assert abs(standard[inside].mean() - 100) < 1.5 and abs(standard[inside].std() - 50) < 1.5
+    assert (standard[~inside] == plain[~inside]).all()  # the background stays black
+    np.testing.assert_array_equal(standardise_video_intensity(plain, ["v"]), standard)

@@ -321,7 +321,8 @@ def test_source_held_out_cv_never_trains_on_a_test_covid_source():
 
 def test_auto_recipe_selects_inside_training_folds():
     frameset = sourced_frameset()
-    assert [name for name, _ in train.selection_configs(tiny("auto"))] == list(train.SELECTION_CANDIDATES)
+    assert [name for name, _ in train.selection_configs(tiny("auto"))] == list(train.AUTO_CANDIDATES)
+    assert train.AUTO_CANDIDATES == ("top_probe", "top_probe_video_mirror", "midlevel_no_mirror", "midlevel")
     config = tiny("auto", select=("top_probe", "top_probe_video_mirror"))
     assert [c.head for _, c in train.selection_configs(config)] == ["gap", "gap"]
     cv = run_cross_validation(frameset, config, n_folds=3, seeds=(0,), log=None, group_by="source")
@@ -365,3 +366,47 @@ def test_fold_data_names_its_training_unit_and_fit_fold_holds_the_recipe_to_it(f
     assert frames_only.unit == "frame"
     with pytest.raises(ValueError, match="training unit is 'frame' but the recipe trains per 'video'"):
         train.fit_fold(None, frames_only, config, np.zeros(len(frameset)), n_classes=3, log=None)
+
+
+def test_source_aware_probe_folds_exactly_into_the_model_and_learns():
+    """Source-balanced weights + nuisance projection + PCA, fitted on a fold, written into the
+    ``logits`` layer: the Keras model gives the scikit-learn pipeline's probabilities."""
+    from covnb.experiments.features import recipe_features, recipe_model
+
+    frameset = sourced_frameset()
+    config = tiny("default", imbalance="source_balanced", nuisance_dims=2, feature_pca=6)
+    index, classes, labels, groups, sample_ids, _ = crossval.encode_frames(frameset)
+    sources = crossval.frame_sources(index)
+    model = recipe_model(config, len(classes), 0)
+    features = recipe_features(frameset.frames, config, model, None)
+    rows = np.arange(len(frameset))
+    train_rows, validation_rows = rows[rows % 5 != 0], rows[rows % 5 == 0]
+    with pytest.raises(ValueError, match="source"):
+        fitting.FoldData.for_recipe(config, frameset.frames, labels, train_rows=train_rows,
+                                    validation_rows=validation_rows, features=features, videos=sample_ids)
+    data = fitting.FoldData.for_recipe(config, frameset.frames, labels, train_rows=train_rows,
+                                       validation_rows=validation_rows, features=features, videos=sample_ids,
+                                       sources=sources)
+    histories = fitting.fit_fold(model, data, config, groups, n_classes=len(classes), log=None)
+    c = histories["linear_probe"][0]["C"]
+    examples = fitting._probe_examples(data, groups)
+    transform, logistic = fitting._fit_logistic(examples, np.arange(len(examples.y)), c, config)
+    assert transform.nuisance.directions_.shape[1] == 2 and transform.pca.n_components_ == 6
+    expected = logistic.predict_proba(transform.transform(features["head"][0]))
+    np.testing.assert_allclose(fitting.predict_rows(model, data, rows, config), expected, atol=1e-4)
+    cv = run_cross_validation(frameset, config, n_folds=3, seeds=(0,), log=None, group_by="source")
+    assert summarize_cv(cv.oof, cv.classes, n_boot=0)["video_mean"]["pooled_mean"]["balanced_accuracy"] >= 0.75
+    with pytest.raises(ValueError, match="logistic head"):
+        tiny("default", solver="keras", imbalance="source_balanced")
+
+
+def test_nap_recipe_chooses_the_number_of_projected_directions_inside_training_folds():
+    frameset = sourced_frameset()
+    config = tiny("nap")
+    assert config.select == train.NAP_CANDIDATES == ("nap0", "nap2", "nap4", "nap8")
+    assert [c.nuisance_dims for _, c in train.selection_configs(config)] == [0, 2, 4, 8]
+    assert all(c.head == config.head and c.mirror_view == config.mirror_view
+               for _, c in train.selection_configs(config))
+    cv = run_cross_validation(frameset, config, n_folds=3, seeds=(0,), log=None, group_by="source")
+    assert set(cv.oof.drop_duplicates(["seed", "fold"])["selected"]) <= set(train.NAP_CANDIDATES)
+    assert summarize_cv(cv.oof, cv.classes, n_boot=0)["video_mean"]["pooled_mean"]["balanced_accuracy"] >= 0.75

@@ -22,7 +22,7 @@ from covnb.experiments.fitting import FoldData, fit_fold, predict_rows
 from covnb.experiments.recipes import GROUPINGS, SELECTION_CANDIDATES, TrainConfig, recipe_config, selection_configs
 from covnb.splits import cv_folds, inner_validation
 
-__all__ = ["CVResult", "RecipeCandidates", "encode_frames", "inner_cv_groups", "run_cross_validation",
+__all__ = ["CVResult", "RecipeCandidates", "encode_frames", "frame_sources", "inner_cv_groups", "run_cross_validation",
            "fit_final_model"]
 
 
@@ -85,6 +85,13 @@ def _seed_states(model: keras.Model) -> list:
     return [v for v in model.variables if "seed_generator_state" in v.path]
 
 
+def frame_sources(index: pd.DataFrame) -> np.ndarray | None:
+    """The source of every frame (``"unknown"`` where missing), or None without a ``source`` column."""
+    if "source" not in index:
+        return None
+    return np.asarray(index["source"].fillna("unknown"), dtype=str)
+
+
 class RecipeCandidates:
     """Models, initial weights and stored features (:func:`~covnb.experiments.features.recipe_features`)
     of each candidate of a recipe (``config`` alone unless ``config.select``), for ``frames``.
@@ -131,9 +138,10 @@ class RecipeCandidates:
 
     def fit_best(self, labels: np.ndarray, train_rows: np.ndarray, validation_rows: np.ndarray, *,
                  videos: np.ndarray, groups: np.ndarray, seed: int, log: Callable[[str], None] | None = None,
-                 prefix: str = ""):
+                 prefix: str = "", sources: np.ndarray | None = None):
         """Fit every candidate on ``train_rows`` (``validation_rows`` for early stopping; inner CV
-        grouped by ``groups``); keep the one with the best inner-CV score.
+        grouped by ``groups``); keep the one with the best inner-CV score. ``sources`` (per frame)
+        serves recipes that weigh or project out sources.
 
         Returns ``(entry, data, histories)``: ``entry`` is ``(name, config, model, initial
         weights, features)``, ``data`` the :class:`FoldData` it was fitted on.
@@ -145,7 +153,8 @@ class RecipeCandidates:
             for variable, state in zip(_seed_states(model), states):
                 variable.assign(state)  # dropout / augmentation draw as in a fresh model: folds independent
             data = FoldData.for_recipe(candidate, self.frames, labels, train_rows=train_rows,
-                                       validation_rows=validation_rows, features=features, videos=videos)
+                                       validation_rows=validation_rows, features=features, videos=videos,
+                                       sources=sources)
             histories = fit_fold(model, data, candidate, groups, n_classes=self.n_classes, seed=seed,
                                  log=log if len(self.entries) == 1 else None, prefix=prefix)
             score = histories.get("linear_probe", [{}])[-1].get("inner_cv_balanced_accuracy", 0.0)
@@ -283,7 +292,7 @@ def run_cross_validation(frameset, config: TrainConfig | None = None, *, n_folds
     candidates = RecipeCandidates(frameset.frames, config, len(classes), log, client=client)
     jobs, protocol = _plan_folds(samples, sample_ids, groups, folds, config, seeds=seeds, group_by=group_by,
                                  n_folds=n_folds, positive_label=positive_label)
-    shared = _FoldInputs(labels, sample_ids, selection_groups)
+    shared = _FoldInputs(labels, sample_ids, selection_groups, frame_sources(index))
     if client is None:
         results = [_run_fold_here(candidates, shared, job, log, groups) for job in jobs]
     else:
@@ -315,11 +324,12 @@ class _FoldJob(NamedTuple):
 
 
 class _FoldInputs(NamedTuple):
-    """What every fold shares besides the candidates: labels, videos, inner-CV groups."""
+    """What every fold shares besides the candidates: labels, videos, inner-CV groups, sources."""
 
     labels: np.ndarray
     sample_ids: np.ndarray
     selection_groups: np.ndarray
+    sources: np.ndarray | None = None
 
 
 def _plan_folds(samples, sample_ids, groups, folds, config: TrainConfig, *, seeds, group_by: str, n_folds: int,
@@ -348,7 +358,8 @@ def _fit_one(candidates: "RecipeCandidates", shared: _FoldInputs, job: _FoldJob,
     """Fit the recipe on one fold and predict its test rows: ``(selected name, probabilities, histories)``."""
     entry, data, histories = candidates.fit_best(shared.labels, job.train_rows, job.validation_rows,
                                                  videos=shared.sample_ids, groups=shared.selection_groups,
-                                                 seed=job.fit_seed, log=log, prefix=job.prefix)
+                                                 seed=job.fit_seed, log=log, prefix=job.prefix,
+                                                 sources=shared.sources)
     return entry[0], candidates.predict(entry, data, job.test_rows), histories
 
 
@@ -452,7 +463,8 @@ def fit_final_model(frameset, config: TrainConfig | None = None, classes: list[s
         log(f"final model: train {int((~is_validation).sum())} frames, validation {int(is_validation.sum())} frames")
     (name, _, model, _, _), _, histories = candidates.fit_best(
         labels, np.nonzero(~is_validation)[0], np.nonzero(is_validation)[0], videos=sample_ids,
-        groups=inner_cv_groups(index, group_by, positive_label), seed=config.seed, log=log, prefix="final")
+        groups=inner_cv_groups(index, group_by, positive_label), seed=config.seed, log=log, prefix="final",
+        sources=frame_sources(index))
     if config.select:
         histories = {**histories, "selected": [{"candidate": name, **SELECTION_CANDIDATES[name]}]}
     return model, histories

@@ -19,7 +19,7 @@ import pandas as pd
 import keras
 
 from covnb.experiments.features import _batched_call, _tail, cut_layer
-from covnb.experiments.recipes import TRAIN_UNITS, TrainConfig
+from covnb.experiments.recipes import SOURCE_WEIGHTINGS, TRAIN_UNITS, TrainConfig
 from covnb.models import set_trainable
 
 __all__ = ["class_weights", "FoldData", "fit_fold", "predict_rows", "distribution_strategy"]
@@ -53,19 +53,27 @@ class FoldData:
     features: dict | None = None  # {"head": (V, N, D), "last_block": (V, N, h, w, c)} cached features
     videos: np.ndarray | None = None  # (N,) sample_id of each frame (needed by unit="video")
     unit: str = "frame"  # what one training example is: "frame" or "video"
+    sources: np.ndarray | None = None  # (N,) source of each frame (source-balanced weights, nuisance projection)
 
     def __post_init__(self):
         if self.unit not in TRAIN_UNITS:
             raise ValueError(f"unit must be one of {TRAIN_UNITS}, got {self.unit!r}")
         if self.unit == "video" and self.videos is None:
             raise ValueError("FoldData(unit='video') needs the video (sample_id) of every frame: videos=...")
+        if self.sources is not None and len(self.sources) != len(self.labels):
+            raise ValueError(f"FoldData: {len(self.sources)} sources for {len(self.labels)} frames")
 
     @classmethod
     def for_recipe(cls, config: TrainConfig, frames: np.ndarray, labels: np.ndarray, *, train_rows: np.ndarray,
                    validation_rows: np.ndarray, features: dict | None = None,
-                   videos: np.ndarray | None = None) -> "FoldData":
-        """Fold data whose unit is ``config.train_unit``."""
-        return cls(frames, labels, train_rows, validation_rows, features, videos, unit=config.train_unit)
+                   videos: np.ndarray | None = None, sources: np.ndarray | None = None) -> "FoldData":
+        """Fold data whose unit is ``config.train_unit``; ``sources`` (the source of every frame)
+        is needed by recipes that weigh or project out sources."""
+        if sources is None and (config.imbalance in SOURCE_WEIGHTINGS or config.nuisance_dims):
+            raise ValueError(f"the recipe uses each file's source (imbalance={config.imbalance!r}, nuisance_dims="
+                             f"{config.nuisance_dims}) but the data has no 'source' column")
+        return cls(frames, labels, train_rows, validation_rows, features, videos, unit=config.train_unit,
+                   sources=None if sources is None else np.asarray(sources, dtype=str))
 
 
 def _video_means(views: np.ndarray, rows: np.ndarray, labels: np.ndarray, videos: np.ndarray):
@@ -299,6 +307,7 @@ class _ProbeExamples(NamedTuple):
     groups: np.ndarray
     video_codes: np.ndarray  # per frame of rows
     example_video: np.ndarray  # per example
+    sources: np.ndarray | None = None  # per example (None when the data has none)
 
 
 def _probe_examples(data: FoldData, groups: np.ndarray) -> _ProbeExamples:
@@ -308,11 +317,64 @@ def _probe_examples(data: FoldData, groups: np.ndarray) -> _ProbeExamples:
     # frame- and video-unit candidates are then comparable (recipe "auto").
     frame_videos = data.videos[rows] if data.videos is not None else rows
     video_codes = pd.factorize(np.asarray(frame_videos, dtype=str))[0]
+    sources = data.sources[rows] if data.sources is not None else None
     if data.unit == "video":
         x_views, y = _video_means(views, rows, data.labels, data.videos)
-        first = pd.Series(np.arange(len(rows))).groupby(video_codes).first()
-        return _ProbeExamples(rows, x_views, y, groups[rows][first.to_numpy()], video_codes, np.arange(len(y)))
-    return _ProbeExamples(rows, views[:, rows], data.labels[rows], groups[rows], video_codes, video_codes)
+        first = pd.Series(np.arange(len(rows))).groupby(video_codes).first().to_numpy()
+        return _ProbeExamples(rows, x_views, y, groups[rows][first], video_codes, np.arange(len(y)),
+                              None if sources is None else sources[first])
+    return _ProbeExamples(rows, views[:, rows], data.labels[rows], groups[rows], video_codes, video_codes, sources)
+
+
+class _Transform(NamedTuple):
+    """The fitted feature steps before the logistic head, in order: standardiser, then the
+    nuisance projection and the PCA when the recipe asks for them (``None`` otherwise)."""
+
+    scaler: object
+    nuisance: object | None
+    pca: object | None
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        z = self.scaler.transform(x)
+        if self.nuisance is not None:
+            z = self.nuisance.transform(z)
+        return self.pca.transform(z) if self.pca is not None else z
+
+
+def _fit_source_aware(examples: _ProbeExamples, chosen: np.ndarray, c: float, config: TrainConfig, x: np.ndarray):
+    """Standardiser, nuisance projection (fitted on the chosen examples' classes and sources),
+    PCA, and logistic regression with class or source-balanced sample weights."""
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
+
+    from covnb.nuisance import NuisanceProjection, source_balanced_weights
+
+    n_views = examples.x_views.shape[0]
+    y = np.tile(examples.y[chosen], n_views)
+    sources = None if examples.sources is None else np.tile(examples.sources[chosen], n_views)
+    if sources is None:
+        raise ValueError("source-balanced weights and nuisance projection need the source of every example")
+    scaler = StandardScaler().fit(x)
+    z = scaler.transform(x)
+    nuisance = None
+    if config.nuisance_dims:
+        nuisance = NuisanceProjection(config.nuisance_dims).fit(z, y, sources)
+        z = nuisance.transform(z)
+    pca = None
+    if config.feature_pca:
+        pca = PCA(n_components=min(int(config.feature_pca), z.shape[0] - 1, z.shape[1]), random_state=0).fit(z)
+        z = pca.transform(z)
+    weights = None
+    if config.imbalance in SOURCE_WEIGHTINGS:
+        weights = source_balanced_weights(y, sources, int(y.max()) + 1, power=SOURCE_WEIGHTINGS[config.imbalance])
+    logistic = LogisticRegression(C=c, class_weight=None if config.imbalance in SOURCE_WEIGHTINGS or
+                                  config.imbalance == "none" else "balanced", max_iter=5000)
+    with warnings.catch_warnings(), threadpool_limits(1):
+        warnings.simplefilter("ignore")
+        logistic.fit(z, y, sample_weight=weights)
+    return _Transform(scaler, nuisance, pca), logistic
 
 
 def _fit_logistic(examples: _ProbeExamples, chosen: np.ndarray, c: float, config: TrainConfig):
@@ -325,6 +387,8 @@ def _fit_logistic(examples: _ProbeExamples, chosen: np.ndarray, c: float, config
 
     x_views = examples.x_views
     x = x_views[:, chosen].reshape(-1, x_views.shape[2])
+    if config.nuisance_dims or config.imbalance in SOURCE_WEIGHTINGS:
+        return _fit_source_aware(examples, chosen, c, config, x)
     scaler = StandardScaler().fit(x)
     if config.feature_pca:
         # Fewer, sturdier directions: principal components of the standardised training features.
@@ -370,7 +434,14 @@ def _inner_cv_scores(examples: _ProbeExamples, data: FoldData, config: TrainConf
 def _write_probe(model: keras.Model, scaler, logistic, config: TrainConfig, n_features: int, n_classes: int) -> None:
     """Fold standardisation (and PCA) into the model's ``logits`` layer: the model stays complete."""
     coef, intercept = logistic.coef_, logistic.intercept_
-    if config.feature_pca:
+    if isinstance(scaler, _Transform):
+        if scaler.pca is not None:
+            coef = coef @ scaler.pca.components_
+            intercept = intercept - coef @ scaler.pca.mean_
+        if scaler.nuisance is not None:
+            coef = scaler.nuisance.fold_into(coef)
+        scaler = scaler.scaler
+    elif config.feature_pca:
         # Fold the projection into the linear head: (z - m) @ P.T @ coef.T + b on standardised z.
         projection = scaler[-1]
         coef = coef @ projection.components_

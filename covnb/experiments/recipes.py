@@ -14,11 +14,15 @@ import pandas as pd
 
 from covnb.models import POOLED_TAP_HEADS, augmentation_spec
 
-__all__ = ["RECIPES", "DISTRIBUTE_CHOICES", "IMBALANCE_CHOICES", "ENGINES", "TRAIN_UNITS", "SOLVERS", "GROUPINGS", "SELECTION_CANDIDATES",
+__all__ = ["RECIPES", "DISTRIBUTE_CHOICES", "IMBALANCE_CHOICES", "SOURCE_WEIGHTINGS", "ENGINES", "TRAIN_UNITS",
+           "SOLVERS", "GROUPINGS", "SELECTION_CANDIDATES", "AUTO_CANDIDATES", "NAP_CANDIDATES",
            "UNMIRRORABLE_MODALITIES", "TrainConfig", "recipe_config", "selection_configs", "mirror_is_plausible"]
 
-RECIPES = ("pocovid", "default", "linear_probe", "auto")
-IMBALANCE_CHOICES = ("none", "class_weight", "oversample")
+RECIPES = ("pocovid", "default", "linear_probe", "auto", "nap")
+IMBALANCE_CHOICES = ("none", "class_weight", "oversample", "source_balanced", "source_sqrt")
+#: Imbalance corrections that weigh sources inside each class (:func:`covnb.nuisance.source_balanced_weights`:
+#: the power of the source size divided out), logistic head only.
+SOURCE_WEIGHTINGS = {"source_balanced": 1.0, "source_sqrt": 0.5}
 ENGINES = ("cached", "plain")
 TRAIN_UNITS = ("frame", "video")
 SOLVERS = ("keras", "logistic")
@@ -34,7 +38,19 @@ SELECTION_CANDIDATES: dict[str, dict[str, Any]] = {
     "top_probe_video_mirror": dict(head="gap", mirror_view=True, train_unit="video"),
     "midlevel_no_mirror": dict(head="midlevel", mirror_view=False, train_unit="video"),
     "midlevel": dict(head="midlevel", mirror_view=True, train_unit="video"),
+    # source-aware variants of the recipe they are applied to (issue 13; covnb.nuisance): they keep its
+    # head, views and training unit. "nap0" is the recipe itself.
+    "nap0": dict(nuisance_dims=0),
+    "nap2": dict(nuisance_dims=2),
+    "nap4": dict(nuisance_dims=4),
+    "nap8": dict(nuisance_dims=8),
+    "source_balanced": dict(imbalance="source_balanced"),
+    "strong_c": dict(linear_probe_cs=(1e-5, 1e-4, 1e-3)),
 }
+#: The candidates of recipe "nap": how many within-class between-source directions to project out.
+NAP_CANDIDATES = ("nap0", "nap2", "nap4", "nap8")
+#: The candidates of recipe "auto" (and ``covnb train --preset auto``).
+AUTO_CANDIDATES = ("top_probe", "top_probe_video_mirror", "midlevel_no_mirror", "midlevel")
 
 
 def _check_choices(config: "TrainConfig") -> None:
@@ -51,6 +67,11 @@ def _check_combinations(config: "TrainConfig") -> None:
                          "fine_tune_epochs=0 (use solver='keras' to fine-tune)")
     if config.engine == "cached" and config.trainable == "all":
         raise ValueError("trainable='all' cannot use cached features: use engine='plain'")
+    if config.solver != "logistic" and (config.imbalance in SOURCE_WEIGHTINGS or config.nuisance_dims):
+        raise ValueError("source-balanced weights and nuisance projection (imbalance='source_balanced'/'source_sqrt', "
+                         "nuisance_dims) are implemented for the logistic head: solver='logistic'")
+    if int(config.nuisance_dims) < 0:
+        raise ValueError(f"nuisance_dims must be >= 0, got {config.nuisance_dims}")
     if int(config.epochs) < 1 or int(config.batch_size) < 1:
         raise ValueError("epochs and batch_size must be positive")
 
@@ -90,6 +111,7 @@ class TrainConfig:
     mirror_view: bool = True  # cached engine: one more view, the exact left-right mirror of each frame
     device_views: int = 0  # cached engine: views rendered as another device might (device_appearance)
     feature_pca: int = 0  # logistic head: fit on this many principal components of the standardised features (0: all)
+    nuisance_dims: int = 0  # logistic head: project out this many within-class between-source directions (NAP)
     engine: str = "cached"  # "cached" (features computed once) or "plain" (keras fit through the backbone)
     trainable: str = "head"  # first stage: "head" or "last_block" (or "all", plain engine only)
     epochs: int = 40
@@ -100,7 +122,7 @@ class TrainConfig:
     fine_tune_epochs: int = 0  # second stage: last block + head, from the first stage's weights
     fine_tune_learning_rate: float = 1e-4
     fine_tune_patience: int = 3
-    imbalance: str = "class_weight"  # "none", "class_weight" or "oversample"
+    imbalance: str = "class_weight"  # "none", "class_weight", "oversample"; "source_balanced"/"source_sqrt" (logistic)
     train_unit: str = "video"  # cached head: "frame" (one example per frame) or "video" (mean features per video)
     solver: str = "logistic"  # cached head: "keras" (Adam, early stopping) or "logistic" (scikit-learn, C by inner
     #                           CV; imbalance "class_weight" or "oversample" -> balanced class weights)
@@ -135,7 +157,11 @@ _RECIPE_OVERRIDES: dict[str, dict[str, Any]] = {
     "linear_probe": dict(head="gap", augmentation=None, aug_views=0, mirror_view=False, imbalance="class_weight",
                          dropout=0.0, solver="logistic", train_unit="frame"),
     "auto": dict(head="gap", augmentation="default", aug_views=0, mirror_view=False, imbalance="class_weight",
-                 solver="logistic", train_unit="frame", select=tuple(SELECTION_CANDIDATES)),
+                 solver="logistic", train_unit="frame", select=AUTO_CANDIDATES),
+    # The default recipe with 0, 2, 4 or 8 nuisance directions (NAP) chosen inside every training fold
+    # by its inner CV (source-aware under source-held-out folds). Measured on POCUS, source-held-out, split
+    # seeds 10-14: video balanced accuracy 0.764 +- 0.012 against 0.718 +- 0.029 for "default" (README).
+    "nap": dict(select=NAP_CANDIDATES),
 }
 
 _DEFAULTS: dict[str, Any] = {field.name: field.default for field in dataclasses.fields(TrainConfig)}

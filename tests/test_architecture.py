@@ -22,9 +22,10 @@ STAGES = {
              "run_folders"},
     "data": {"phantom_style", "phantom_screen", "phantom_draw", "phantom", "near_duplicates", "datasets", "dataset_table",
              "dataset_layouts", "fetch", "splits"},
-    "frames": {"frames"},
+    "frames": {"frames", "frame_treatments"},
     "features": {"torch_pickle", "efficientnet_lite", "backbones", "models", "weights", "weights_tfjs"},
-    "fit": {"experiments.recipes", "experiments.features", "experiments.fitting", "uncertainty", "feature_norm", "nuisance",
+    "fit": {"experiments.recipes", "experiments.features", "experiments.fitting", "experiments.keras_loop",
+            "uncertainty", "feature_norm", "nuisance",
             "fewshot_embeddings", "fewshot_episodes", "fewshot_methods"},
     # cross-validation and few-shot episodes fit and score: they sit with evaluation
     "evaluate": {"experiments.crossval", "fewshot_evaluation", "fewshot_curves", "fewshot_plots", "fewshot", "evaluate",

@@ -241,19 +241,39 @@ def compute_features(frames: np.ndarray, config: TrainConfig, model: keras.Model
         if log:
             log(f"features: {len(kinds)} view(s) x {len(frames)} frames at '{layer}' read from cache")
         return np.stack(results)
-    if client is not None and from_last_block is None and all(kinds[view] != "augment" for view in missing):
-        started = time.perf_counter()
-        filled = features_on_cluster(client, frames, config, model, layer=layer, kinds=kinds, views=missing,
-                                     rows_per_task=rows_per_task, batch_size=batch_size, folder=paths[0].parent
-                                     if writable else None)
-        for view in missing:
-            results[view] = filled[view]
-            if writable:
-                writable = write_cached_array(paths[view], results[view])
-        if log:
-            log(f"features: {len(missing)} view(s) x {len(frames)} frames at '{layer}' computed on the cluster in "
-                f"{time.perf_counter() - started:.1f} s")
-        return np.stack(results)
+    on_cluster = client is not None and from_last_block is None and all(kinds[view] != "augment" for view in missing)
+    fill = _views_on_cluster if on_cluster else _views_here
+    fill(frames, config, model, layer=layer, kinds=kinds, missing=missing, results=results,
+         store=(paths, [writable]), log=log, batch_size=batch_size, cut=cut, from_last_block=from_last_block,
+         client=client, rows_per_task=rows_per_task)
+    return np.stack(results)
+
+
+def _store_view(store: tuple[list[Path], bool], view: int, array: np.ndarray) -> None:
+    """Keep a computed view in the feature store (once a write fails, the rest are not tried)."""
+    paths, writable = store
+    if writable[0]:
+        writable[0] = write_cached_array(paths[view], array)
+
+
+def _views_on_cluster(frames, config, model, *, layer, kinds, missing, results, store, log, batch_size, client,
+                      rows_per_task, **_):
+    """The missing views computed by the cluster's workers (:func:`features_on_cluster`)."""
+    started = time.perf_counter()
+    filled = features_on_cluster(client, frames, config, model, layer=layer, kinds=kinds, views=missing,
+                                 rows_per_task=rows_per_task, batch_size=batch_size,
+                                 folder=store[0][0].parent if store[1][0] else None)
+    for view in missing:
+        results[view] = filled[view]
+        _store_view(store, view, results[view])
+    if log:
+        log(f"features: {len(missing)} view(s) x {len(frames)} frames at '{layer}' computed on the cluster in "
+            f"{time.perf_counter() - started:.1f} s")
+
+
+def _views_here(frames, config, model, *, layer, kinds, missing, results, store, log, batch_size, cut,
+                from_last_block, **_):
+    """The missing views computed in this process, batch by batch (or derived from the last block)."""
     frozen = _FrozenPass(model, config, layer, derived=from_last_block is not None, augment="augment" in kinds
                          and bool(augmentation_spec(config.augmentation)), log=log)
     dtype = np.float32 if cut == "head" else np.float16
@@ -262,13 +282,11 @@ def compute_features(frames: np.ndarray, config: TrainConfig, model: keras.Model
         chunks = frozen.view(source, kinds[view], view, n_views=len(kinds),
                              step=batch_size if from_last_block is None else 256)
         results[view] = (np.concatenate(chunks) if chunks else np.zeros((0,) + frozen.output_shape)).astype(dtype)
-        if writable:
-            writable = write_cached_array(paths[view], results[view])
+        _store_view(store, view, results[view])
     if log:
         seconds = time.perf_counter() - frozen.started
         log(f"features: {len(missing)} view(s) x {len(frames)} frames at '{layer}' computed in "
             f"{seconds:.1f} s ({len(missing) * len(frames) / max(seconds, 1e-9):.0f} frames/s)")
-    return np.stack(results)
 
 
 def _stored_views(frames: np.ndarray, config: TrainConfig, model: keras.Model, layer: str, kinds: list[str],

@@ -179,8 +179,8 @@ def main(argv=None) -> int:
         frameset = framesets[key]
         index = frameset.index.reset_index(drop=True)
 
-        def prepare(frames, candidate, model, log, _mode=fnorm, _index=index):
-            features = original_prepare(frames, candidate, model, log)
+        def prepare(frames, candidate, model, log, *, client=None, _mode=fnorm, _index=index):
+            features = original_prepare(frames, candidate, model, log, client=client)
             if features is not None and _mode != "none":
                 features = {**features, "head": normalise_features(features["head"], _index, _mode)}
             return features

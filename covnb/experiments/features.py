@@ -315,7 +315,7 @@ def needed_cuts(config: TrainConfig) -> list[str]:
 
 
 def recipe_features(frames: np.ndarray, config: TrainConfig, model: keras.Model,
-                    log: Callable[[str], None] | None, client=None) -> dict | None:
+                    log: Callable[[str], None] | None, *, client=None) -> dict | None:
     """Every cached feature cut ``config`` trains on (``{"head": (V, N, D), "last_block": ...}``),
     from the store (:func:`compute_features`; the backbone pass over the frames on ``client``'s
     workers when given); None for the plain engine."""

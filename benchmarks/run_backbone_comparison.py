@@ -25,6 +25,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="10,11,12,13,14")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--n-boot", type=int, default=200)
+    parser.add_argument("--cluster", default=None,
+                        help="Dask cluster for the whole grid: local, local:N, tcp://host:port")
     args = parser.parse_args()
 
     import matplotlib
@@ -33,18 +35,20 @@ def main() -> None:
     import pandas as pd
 
     from covnb.backbone_comparison import compare_backbones
+    from covnb.cluster import open_cluster
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
-    for name in [n.strip() for n in args.backbones.split(",") if n.strip()]:
-        table, figure = compare_backbones(args.data, [name], seeds=seeds, n_folds=args.folds, out_dir=out,
-                                          n_boot=args.n_boot, time_features=False)
-        rows.append(table)
-        done = pd.concat(rows, ignore_index=True)
-        done.to_csv(out / "backbones.csv.tmp", index=False)
-        os.replace(out / "backbones.csv.tmp", out / "backbones.csv")
+    with open_cluster(args.cluster) as client:  # one cluster for every backbone of the grid
+        for name in [n.strip() for n in args.backbones.split(",") if n.strip()]:
+            table, figure = compare_backbones(args.data, [name], seeds=seeds, n_folds=args.folds, out_dir=out,
+                                              n_boot=args.n_boot, time_features=False, cluster=client)
+            rows.append(table)
+            done = pd.concat(rows, ignore_index=True)
+            done.to_csv(out / "backbones.csv.tmp", index=False)
+            os.replace(out / "backbones.csv.tmp", out / "backbones.csv")
     from covnb.backbone_comparison import plot_backbone_comparison
 
     plot_backbone_comparison(done).savefig(out / "backbones.png", dpi=100, bbox_inches="tight")

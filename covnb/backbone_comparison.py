@@ -54,7 +54,7 @@ def comparison_row(metrics: dict, *, positive: str = "covid") -> dict:
 def compare_backbones(data, backbones=("efficientnet_lite0",), *, seeds=(0,), n_folds: int = 5,
                       task: str | None = None, weights="imagenet", image_size: int = 224, frame_settings=None,
                       out_dir: str | Path | None = None, n_boot: int = 200, time_features: bool = True,
-                      protocols=("patient",), log: Callable[[str], None] | None = print):
+                      protocols=("patient",), cluster=None, log: Callable[[str], None] | None = print):
     """Cross-validate covnb's default recipe (and its linear probe) on each backbone.
 
     Same data, task, patient-grouped ``n_folds``-fold split and split ``seeds`` for every
@@ -64,10 +64,13 @@ def compare_backbones(data, backbones=("efficientnet_lite0",), *, seeds=(0,), n_
     frame of the frozen backbone) and a bar chart of them. ``frame_settings``: a
     :class:`covnb.frames.FrameSettings` (its ``image_size`` wins). ``out_dir`` keeps each run's files.
     ``protocols``: as :func:`covnb.train.run_training`; the table reads the first one
-    (patient-grouped by default; ``("source",)`` for source-held-out folds).
+    (patient-grouped by default; ``("source",)`` for source-held-out folds). ``cluster``: a Dask
+    cluster spec or client (:mod:`covnb.cluster`), opened once for the whole grid: every backbone's
+    frames, frozen features and folds run on its workers, with the numbers of a serial run.
     """
     import tempfile
 
+    from covnb.cluster import open_cluster
     from covnb.datasets import Dataset, load_dataset
     from covnb.train import mirror_is_plausible, recipe_config, run_training
 
@@ -82,14 +85,15 @@ def compare_backbones(data, backbones=("efficientnet_lite0",), *, seeds=(0,), n_
 
     nested, trust.NESTED_CALIBRATION = trust.NESTED_CALIBRATION, False  # the table has no calibration column
     try:
-        with tempfile.TemporaryDirectory(prefix="covnb-backbones-") as scratch:
+        with (tempfile.TemporaryDirectory(prefix="covnb-backbones-") as scratch,
+              open_cluster(cluster, log=log) as client):
             root = Path(out_dir) if out_dir is not None else Path(scratch)
             for name in backbones:
                 config = recipe_config("default", backbone=name, weights=weights, image_size=image_size,
                                        seed=int(seeds[0]), mirror_view=mirror)
                 metrics = run_training(dataset, out_dir=root / name, config=config, task=task, n_folds=n_folds,
                                        seeds=list(seeds), frame_settings=frame_settings, final_model=False, figures=False, n_boot=n_boot,
-                                       baseline=True, protocols=tuple(protocols), log=None)
+                                       baseline=True, protocols=tuple(protocols), log=None, cluster=client)
                 row = comparison_row(metrics, positive=positive)
                 if time_features:
                     row["feature_ms_per_frame"] = 1000 * feature_seconds_per_frame(name, image_size=image_size,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
+
 import matplotlib
 import pytest
 
@@ -59,3 +61,15 @@ def test_compare_backbones_on_the_phantom_same_folds_for_each(tmp_path):
     assert covnb.trust.NESTED_CALIBRATION is True  # switched off only while comparing
     metrics = json.loads((tmp_path / "efficientnet_lite0" / "metrics.json").read_text())
     assert metrics["headline"] == "patient_cv" and "source_held_out" not in metrics  # patient-grouped only
+
+
+@pytest.mark.slow
+def test_compare_backbones_on_a_local_cluster_gives_the_serial_table(tmp_path):
+    settings = dict(seeds=(0,), n_folds=2, weights=None, image_size=32, n_boot=0, time_features=False, log=None)
+    serial, _ = compare_backbones(None, ["mobilenet"], out_dir=tmp_path / "serial", **settings)
+    on_cluster, _ = compare_backbones(None, ["mobilenet"], out_dir=tmp_path / "cluster", cluster="local:2", **settings)
+    timing = [column for column in serial if column.endswith("_seconds")]  # wall time
+    pd.testing.assert_frame_equal(serial.drop(columns=timing), on_cluster.drop(columns=timing))
+    for name in ("oof_predictions.csv", "baseline_oof_predictions.csv", "folds.csv"):  # patient-grouped only
+        assert (tmp_path / "serial" / "mobilenet" / name).read_bytes() == \
+            (tmp_path / "cluster" / "mobilenet" / name).read_bytes()

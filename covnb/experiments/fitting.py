@@ -246,9 +246,11 @@ class _Transform(NamedTuple):
         return self.pca.transform(z) if self.pca is not None else z
 
 
-def _fit_source_aware(examples: _ProbeExamples, chosen: np.ndarray, c: float, config: TrainConfig, x: np.ndarray):
-    """Standardiser, nuisance projection (fitted on the chosen examples' classes and sources),
-    PCA, and logistic regression with class or source-balanced sample weights."""
+def _fit_logistic(examples: _ProbeExamples, chosen: np.ndarray, c: float, config: TrainConfig):
+    """Standardiser, then the nuisance projection (``config.nuisance_dims``, fitted on the chosen
+    examples' classes and sources) and PCA (``config.feature_pca``) when asked, and logistic
+    regression with balanced class weights (``imbalance`` other than ``"none"``) or source-balanced
+    sample weights (:data:`SOURCE_WEIGHTINGS`). Returns ``(_Transform, logistic)``."""
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
@@ -257,56 +259,33 @@ def _fit_source_aware(examples: _ProbeExamples, chosen: np.ndarray, c: float, co
     from covnb.nuisance import NuisanceProjection, source_balanced_weights
 
     n_views = examples.x_views.shape[0]
+    x = examples.x_views[:, chosen].reshape(-1, examples.x_views.shape[2])
     y = np.tile(examples.y[chosen], n_views)
-    sources = None if examples.sources is None else np.tile(examples.sources[chosen], n_views)
-    if sources is None:
+    source_aware = bool(config.nuisance_dims) or config.imbalance in SOURCE_WEIGHTINGS
+    if source_aware and examples.sources is None:
         raise ValueError("source-balanced weights and nuisance projection need the source of every example")
+    sources = np.tile(examples.sources[chosen], n_views) if source_aware else None
     scaler = StandardScaler().fit(x)
     z = scaler.transform(x)
-    nuisance = None
-    if config.nuisance_dims:
-        nuisance = NuisanceProjection(config.nuisance_dims).fit(z, y, sources)
+    nuisance = NuisanceProjection(config.nuisance_dims).fit(z, y, sources) if config.nuisance_dims else None
+    if nuisance is not None:
         z = nuisance.transform(z)
     pca = None
     if config.feature_pca:
+        # Fewer, sturdier directions: principal components of the standardised training features.
         pca = PCA(n_components=min(int(config.feature_pca), z.shape[0] - 1, z.shape[1]), random_state=0).fit(z)
         z = pca.transform(z)
     weights = None
     if config.imbalance in SOURCE_WEIGHTINGS:
         weights = source_balanced_weights(y, sources, int(y.max()) + 1, power=SOURCE_WEIGHTINGS[config.imbalance])
-    logistic = LogisticRegression(C=c, class_weight=None if config.imbalance in SOURCE_WEIGHTINGS or
-                                  config.imbalance == "none" else "balanced", max_iter=5000)
-    with warnings.catch_warnings(), threadpool_limits(1):
-        warnings.simplefilter("ignore")
-        logistic.fit(z, y, sample_weight=weights)
-    return _Transform(scaler, nuisance, pca), logistic
-
-
-def _fit_logistic(examples: _ProbeExamples, chosen: np.ndarray, c: float, config: TrainConfig):
-    """Standardiser (with PCA when ``config.feature_pca``) and class-weighted logistic regression."""
-    from sklearn.decomposition import PCA
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from threadpoolctl import threadpool_limits
-
-    x_views = examples.x_views
-    x = x_views[:, chosen].reshape(-1, x_views.shape[2])
-    if config.nuisance_dims or config.imbalance in SOURCE_WEIGHTINGS:
-        return _fit_source_aware(examples, chosen, c, config, x)
-    scaler = StandardScaler().fit(x)
-    if config.feature_pca:
-        # Fewer, sturdier directions: principal components of the standardised training features.
-        components = min(int(config.feature_pca), x.shape[0] - 1, x.shape[1])
-        scaler = make_pipeline(scaler, PCA(n_components=components, random_state=0)).fit(x)
-    logistic = LogisticRegression(C=c, class_weight="balanced" if config.imbalance != "none" else None,
-                                  max_iter=5000)
+    balanced = config.imbalance != "none" and config.imbalance not in SOURCE_WEIGHTINGS
+    logistic = LogisticRegression(C=c, class_weight="balanced" if balanced else None, max_iter=5000)
     # One BLAS thread: these small problems run ~10x faster than with threads fighting over
     # busy cores (measured on 2 shared cores: 9 s -> 0.8 s per fit of 490 x 2024).
     with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore")  # convergence on tiny inner folds
-        logistic.fit(scaler.transform(x), np.tile(examples.y[chosen], x_views.shape[0]))
-    return scaler, logistic
+        logistic.fit(z, y, sample_weight=weights)
+    return _Transform(scaler, nuisance, pca), logistic
 
 
 def _inner_cv_scores(examples: _ProbeExamples, data: FoldData, config: TrainConfig, n_classes: int) -> dict:
@@ -322,11 +301,11 @@ def _inner_cv_scores(examples: _ProbeExamples, data: FoldData, config: TrainConf
     for c in config.linear_probe_cs:
         fold_scores = []
         for inner_train, inner_test in splits:
-            scaler, logistic = _fit_logistic(examples, inner_train, c, config)
+            transform, logistic = _fit_logistic(examples, inner_train, c, config)
             test_frames = np.nonzero(np.isin(codes, examples.example_video[inner_test]))[0]
             probs = np.zeros((len(test_frames), n_classes))
             probs[:, logistic.classes_] = logistic.predict_proba(
-                scaler.transform(data.features["head"][0, rows[test_frames]]))
+                transform.transform(data.features["head"][0, rows[test_frames]]))
             per_video = pd.DataFrame(probs).groupby(codes[test_frames]).mean()
             truth = pd.Series(frame_labels[test_frames]).groupby(codes[test_frames]).first()
             with warnings.catch_warnings():
@@ -336,22 +315,16 @@ def _inner_cv_scores(examples: _ProbeExamples, data: FoldData, config: TrainConf
     return scores
 
 
-def _write_probe(model: keras.Model, scaler, logistic, config: TrainConfig, n_features: int, n_classes: int) -> None:
-    """Fold standardisation (and PCA) into the model's ``logits`` layer: the model stays complete."""
+def _write_probe(model: keras.Model, transform: _Transform, logistic, n_features: int, n_classes: int) -> None:
+    """Fold standardisation (and projection, PCA) into the model's ``logits`` layer: the model stays complete."""
     coef, intercept = logistic.coef_, logistic.intercept_
-    if isinstance(scaler, _Transform):
-        if scaler.pca is not None:
-            coef = coef @ scaler.pca.components_
-            intercept = intercept - coef @ scaler.pca.mean_
-        if scaler.nuisance is not None:
-            coef = scaler.nuisance.fold_into(coef)
-        scaler = scaler.scaler
-    elif config.feature_pca:
+    if transform.pca is not None:
         # Fold the projection into the linear head: (z - m) @ P.T @ coef.T + b on standardised z.
-        projection = scaler[-1]
-        coef = coef @ projection.components_
-        intercept = intercept - coef @ projection.mean_
-        scaler = scaler[0]
+        coef = coef @ transform.pca.components_
+        intercept = intercept - coef @ transform.pca.mean_
+    if transform.nuisance is not None:
+        coef = transform.nuisance.fold_into(coef)
+    scaler = transform.scaler
     present = logistic.classes_
     scale = scaler.scale_
     kernel = np.zeros((n_features, n_classes), np.float32)
@@ -378,8 +351,8 @@ def _fit_linear_probe(model: keras.Model, data: FoldData, config: TrainConfig, g
     examples = _probe_examples(data, groups)
     scores = _inner_cv_scores(examples, data, config, n_classes)
     best_c = max(scores, key=lambda c: (scores[c], -c))  # ties: the stronger regularisation
-    scaler, logistic = _fit_logistic(examples, np.arange(len(examples.y)), best_c, config)
-    _write_probe(model, scaler, logistic, config, examples.x_views.shape[2], n_classes)
+    transform, logistic = _fit_logistic(examples, np.arange(len(examples.y)), best_c, config)
+    _write_probe(model, transform, logistic, examples.x_views.shape[2], n_classes)
     n_views = examples.x_views.shape[0]
     if log:
         log(f"{prefix} logistic head on {len(examples.y)} {data.unit}s x {n_views} view(s): C={best_c:g}, "

@@ -32,10 +32,11 @@ import dataclasses
 import logging
 import os
 import re
+import warnings
 from typing import Callable, Iterator
 
 __all__ = ["SCHEDULER_ENV", "ALLOWED_FAILURES", "ClusterSpec", "ClusterSpecError", "parse_cluster_spec",
-           "open_cluster", "is_client", "worker_count"]
+           "open_cluster", "is_client", "share_payload"]
 
 SCHEDULER_ENV = "COVNB_SCHEDULER"
 #: How many times a task may lose its worker before the run fails (Dask's default is 3).
@@ -147,6 +148,15 @@ def open_cluster(spec=None, *, log: Callable[[str], None] | None = print,
                 cluster.close()
 
 
-def worker_count(client) -> int:
-    """Worker processes the scheduler knows now (at least 1)."""
-    return max(1, len(client.scheduler_info().get("workers", {})))
+def _held(payload):
+    return payload
+
+
+def share_payload(client, payload, *, name: str):
+    """Send ``payload`` (weights, features, frames) to the cluster once, as the result of a task
+    keyed ``name`` that every task of a run takes as an argument: unlike a scatter, the task is
+    recomputed if the worker holding its result dies. Dask's warning about a large graph is
+    expected here and silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
+        return client.submit(_held, payload, pure=False, key=name)

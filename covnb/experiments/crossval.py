@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import warnings
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -17,6 +16,7 @@ import pandas as pd
 
 import keras
 
+from covnb.cluster import share_payload
 from covnb.experiments.features import recipe_features, recipe_model
 from covnb.experiments.fitting import FoldData, fit_fold, predict_rows
 from covnb.experiments.recipes import GROUPINGS, SELECTION_CANDIDATES, TrainConfig, recipe_config, selection_configs
@@ -390,11 +390,6 @@ def _fold_in_worker(payload: dict, job: _FoldJob):
     return selected, probs, histories, time.perf_counter() - started
 
 
-def _payload_task(payload: dict) -> dict:
-    """What every fold task of a cross-validation shares (kept by the cluster as a task's result)."""
-    return payload
-
-
 def _fold_task(payload: dict, job: _FoldJob):
     """A (seed, fold) on a Dask worker: the candidates are rebuilt once per worker and
     cross-validation (models from their configs, the sent initial weights, the sent features).
@@ -423,10 +418,7 @@ def _run_folds_on_cluster(client, candidates, shared: _FoldInputs, jobs: list[_F
 
     payload = {"token": uuid.uuid4().hex, "frames": candidates.frames if candidates.needs_frames else None,
                "n_classes": candidates.n_classes, "parts": candidates.parts(), "shared": shared}
-    # A task holding the payload, not a scatter: if the worker keeping it dies, it is recomputed.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Sending large graph", UserWarning)  # the features, sent once on purpose
-        sent = client.submit(_payload_task, payload, pure=False, key=f"covnb-candidates-{payload['token'][:8]}")
+    sent = share_payload(client, payload, name=f"covnb-candidates-{payload['token'][:8]}")
     started = time.perf_counter()
     futures = [client.submit(_fold_task, sent, job, pure=False, key=f"covnb-fold-{payload['token'][:8]}-"
                              f"{job.seed}-{job.fold}") for job in jobs]

@@ -21,6 +21,7 @@ import numpy as np
 import keras
 
 from covnb.cache import read_cached_array, usable_cache_dir, write_cached_array
+from covnb.cluster import share_payload
 from covnb.experiments.recipes import TrainConfig
 from covnb.models import augmentation_spec, build_model, head_feature_layer, last_block_input_layer
 
@@ -339,12 +340,6 @@ def recipe_features(frames: np.ndarray, config: TrainConfig, model: keras.Model,
 _WORKER_PASSES: dict = {}
 
 
-def _feature_payload(payload: dict) -> dict:
-    """What every feature task of one extraction shares (kept by the cluster as a task's result,
-    recomputed if its worker dies)."""
-    return payload
-
-
 def feature_chunk(payload: dict, frames: np.ndarray, offset: int) -> list:
     """On a worker: the features of ``frames`` (rows ``offset`` onwards of the full set) for the
     payload's views. With a cache folder each view is written there atomically, under a key of
@@ -402,10 +397,10 @@ def features_on_cluster(client, frames: np.ndarray, config: TrainConfig, model: 
                "weights": model.get_weights(), "layer": layer, "kinds": list(kinds), "views": list(views),
                "batch_size": step, "dtype": dtype, "backbone": _backbone_fingerprint(model, layer),
                "folder": None if folder is None else str(folder)}
+    sent = share_payload(client, payload, name=f"covnb-weights-{payload['token'][:8]}")
+    starts = list(range(0, len(frames), per_task))
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Sending large graph", UserWarning)  # weights and frames, sent once
-        sent = client.submit(_feature_payload, payload, pure=False, key=f"covnb-weights-{payload['token'][:8]}")
-        starts = list(range(0, len(frames), per_task))
+        warnings.filterwarnings("ignore", "Sending large graph", UserWarning)  # each task's frames, sent once
         futures = [client.submit(feature_chunk, sent, frames[start:start + per_task], start, pure=False,
                                  key=f"covnb-features-{payload['token'][:8]}-{start}") for start in starts]
     parts: dict[int, list] = {view: [] for view in views}

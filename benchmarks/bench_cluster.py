@@ -1,6 +1,7 @@
 """Serial vs Dask LocalCluster on a large synthetic set: where the time goes, and the task size.
 
     nice -n 10 python benchmarks/bench_cluster.py --clips 600 --workers 2 [--json out.json]
+    python benchmarks/bench_cluster.py --clips 5000 --model-frames 4000 --json bench.json  # the large set
 
 Writes a phantom data set of ``--clips`` video clips (``covnb.phantom``, synthetic), then times
 
@@ -26,7 +27,7 @@ import os
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def _timed(function):
@@ -48,6 +49,9 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--task-sizes", default="1,4,16,64", help="files per decoding task")
+    parser.add_argument("--model-frames", type=int, default=0,
+                        help="time the model and the CV grid on about this many frames (whole files, every class); "
+                             "0: all frames")
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
 
@@ -76,6 +80,7 @@ def main() -> None:
                                                  files_per_task=per_task))
 
         frameset, serial_decode = decode()
+        all_frames = frameset.frames
         n_frames = len(frameset)
         report["frames"] = n_frames
         report["decode_serial_s"] = serial_decode
@@ -83,6 +88,14 @@ def main() -> None:
         print(f"decode, this process: {serial_decode:.1f} s ({report['decode_ms_per_file']:.1f} ms per file, "
               f"{n_frames} frames)")
 
+        if args.model_frames and args.model_frames < n_frames:  # model stages on a subset of whole files
+            files_per_class = math.ceil(args.model_frames * len(samples) / n_frames / samples["label"].nunique())
+            subset = samples.groupby("label", sort=False).head(files_per_class)
+            frameset = extract_frames(subset, settings, cache=FrameCache(os.path.join(folder, "frames-serial")),
+                                      progress=False)
+            print(f"model stages on {len(frameset)} frames of {len(subset)} files")
+        report["model_frames"] = len(frameset)
+        n_frames = len(frameset)
         config = recipe_config("default", backbone=args.backbone, weights=None, image_size=args.image_size)
         serial_features, model_seconds = _timed(lambda: compute_features(frameset.frames, config, cut="head", views=0, cache=False,
                                                            log=None))
@@ -110,7 +123,7 @@ def main() -> None:
             report["decode_cluster"] = {}
             for per_task in [int(x) for x in args.task_sizes.split(",")]:
                 cluster_frames, seconds = decode(client, per_task, f"cluster-{per_task}")
-                assert (cluster_frames.frames == frameset.frames).all()
+                assert (cluster_frames.frames == all_frames).all()
                 tasks = math.ceil(len(samples) / per_task)
                 report["decode_cluster"][per_task] = {"seconds": seconds, "tasks": tasks,
                                                       "speedup": serial_decode / seconds}

@@ -39,6 +39,20 @@ def test_keep_cluster_without_a_cluster_runs_here(monkeypatch):
     assert keep_cluster("", log=None) is None
 
 
+@pytest.mark.slow
+def test_keep_cluster_gives_a_notebook_one_client_per_specification():
+    from covnb import cluster
+
+    first = keep_cluster("local:1", log=None)
+    try:
+        assert keep_cluster("local:1", log=None) is first  # a re-run cell starts no second cluster
+        assert keep_cluster(first) is first
+        assert len(first.scheduler_info()["workers"]) == 1
+    finally:
+        cluster._KEPT.pop("local:1")[1].close()  # what happens when the kernel exits
+    assert first.status == "closed"
+
+
 # ----------------------------------------------------------------------------- same numbers on a cluster
 
 

@@ -439,5 +439,5 @@ def _train_on(loaded: _Data, config: TrainConfig, out: Path, settings, frameset,
     from covnb.trust import trust_outputs  # calibration, uncertainty, model card (issue 14); imports this package
 
     result = trust_outputs(out, result, frameset=frameset, config=config, samples=loaded.samples, n_boot=n_boot,
-                           figures=figures, log=log)
+                           figures=figures, log=log, client=client)
     return TrainingResult(result, cv=cv)

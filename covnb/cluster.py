@@ -15,7 +15,9 @@ algorithms and task scheduling", SciPy 2015): frame decoding by chunks of files
 (:func:`covnb.frames.extract_frames`), the frozen backbone by chunks of frames
 (:func:`covnb.experiments.features.features_on_cluster`, into the shared feature store) and every
 (split seed, fold) of a cross-validation
-(:func:`covnb.experiments.crossval.run_cross_validation`). Results are gathered and assembled in
+(:func:`covnb.experiments.crossval.run_cross_validation`); in the few-shot study
+(:mod:`covnb.fewshot`) the embeddings, every (K, method) cell of a shot curve and every
+(fold, n, repeat) of a patient learning curve. Results are gathered and assembled in
 the serial order, so the out-of-fold predictions are byte-identical to an in-process run. A
 worker that dies is replaced and its tasks run again (``distributed.scheduler.allowed-failures``).
 
@@ -27,6 +29,7 @@ Example::
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import logging
@@ -36,7 +39,7 @@ import warnings
 from typing import Callable, Iterator
 
 __all__ = ["SCHEDULER_ENV", "ALLOWED_FAILURES", "ClusterSpec", "ClusterSpecError", "parse_cluster_spec",
-           "open_cluster", "is_client", "share_payload"]
+           "open_cluster", "keep_cluster", "is_client", "share_payload", "in_fit_thread"]
 
 SCHEDULER_ENV = "COVNB_SCHEDULER"
 #: How many times a task may lose its worker before the run fails (Dask's default is 3).
@@ -146,6 +149,53 @@ def open_cluster(spec=None, *, log: Callable[[str], None] | None = print,
             client.close()
             if cluster is not None:
                 cluster.close()
+
+
+#: Clusters a notebook keeps open across its cells (:func:`keep_cluster`), by their specification.
+_KEPT: dict[str, tuple[object, contextlib.ExitStack]] = {}
+
+
+def keep_cluster(spec=None, *, log: Callable[[str], None] | None = print) -> object | None:
+    """:func:`open_cluster`'s client, kept open across a notebook's cells and closed when the
+    kernel exits; None to run in this process. Asking again for the same ``spec`` gives the same
+    running client (a re-run cell starts no second cluster).
+
+    Example::
+
+        >>> client = keep_cluster(cluster)   # doctest: +SKIP  (a notebook's ``cluster`` parameter)
+        >>> fewshot_study.shot_curves(..., client=client)   # doctest: +SKIP
+    """
+    if is_client(spec):
+        return spec
+    key = str(spec if spec is not None and str(spec).strip() else os.environ.get(SCHEDULER_ENV, "")).strip()
+    if key in _KEPT and getattr(_KEPT[key][0], "status", None) == "running":
+        return _KEPT[key][0]
+    stack = contextlib.ExitStack()
+    client = stack.enter_context(open_cluster(spec, log=log))
+    if client is None:
+        stack.close()
+        return None
+    _KEPT[key] = (client, stack)
+    atexit.register(stack.close)
+    return client
+
+
+#: The one thread of a worker process in which covnb fits (see :func:`in_fit_thread`).
+_FIT_THREAD = None
+
+
+def in_fit_thread(function: Callable, *args):
+    """``function(*args)``, run in one thread of this (worker) process, always the same.
+
+    Keras keeps its global seed per thread, and a Dask worker's executor may hand a task any of
+    its threads: every fit of covnb's tasks (cross-validation folds, learning-curve repeats) runs
+    in this one thread, so a seeded fit draws what it draws in a serial run."""
+    global _FIT_THREAD
+    if _FIT_THREAD is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _FIT_THREAD = ThreadPoolExecutor(1, thread_name_prefix="covnb-fit")
+    return _FIT_THREAD.submit(function, *args).result()
 
 
 def _held(payload):

@@ -7,7 +7,7 @@ modality applied to the other.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,27 +24,42 @@ def _frame_rows_by_sample(index: pd.DataFrame) -> dict[str, np.ndarray]:
     return {s: np.nonzero(ids == s)[0] for s in dict.fromkeys(ids)}
 
 
+class _LearningUnit(NamedTuple):
+    """One point of one repeat of a learning curve: its training samples and its test fold."""
+
+    fold: int
+    n: int
+    repeat: int
+    kept: pd.DataFrame  # training samples (sample_id, label, group)
+    test_rows: np.ndarray  # frame rows of the test fold
+    test_ids: np.ndarray  # their sample ids
+    test_samples: np.ndarray  # the test fold's sample ids, in order
+    truth: np.ndarray  # their class numbers
+
+
 def patient_learning_curve(index: pd.DataFrame, n_patients: Sequence[int], *, embeddings: np.ndarray | None = None,
                            frames: np.ndarray | None = None, recipe: str = "embedding_logreg",
                            positive_label: str = "covid", n_splits: int = 3, repeats: int = 2, seed: int = 0,
                            train_config=None, logreg_c: float = 0.1,
-                           log: Callable[[str], None] | None = None) -> tuple[pd.DataFrame, list[str]]:
+                           log: Callable[[str], None] | None = None, client=None) -> tuple[pd.DataFrame, list[str]]:
     """Balanced accuracy of a trained recipe when only ``n`` positive (COVID-19) patients train it.
 
     Patient-grouped stratified folds (:func:`covnb.splits.patient_folds`): in each training fold
     keep every patient of the other classes and ``n`` randomly chosen ``positive_label``
     patients (``repeats`` draws); score the untouched test fold at video level (mean of frame
-    probabilities per sample), balanced accuracy over all classes.
+    probabilities per sample), balanced accuracy over all classes. Every (fold, n, repeat) draws
+    from its own generator, seeded ``[seed, fold, n, repeat]``.
 
     ``recipe="embedding_logreg"``: standardised, class-weighted logistic regression on frozen
     frame ``embeddings`` (fast). ``recipe`` "default" or "linear_probe": the covnb.train recipe
     (:class:`covnb.experiments.crossval.RecipeCandidates`, the frozen-feature store and fold data
     of cross-validation) on raw ``frames``, per video when the recipe says so; its inner
     validation split takes patients of the other classes, and positive patients only when n >= 3.
+    ``client``: a :class:`distributed.Client` (:mod:`covnb.cluster`): the recipe's frozen features
+    are computed by its workers, and every (fold, n, repeat) is fitted and scored as a task; the
+    rows are gathered in the serial order, the same numbers as without a client.
     Returns ``(rows, notes)``; rows: recipe, fold, repeat, n_patients, balanced_accuracy.
     """
-    from sklearn.metrics import balanced_accuracy_score
-
     from covnb.splits import patient_folds
 
     index = index.reset_index(drop=True)
@@ -54,11 +69,32 @@ def patient_learning_curve(index: pd.DataFrame, n_patients: Sequence[int], *, em
         raise ValueError(f"positive_label {positive_label!r} is not a label of the data ({', '.join(classes)})")
     class_of = {c: i for i, c in enumerate(classes)}
     frame_labels = np.array([class_of[c] for c in np.asarray(index["label"], dtype=str)])
-    rows_of = _frame_rows_by_sample(index)
     folds = patient_folds(samples, n_splits=n_splits, seed=seed).to_numpy()
-    fit_predict = _learning_curve_fitter(recipe, index, frame_labels, classes, embeddings, frames, train_config,
-                                         logreg_c, seed, log, positive_label=positive_label)
-    results, notes, too_many = [], [], set()
+    fit_predict, payload = _learning_curve_fitter(recipe, index, frame_labels, classes, embeddings, frames,
+                                                  train_config, logreg_c, log, positive_label=positive_label,
+                                                  client=client)
+    units, too_many = _learning_units(index, samples, folds, class_of, n_patients, n_splits=n_splits,
+                                      repeats=repeats, seed=seed, positive_label=positive_label)
+    if client is None:
+        scores = [_score_unit(fit_predict, unit, seed) for unit in units]
+    else:
+        scores = _units_on_cluster(client, payload, units, seed)
+    results = [{"recipe": recipe, "fold": unit.fold, "repeat": unit.repeat, "n_patients": unit.n,
+                "balanced_accuracy": score} for unit, score in zip(units, scores)]
+    notes = []
+    for n in sorted({n for n, _ in too_many}):
+        held = sorted({m for k, m in too_many if k == n})
+        notes.append(f"learning curve: n = {n} skipped in training folds that hold only "
+                     f"{'/'.join(map(str, held))} {positive_label} patients.")
+    return pd.DataFrame(results, columns=["recipe", "fold", "repeat", "n_patients", "balanced_accuracy"]), notes
+
+
+def _learning_units(index: pd.DataFrame, samples: pd.DataFrame, folds: np.ndarray, class_of: dict, n_patients, *,
+                    n_splits: int, repeats: int, seed: int, positive_label: str) -> tuple[list[_LearningUnit], set]:
+    """Every (fold, n, repeat) of a learning curve in the serial order, its ``n`` positive patients
+    drawn with ``default_rng([seed, fold, n, repeat])``; the (n, available) pairs skipped."""
+    rows_of = _frame_rows_by_sample(index)
+    units, too_many = [], set()
     for fold in range(n_splits):
         train_samples = samples[folds != fold]
         test_samples = samples[folds == fold]
@@ -80,48 +116,65 @@ def patient_learning_curve(index: pd.DataFrame, n_patients: Sequence[int], *, em
                 kept = pd.concat([others[~others["group"].isin(excluded)],
                                   train_samples[(train_samples["label"] == positive_label)
                                                 & train_samples["group"].isin(chosen)]])
-                probs = fit_predict(kept, test_rows, np.random.default_rng([seed, fold, n, repeat, 1]))
-                per_sample = pd.DataFrame(probs).groupby(test_ids, sort=False).mean()
-                predicted = per_sample.reindex(test_samples["sample_id"]).to_numpy().argmax(axis=1)
-                results.append({"recipe": recipe, "fold": fold, "repeat": repeat, "n_patients": n,
-                                "balanced_accuracy": float(balanced_accuracy_score(truth, predicted))})
-    if too_many:
-        for n in sorted({n for n, _ in too_many}):
-            held = sorted({m for k, m in too_many if k == n})
-            notes.append(f"learning curve: n = {n} skipped in training folds that hold only "
-                         f"{'/'.join(map(str, held))} {positive_label} patients.")
-    return pd.DataFrame(results, columns=["recipe", "fold", "repeat", "n_patients", "balanced_accuracy"]), notes
+                units.append(_LearningUnit(fold, n, repeat, kept, test_rows, test_ids,
+                                           test_samples["sample_id"].to_numpy(), truth))
+    return units, too_many
 
 
-def _learning_curve_fitter(recipe, index, frame_labels, classes, embeddings, frames, train_config, logreg_c,
-                           seed, log, *, positive_label: str):
-    """Return ``fit_predict(train_samples, test_rows, rng) -> (len(test_rows), n_classes) probabilities``."""
-    rows_of = _frame_rows_by_sample(index)
-    n_classes = len(classes)
+def _score_unit(fit_predict, unit: _LearningUnit, seed: int) -> float:
+    """Fit on the unit's training samples (generator ``[seed, fold, n, repeat, 1]``), predict its
+    test fold, average frame probabilities per sample: the balanced accuracy of the videos."""
+    from sklearn.metrics import balanced_accuracy_score
 
-    def train_rows(kept):
-        return np.concatenate([rows_of[s] for s in kept["sample_id"]])
+    probs = fit_predict(unit.kept, unit.test_rows, np.random.default_rng([seed, unit.fold, unit.n, unit.repeat, 1]))
+    per_sample = pd.DataFrame(probs).groupby(unit.test_ids, sort=False).mean()
+    predicted = per_sample.reindex(unit.test_samples).to_numpy().argmax(axis=1)
+    return float(balanced_accuracy_score(unit.truth, predicted))
 
+
+#: The learning-curve fitter rebuilt on a worker, by the token of the curve that sent it.
+_WORKER_FITTERS: dict = {}
+
+
+def _unit_in_worker(payload: dict, unit: _LearningUnit, seed: int) -> float:
+    token = payload["token"]
+    if token not in _WORKER_FITTERS:
+        _WORKER_FITTERS.clear()
+        _WORKER_FITTERS[token] = _fitter_from_payload(payload)
+    return _score_unit(_WORKER_FITTERS[token], unit, seed)
+
+
+def _unit_task(payload: dict, unit: _LearningUnit, seed: int) -> float:
+    """A (fold, n, repeat) on a Dask worker, in the worker's one fitting thread
+    (:func:`covnb.cluster.in_fit_thread`: Keras seeds per thread)."""
+    from covnb.cluster import in_fit_thread
+
+    return in_fit_thread(_unit_in_worker, payload, unit, seed)
+
+
+def _units_on_cluster(client, payload: dict, units: list[_LearningUnit], seed: int) -> list[float]:
+    """Every unit as a Dask task (the fitter's embeddings or weights and features sent once), in order."""
+    import uuid
+
+    from covnb.cluster import share_payload
+
+    token = uuid.uuid4().hex
+    sent = share_payload(client, {**payload, "token": token}, name=f"covnb-learning-{token[:8]}")
+    futures = [client.submit(_unit_task, sent, unit, seed, pure=False,
+                             key=f"covnb-learning-{token[:8]}-{unit.fold}-{unit.n}-{unit.repeat}") for unit in units]
+    return client.gather(futures)
+
+
+def _learning_curve_fitter(recipe, index, frame_labels, classes, embeddings, frames, train_config, logreg_c, log,
+                           *, positive_label: str, client=None):
+    """``(fit_predict, payload)``: ``fit_predict(train_samples, test_rows, rng) -> (len(test_rows),
+    n_classes) probabilities``, and what a Dask worker rebuilds it from (:func:`_fitter_from_payload`)."""
+    shared = {"recipe": recipe, "index": index, "frame_labels": frame_labels, "n_classes": len(classes)}
     if recipe == "embedding_logreg":
         if embeddings is None:
             raise ValueError("recipe 'embedding_logreg' needs the frame embeddings (embeddings=...)")
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-
-        x = np.asarray(embeddings, np.float32)
-
-        def fit_predict(kept, test_rows, rng):
-            rows = train_rows(kept)
-            model = make_pipeline(StandardScaler(), LogisticRegression(C=logreg_c, class_weight="balanced",
-                                                                       max_iter=2000))
-            model.fit(x[rows], frame_labels[rows])
-            probs = np.zeros((len(test_rows), n_classes))
-            probs[:, model.classes_] = model.predict_proba(x[test_rows])
-            return probs
-
-        return fit_predict
-
+        payload = {**shared, "x": np.asarray(embeddings, np.float32), "logreg_c": logreg_c}
+        return _fitter_from_payload(payload), payload
     if recipe not in ("default", "linear_probe"):
         raise ValueError(f"recipe must be 'embedding_logreg', 'default' or 'linear_probe', not {recipe!r}")
     if frames is None:
@@ -135,7 +188,49 @@ def _learning_curve_fitter(recipe, index, frame_labels, classes, embeddings, fra
                          "trainable='head', fine_tune_epochs=0")
     # The same models and stored features as covnb.train's cross-validation; every fit goes
     # through RecipeCandidates.fit_best, whose FoldData carries the recipe's training unit.
-    candidates = RecipeCandidates(frames, config, n_classes, log)
+    candidates = RecipeCandidates(frames, config, len(classes), log, client=client)
+    payload = {**shared, "config": config, "positive_label": positive_label, "parts": candidates.parts(),
+               "frames": frames if candidates.needs_frames else None}
+    return _recipe_fitter(candidates, payload), payload
+
+
+def _fitter_from_payload(payload: dict):
+    """The ``fit_predict`` of :func:`_learning_curve_fitter` from its payload (on a worker: the
+    recipe's candidates rebuilt from their sent weights and features)."""
+    if payload["recipe"] == "embedding_logreg":
+        return _logreg_fitter(payload)
+    from covnb.experiments.crossval import RecipeCandidates
+
+    return _recipe_fitter(RecipeCandidates.from_parts(payload["frames"], payload["n_classes"], payload["parts"]),
+                          payload)
+
+
+def _logreg_fitter(payload: dict):
+    """Standardised, class-weighted logistic regression on the frame embeddings ``payload["x"]``."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rows_of = _frame_rows_by_sample(payload["index"])
+    x, frame_labels, n_classes = payload["x"], payload["frame_labels"], payload["n_classes"]
+
+    def fit_predict(kept, test_rows, rng):
+        rows = np.concatenate([rows_of[s] for s in kept["sample_id"]])
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=payload["logreg_c"], class_weight="balanced",
+                                                                   max_iter=2000))
+        model.fit(x[rows], frame_labels[rows])
+        probs = np.zeros((len(test_rows), n_classes))
+        probs[:, model.classes_] = model.predict_proba(x[test_rows])
+        return probs
+
+    return fit_predict
+
+
+def _recipe_fitter(candidates, payload: dict):
+    """The recipe of ``payload["config"]`` fitted through ``candidates.fit_best`` on the kept samples."""
+    index, config, positive_label = payload["index"], payload["config"], payload["positive_label"]
+    rows_of = _frame_rows_by_sample(index)
+    frame_labels = payload["frame_labels"]
     groups = np.asarray(index["group"], dtype=str)
     videos = np.asarray(index["sample_id"], dtype=str)  # the recipe's training unit may be the video
 
@@ -148,8 +243,10 @@ def _learning_curve_fitter(recipe, index, frame_labels, classes, embeddings, fra
                                      else kept[~positives]).reset_index(drop=True)
         mask = inner_validation(candidates_for_validation, config.validation_fraction,
                                 seed=int(rng.integers(1 << 30)))
-        validation_ids = set(candidates_for_validation.loc[mask.to_numpy(), "sample_id"])
-        fit_ids = [s for s in kept["sample_id"] if s not in validation_ids]
+        # in the table's order (a set's order of strings changes with the process's hash seed)
+        validation_ids = list(candidates_for_validation.loc[mask.to_numpy(), "sample_id"])
+        held_out = set(validation_ids)
+        fit_ids = [s for s in kept["sample_id"] if s not in held_out]
         entry, data, _ = candidates.fit_best(frame_labels, np.concatenate([rows_of[s] for s in fit_ids]),
                                              np.concatenate([rows_of[s] for s in validation_ids]), videos=videos,
                                              groups=groups, seed=int(rng.integers(1 << 30)), log=None)

@@ -22,6 +22,8 @@ from covnb.cache import read_cached_array, usable_cache_dir, write_cached_array
 __all__ = ["EMBEDDING_CACHE_VERSION", "compute_embeddings", "sample_embeddings"]
 
 EMBEDDING_CACHE_VERSION = 1
+#: Frames per embedding task on a cluster (rounded down to a multiple of the batch size).
+EMBEDDING_ROWS_PER_TASK = 512
 
 
 def _frames_of(frame_set_or_frames) -> np.ndarray:
@@ -53,12 +55,18 @@ def _embedding_key(frames: np.ndarray, backbone: str, image_size: int, weights, 
 
 def compute_embeddings(frame_set_or_frames, *, backbone: str = "efficientnet_lite0", image_size: int = 224,
                        weights="imagenet", batch_size: int = 32, pooling: str = "avg", cache: bool = True,
-                       log: Callable[[str], None] | None = None) -> np.ndarray:
+                       log: Callable[[str], None] | None = None, client=None,
+                       rows_per_task: int = EMBEDDING_ROWS_PER_TASK) -> np.ndarray:
     """Frozen, pooled backbone features ``(N, D)`` float32 of raw RGB frames ``(N, S, S, 3)``.
 
     Uses :func:`covnb.backbones.feature_extractor` (preprocessing inside the model), called on
     batches inside one ``tf.function``. Cached under ``cache_dir("embeddings")``, keyed by a hash
     of the frames' bytes and the backbone settings; written atomically.
+
+    ``client``: a :class:`distributed.Client` (:mod:`covnb.cluster`) whose workers compute parts of
+    ``rows_per_task`` frames (rounded down to a multiple of ``batch_size``, so every batch is the
+    one of a serial run and the embeddings are the same, byte for byte); the backbone's weights
+    are sent from here once, so the workers need no weights file.
     """
     frames = _frames_of(frame_set_or_frames)
     if frames.shape[1] != int(image_size) or frames.shape[2] != int(image_size):
@@ -74,24 +82,73 @@ def compute_embeddings(frame_set_or_frames, *, backbone: str = "efficientnet_lit
             if log:
                 log(f"embeddings: {len(frames)} frames read from cache {path.name}")
             return embeddings
-    import tensorflow as tf
-
     from covnb.backbones import feature_extractor
 
     started = time.perf_counter()
     model = feature_extractor(backbone, int(image_size), weights, pooling=pooling)
-    call = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
-    chunks = [np.asarray(call(tf.convert_to_tensor(frames[i:i + batch_size], dtype=tf.float32)))
-              for i in range(0, len(frames), int(batch_size))]
     dim = int(model.output.shape[-1])
+    if client is None:
+        chunks = _embed(model, frames, int(batch_size))
+    else:
+        chunks = _embeddings_on_cluster(client, model, frames, backbone=backbone, image_size=int(image_size),
+                                        pooling=pooling, batch_size=int(batch_size), rows_per_task=rows_per_task)
     embeddings = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, dim), np.float32)
     if folder is not None:
         write_cached_array(path, embeddings)
     if log:
         seconds = time.perf_counter() - started
-        log(f"embeddings: {len(frames)} frames through {backbone} at {image_size}px in {seconds:.1f} s "
+        where = " on the cluster" if client is not None else ""
+        log(f"embeddings: {len(frames)} frames through {backbone} at {image_size}px{where} in {seconds:.1f} s "
             f"({len(frames) / max(seconds, 1e-9):.0f} frames/s)")
     return embeddings
+
+
+def _embed(model, frames: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """The model's outputs for ``frames``, batch by batch, inside one ``tf.function``."""
+    import tensorflow as tf
+
+    call = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
+    return [np.asarray(call(tf.convert_to_tensor(frames[i:i + batch_size], dtype=tf.float32)))
+            for i in range(0, len(frames), batch_size)]
+
+
+#: The embedding model rebuilt on a worker, by the token of the computation that sent its weights.
+_WORKER_MODELS: dict = {}
+
+
+def _embedding_task(payload: dict, frames: np.ndarray) -> np.ndarray:
+    """On a worker: the embeddings of a part of the frames (the model rebuilt once per computation)."""
+    from covnb.backbones import feature_extractor
+
+    token = payload["token"]
+    if token not in _WORKER_MODELS:
+        _WORKER_MODELS.clear()
+        model = feature_extractor(payload["backbone"], payload["image_size"], None, pooling=payload["pooling"])
+        model.set_weights(payload["weights"])
+        _WORKER_MODELS[token] = model
+    chunks = _embed(_WORKER_MODELS[token], frames, payload["batch_size"])
+    return np.concatenate(chunks).astype(np.float32)
+
+
+def _embeddings_on_cluster(client, model, frames: np.ndarray, *, backbone: str, image_size: int, pooling: str,
+                           batch_size: int, rows_per_task: int) -> list[np.ndarray]:
+    """The embeddings of ``frames`` in parts computed by the Dask workers of ``client``, in order."""
+    import uuid
+    import warnings
+
+    from covnb.cluster import share_payload
+
+    per_task = max(batch_size, int(rows_per_task) // batch_size * batch_size)
+    token = uuid.uuid4().hex
+    sent = share_payload(client, {"token": token, "backbone": backbone, "image_size": image_size,
+                                  "pooling": pooling, "batch_size": batch_size, "weights": model.get_weights()},
+                         name=f"covnb-embedding-weights-{token[:8]}")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sending large graph", UserWarning)  # each task's frames, sent once
+        futures = [client.submit(_embedding_task, sent, frames[start:start + per_task], pure=False,
+                                 key=f"covnb-embeddings-{token[:8]}-{start}")
+                   for start in range(0, len(frames), per_task)]
+    return client.gather(futures)
 
 
 def sample_embeddings(embeddings: np.ndarray, index: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:

@@ -45,6 +45,16 @@ class _LeaveEpisodeOutMean:
         return (self.total - self.sums[idx].sum(0)) / remaining
 
 
+def _refuse_methods_trained_on(methods: dict, groups: np.ndarray) -> None:
+    """A ValueError when a method was trained on patients of the episode pool."""
+    pool_groups = set(np.asarray(groups, dtype=str).tolist())
+    for name, method in methods.items():
+        overlap = set(getattr(method, "trained_groups", frozenset())) & pool_groups
+        if overlap:
+            raise ValueError(f"method {name!r} was trained on {len(overlap)} patients of the episode pool "
+                             f"(e.g. {sorted(overlap)[:3]}): evaluate it on held-out patients only")
+
+
 def evaluate_episodes(x, labels, groups, methods: dict, *, n_way: int = 3, k_shot: int = 5, q_query: int = 2,
                       n_episodes: int = 600, seed: int = 0, base_mean: np.ndarray | None = None,
                       disjoint: str = "patient") -> pd.DataFrame:
@@ -57,12 +67,7 @@ def evaluate_episodes(x, labels, groups, methods: dict, *, n_way: int = 3, k_sho
     """
     x = np.asarray(x, dtype=np.float64)
     groups = np.asarray(groups, dtype=str)
-    pool_groups = set(groups.tolist())
-    for name, method in methods.items():
-        overlap = set(getattr(method, "trained_groups", frozenset())) & pool_groups
-        if overlap:
-            raise ValueError(f"method {name!r} was trained on {len(overlap)} patients of the episode pool "
-                             f"(e.g. {sorted(overlap)[:3]}): evaluate it on held-out patients only")
+    _refuse_methods_trained_on(methods, groups)
     sampler = EpisodeSampler(labels, groups, n_way, k_shot, q_query, seed=seed, disjoint=disjoint)
     centre = _LeaveEpisodeOutMean(x, groups) if base_mean is None else None
     rows = []
@@ -93,21 +98,30 @@ def summarize_episodes(table: pd.DataFrame) -> pd.DataFrame:
 
 def shot_curve(x, labels, groups, methods: dict, *, shots: Sequence[int] = (1, 2, 3, 5, 10), n_way: int = 3,
                q_query: int = 2, n_episodes: int = 600, seed: int = 0, base_mean=None,
-               pool_name: str = "pool") -> tuple[pd.DataFrame, list[str]]:
+               pool_name: str = "pool", client=None) -> tuple[pd.DataFrame, list[str]]:
     """Accuracy against K for every method; K values beyond :func:`max_k` are skipped with a note.
+
+    The episodes of K are drawn with seed ``seed + K``. ``client``: a :class:`distributed.Client`
+    (:mod:`covnb.cluster`) on whose workers every (K, method) cell runs as a task (each cell draws
+    the same episodes from its own seeded sampler); the cells are gathered in the serial order, so
+    the curve is the same, number for number, as without a client.
 
     Returns ``(curve, notes)``: curve rows method, k_shot, mean, ci95, std, n_episodes.
     """
     limit = max_k(labels, groups, q_query)
     counts = _patients_per_class(np.asarray(labels, dtype=str), np.asarray(groups, dtype=str))
     smallest = min(counts, key=counts.get)
-    parts, notes, skipped = [], [], []
-    for k in sorted({int(k) for k in shots}):
-        if k > limit:
-            skipped.append(k)
-            continue
-        table = evaluate_episodes(x, labels, groups, methods, n_way=n_way, k_shot=k, q_query=q_query,
-                                  n_episodes=n_episodes, seed=seed + k, base_mean=base_mean)
+    parts, notes = [], []
+    feasible = [k for k in sorted({int(k) for k in shots}) if k <= limit]
+    skipped = [k for k in sorted({int(k) for k in shots}) if k > limit]
+    settings = dict(n_way=n_way, q_query=q_query, n_episodes=n_episodes, base_mean=base_mean)
+    if client is None or not methods:
+        tables = [evaluate_episodes(x, labels, groups, methods, k_shot=k, seed=seed + k, **settings)
+                  for k in feasible]
+    else:
+        tables = _episode_cells_on_cluster(client, x, labels, groups, methods, shots=feasible, seed=seed,
+                                           settings=settings)
+    for k, table in zip(feasible, tables):
         summary = summarize_episodes(table)
         summary.insert(1, "k_shot", k)
         parts.append(summary)
@@ -118,6 +132,41 @@ def shot_curve(x, labels, groups, methods: dict, *, shots: Sequence[int] = (1, 2
     curve = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         columns=["method", "k_shot", "mean", "ci95", "std", "n_episodes"])
     return curve, notes
+
+
+def _episode_cell(payload, k_shot: int, name: str) -> pd.DataFrame:
+    """On a worker: one (K, method) cell of :func:`shot_curve`, the episodes of seed ``seed + K``."""
+    return evaluate_episodes(payload["x"], payload["labels"], payload["groups"], {name: payload["methods"][name]},
+                             k_shot=k_shot, seed=payload["seed"] + k_shot, **payload["settings"])
+
+
+def _episode_cells_on_cluster(client, x, labels, groups, methods: dict, *, shots, seed: int,
+                              settings: dict) -> list[pd.DataFrame]:
+    """Every (K, method) cell as a Dask task (embeddings and methods sent once); per K, the
+    episode table of :func:`evaluate_episodes` with every method, rows in its order."""
+    import uuid
+
+    from covnb.cluster import share_payload
+
+    _refuse_methods_trained_on(methods, np.asarray(groups, dtype=str))  # here, before any task
+    token = uuid.uuid4().hex[:8]
+    sent = share_payload(client, {"x": np.asarray(x), "labels": np.asarray(labels), "groups": np.asarray(groups),
+                                  "methods": methods, "seed": int(seed), "settings": settings},
+                         name=f"covnb-episodes-{token}")
+    cells = [(k, name) for k in shots for name in methods]
+    futures = [client.submit(_episode_cell, sent, k, name, pure=False, key=f"covnb-episodes-{token}-{k}-{position}")
+               for position, (k, name) in enumerate(cells)]
+    results = dict(zip(cells, client.gather(futures)))
+    tables = []
+    for k in shots:
+        per_method = [results[(k, name)] for name in methods]
+        # the serial table: episode by episode, the methods in their order within each episode
+        table = pd.concat(per_method, keys=range(len(per_method)), names=["_method", None]).reset_index(level=0)
+        table = table.sort_values(["episode", "_method"], kind="stable").drop(columns="_method")
+        table = table.reset_index(drop=True)
+        table.attrs.update(per_method[0].attrs)
+        tables.append(table)
+    return tables
 
 
 def base_novel_split(table: pd.DataFrame, base_fraction: float = 1 / 3, seed: int = 0) -> np.ndarray:

@@ -14,7 +14,9 @@ __all__ = ["fit_protonet", "shot_curves", "plot_shot_curve_pair", "cross_domain_
            "leak_metrics", "curve_table", "learning_curve", "learning_summary", "learning_metrics", "plot_cross_domain"]
 
 #: Notebook 03's parameters left out of its ``metrics.json`` ``parameters`` block.
-NOT_RECORDED = ("dataset_kind", "learning_curve_patients", "learning_curve_repeats", "cross_domain_path", "output_dir")
+#: ``cluster`` says where the numbers were computed, not what they are.
+NOT_RECORDED = ("dataset_kind", "learning_curve_patients", "learning_curve_repeats", "cross_domain_path", "cluster",
+                "output_dir")
 
 _CURVE_COLUMNS = ["method", "k_shot", "mean", "ci95", "std", "n_episodes"]
 
@@ -34,22 +36,23 @@ def fit_protonet(x, labels, groups, *, steps: int, n_way: int, q_query: int, see
 
 
 def shot_curves(x, labels, groups, held, *, methods_held: dict, shots, n_way: int, q_query: int, n_episodes: int,
-                seed: int, base_mean, limit_held: int) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+                seed: int, base_mean, limit_held: int, client=None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """K-shot curves on the held-out patients (every method, centred on the base mean) and on all
     patients (training-free methods, leave-episode-out centre). Returns both curves and the notes
-    saying where a curve stops."""
+    saying where a curve stops. ``client``: every (K, method) cell a task on this Dask cluster
+    (:func:`covnb.fewshot.shot_curve`), the same curves."""
     if limit_held >= 1:
         curve_held, notes_held = fewshot.shot_curve(x[held], labels[held], groups[held], methods_held, shots=shots,
                                                     n_way=n_way, q_query=q_query, n_episodes=n_episodes,
                                                     seed=seed, base_mean=base_mean,
-                                                    pool_name="held-out patients")
+                                                    pool_name="held-out patients", client=client)
     else:
         curve_held = pd.DataFrame(columns=_CURVE_COLUMNS)
         notes_held = [f"held-out patients: no K is possible (smallest class has fewer than 1 + Q={q_query} held-out "
                       "patients)"]
     curve_all, notes_all = fewshot.shot_curve(x, labels, groups, fewshot.default_methods(), shots=shots,
                                               n_way=n_way, q_query=q_query, n_episodes=n_episodes, seed=seed,
-                                              pool_name="all patients (leave-episode-out centre)")
+                                              pool_name="all patients (leave-episode-out centre)", client=client)
     return curve_held, curve_all, notes_held + notes_all
 
 
@@ -65,17 +68,19 @@ def plot_shot_curve_pair(curve_held: pd.DataFrame, curve_all: pd.DataFrame, n_wa
 
 
 def cross_domain_both_ways(x, labels, groups, other_path, *, settings, backbone: str, image_size: int, weights,
-                           q_query: int, n_episodes: int, seed: int, log=print) -> pd.DataFrame:
+                           q_query: int, n_episodes: int, seed: int, log=print, client=None) -> pd.DataFrame:
     """Covid vs other, 5-shot: prototypes from this data tested on ``other_path`` and the reverse
-    (:func:`covnb.fewshot.cross_domain_evaluation`)."""
+    (:func:`covnb.fewshot.cross_domain_evaluation`). ``client``: the other data's frames and
+    embeddings computed on this Dask cluster."""
     from covnb.datasets import load_dataset, select_task
     from covnb.frames import extract_frames
 
     other = load_dataset(other_path)
-    other_frames = extract_frames(select_task(other.samples, "covid_vs_other"), settings, progress=False)
+    other_frames = extract_frames(select_task(other.samples, "covid_vs_other"), settings, progress=False,
+                                  client=client)
     other_x, other_table = fewshot.sample_embeddings(
         fewshot.compute_embeddings(other_frames, backbone=backbone, image_size=image_size, weights=weights,
-                                   log=log), other_frames.index)
+                                   log=log, client=client), other_frames.index)
     other_labels, other_groups = other_table["label"].to_numpy(str), other_table["group"].to_numpy(str)
     here, there = "this data", other.root.name
     parts = [fewshot.cross_domain_evaluation(sx, sy, tx, ty, target_groups=tg, source_name=sname, target_name=tname,
@@ -156,9 +161,10 @@ def curve_table(curve_held: pd.DataFrame, curve_all: pd.DataFrame) -> pd.DataFra
 
 
 def learning_curve(frameset, embeddings, *, recipe: str, n_patients, repeats: int, positive: str, backbone: str,
-                   image_size: int, weights, seed: int) -> tuple[pd.DataFrame, list[str]]:
+                   image_size: int, weights, seed: int, client=None) -> tuple[pd.DataFrame, list[str]]:
     """:func:`covnb.fewshot.patient_learning_curve` (3 patient-grouped folds) with ``recipe``: the
-    embeddings' logistic regression (``"embedding_logreg"``) or a covnb recipe on the frames."""
+    embeddings' logistic regression (``"embedding_logreg"``) or a covnb recipe on the frames.
+    ``client``: every (fold, n, repeat) a task on this Dask cluster, the same rows."""
     train_config = None
     if recipe != "embedding_logreg":
         from covnb.train import recipe_config
@@ -166,7 +172,7 @@ def learning_curve(frameset, embeddings, *, recipe: str, n_patients, repeats: in
         train_config = recipe_config(recipe, backbone=backbone, image_size=image_size, weights=weights, seed=seed)
     return fewshot.patient_learning_curve(frameset.index, n_patients, embeddings=embeddings, frames=frameset.frames,
                                           recipe=recipe, positive_label=positive, n_splits=3, repeats=repeats,
-                                          seed=seed, train_config=train_config)
+                                          seed=seed, train_config=train_config, client=client)
 
 
 def learning_summary(rows: pd.DataFrame) -> pd.DataFrame:

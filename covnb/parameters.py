@@ -149,6 +149,9 @@ SCHEMAS: dict[str, dict[str, Parameter]] = {
         "learning_curve_repeats": Parameter("int", "repeats per point of the learning curve", low=1),
         "cross_domain_path": Parameter("folder", "a second data set for the cross-domain section (None skips it)",
                                        optional=True),
+        "cluster": Parameter("text", "Dask cluster of the frames, embeddings, shot curves and learning curve: "
+                             "\"local\", \"local:N\" or \"tcp://host:port\" (None: $COVNB_SCHEDULER, else this "
+                             "kernel)", optional=True),
         "output_dir": OUTPUT_DIR,
     },
     "04_cam_explorer": {
@@ -172,6 +175,9 @@ SCHEMAS: dict[str, dict[str, Parameter]] = {
         "n_folds": Parameter("int", "cross-validation folds", low=2),
         "n_seeds": Parameter("int", "split seeds seed, seed + 1, ...", low=1),
         "n_boot": Parameter("int", "bootstrap resamples of the intervals", low=10),
+        "cluster": Parameter("text", "Dask cluster of run_training (frames, features, folds, final model): "
+                             "\"local\", \"local:N\" or \"tcp://host:port\" (None: $COVNB_SCHEDULER, else this "
+                             "kernel)", optional=True),
         "output_dir": OUTPUT_DIR,
     },
 }

@@ -66,15 +66,16 @@ DATA_COLUMNS = ("sample_id", "group", "label", "kind", "probe", "modality", "vie
 # ----------------------------------------------------------------------------- run outputs
 
 
-def _video_features(frameset, config, log) -> tuple[np.ndarray, np.ndarray, dict] | None:
+def _video_features(frameset, config, log, client=None) -> tuple[np.ndarray, np.ndarray, dict] | None:
     """(sample ids, per-file mean clean-view pooled features, all cached features) or None when
-    the recipe has no cached pooled features."""
+    the recipe has no cached pooled features. Read from the feature store (the cross-validation
+    filled it); what it lacks is computed by ``client``'s workers when given."""
     if config.engine != "cached" or config.trainable != "head" or config.head == "pocovid":
         return None
     classes = sorted(frameset.index["label"].unique())
     keras.utils.set_random_seed(int(config.seed))  # the cross-validation's backbone, also with random weights
     model = recipe_model(config, len(classes), config.seed)
-    features = recipe_features(frameset.frames, config, model, log=None)
+    features = recipe_features(frameset.frames, config, model, log=None, client=client)
     ids, means = video_mean_features(features["head"][0], frameset.index["sample_id"].to_numpy())
     return ids, means, {"features": features, "model": model}
 
@@ -249,13 +250,16 @@ def _plot_risk_coverage(calibrated_videos, classes):
 
 
 def trust_outputs(out_dir, result: dict, *, frameset=None, config=None, samples: pd.DataFrame | None = None,
-                  n_boot: int = 1000, figures: bool = True, log: Callable[[str], None] | None = print) -> dict:
+                  n_boot: int = 1000, figures: bool = True, log: Callable[[str], None] | None = print,
+                  client=None) -> dict:
     """Calibration, uncertainty and model card of the run in ``out_dir`` (see the module doc).
 
     Adds ``calibration`` and ``uncertainty`` blocks to ``result`` and ``metrics.json``, the
     ``calibration`` and ``trust`` blocks to ``model.json`` when a final model was saved, and
     writes ``reliability.png``, ``risk_coverage.png``, ``calibrated_oof_predictions.csv``,
     ``heldout_ood_scores.csv``, ``MODEL_CARD.md`` and ``MODEL_CARD.html``. Returns ``result``.
+    ``client``: a :class:`distributed.Client` (:mod:`covnb.cluster`) for frozen features missing
+    from the store; the refits and tables are computed here.
     """
     out = Path(out_dir)
     classes = list(result["classes"])
@@ -268,7 +272,8 @@ def trust_outputs(out_dir, result: dict, *, frameset=None, config=None, samples:
         keep = [c for c in DATA_COLUMNS if c in samples]
         paths["data_samples"] = out / "data_samples.csv"
         samples[keep].to_csv(paths["data_samples"], index=False)
-    features = _video_features(frameset, config, log) if frameset is not None and config is not None else None
+    features = (_video_features(frameset, config, log, client) if frameset is not None and config is not None
+                else None)
     calibration, tables = _calibration_outputs(out, oof, classes, paths, n_boot=n_boot,
                                                seed=int(result.get("config", {}).get("seed", 0)), log=log,
                                                inner=_inner_tables(frameset, config, classes, folds, history, features))

@@ -203,7 +203,8 @@ def test_transfer_figures_draw_what_they_are_given():
 
 
 def test_fewshot_tables_and_metrics_blocks():
-    parameters = {"n_episodes": 100, "seed": 0, "output_dir": "/x", "cross_domain_path": None, "shots": [1, 2]}
+    parameters = {"n_episodes": 100, "seed": 0, "output_dir": "/x", "cross_domain_path": None, "shots": [1, 2],
+                  "cluster": "local:2"}
     assert fewshot_study.recorded_parameters(parameters) == {"parameters": {"n_episodes": 100, "seed": 0,
                                                                             "shots": [1, 2]}, "n_episodes": 100}
     assert fewshot_study.episode_ways(3, ["a", "b", "c"], "t") == (3, [])

@@ -16,7 +16,7 @@ import pandas as pd
 
 import keras
 
-from covnb.cluster import share_payload
+from covnb.cluster import in_fit_thread, share_payload
 from covnb.experiments.features import recipe_features, recipe_model
 from covnb.experiments.fitting import FoldData, fit_fold, predict_rows
 from covnb.experiments.recipes import GROUPINGS, SELECTION_CANDIDATES, TrainConfig, recipe_config, selection_configs
@@ -375,7 +375,6 @@ def _run_fold_here(candidates, shared: _FoldInputs, job: _FoldJob, log, groups):
 
 #: Candidates rebuilt on a worker, by the token of the cross-validation that sent them (the last few).
 _WORKER_CANDIDATES: dict[str, "RecipeCandidates"] = {}
-_FIT_THREAD = None
 
 
 def _fold_in_worker(payload: dict, job: _FoldJob):
@@ -401,12 +400,7 @@ def _fold_task(payload: dict, job: _FoldJob):
     NumPy's global state), which the loop shares -- the Keras head's batches come from the fold's
     own generator, Keras's shuffle is off (:func:`~covnb.experiments.fitting._fit_stage`).
     """
-    global _FIT_THREAD
-    if _FIT_THREAD is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _FIT_THREAD = ThreadPoolExecutor(1, thread_name_prefix="covnb-fit")
-    return _FIT_THREAD.submit(_fold_in_worker, payload, job).result()
+    return in_fit_thread(_fold_in_worker, payload, job)
 
 
 def _run_folds_on_cluster(client, candidates, shared: _FoldInputs, jobs: list[_FoldJob], log, groups):
@@ -438,16 +432,19 @@ def _run_folds_on_cluster(client, candidates, shared: _FoldInputs, jobs: list[_F
 
 def fit_final_model(frameset, config: TrainConfig | None = None, classes: list[str] | None = None, *,
                     log: Callable[[str], None] | None = print, group_by: str = "patient",
-                    positive_label: str = "covid") -> tuple[keras.Model, dict]:
+                    positive_label: str = "covid", client=None) -> tuple[keras.Model, dict]:
     """Fit ``config``'s recipe on all frames (an inner patient split for early stopping; with
     ``config.select`` the candidate with the best inner CV, grouped by ``group_by``, is kept).
 
     Returns ``(model, histories)``; the model takes raw RGB frames and returns probabilities.
     ``histories["selected"]`` names the chosen candidate and its settings when selecting.
+    ``client``: a :class:`distributed.Client` (:mod:`covnb.cluster`) whose workers compute the
+    frozen features the feature store does not hold yet (after a cross-validation of the same
+    recipe and frames it holds them all); the one fit runs here. The model is the same as without.
     """
     config = config or recipe_config("default")
     index, classes, labels, groups, sample_ids, samples = encode_frames(frameset, classes)
-    candidates = RecipeCandidates(frameset.frames, config, len(classes), log)
+    candidates = RecipeCandidates(frameset.frames, config, len(classes), log, client=client)
     validation_mask = inner_validation(samples, config.validation_fraction, seed=config.seed)
     validation_ids = set(samples.loc[validation_mask.to_numpy(), "sample_id"])
     is_validation = np.array([s in validation_ids for s in sample_ids])

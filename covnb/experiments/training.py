@@ -368,7 +368,8 @@ def run_training(data=None, out_dir: str | Path = "covnb-train", config: TrainCo
     positive_label : str
         The class whose sources are held out (and the headline class of the trust outputs).
     cluster : str or distributed.Client, optional
-        Where frame decoding and the cross-validation folds run (:mod:`covnb.cluster`): ``"local"``,
+        Where frame decoding, the frozen features and the cross-validation folds run (the final
+        model's missing features too; :mod:`covnb.cluster`): ``"local"``,
         ``"local:N"``, a scheduler address ``"tcp://host:port"`` or a Client; None: ``$COVNB_SCHEDULER``
         when set, else this process. The results are the same as in this process.
 
@@ -428,7 +429,7 @@ def _train_on(loaded: _Data, config: TrainConfig, out: Path, settings, frameset,
     if final_model:
         started = time.perf_counter()
         model, histories = fit_final_model(frameset, config, classes, log=log, group_by=protocols[0],
-                                           positive_label=positive_label)
+                                           positive_label=positive_label, client=client)
         paths["model"] = save_final_model(model, out / "model.keras", config=config, frame_settings=settings,
                                           classes=classes, cv_protocol=headline, cv_metrics=metrics,
                                           fingerprint=fingerprint, final_history=histories)
@@ -438,5 +439,5 @@ def _train_on(loaded: _Data, config: TrainConfig, out: Path, settings, frameset,
     from covnb.trust import trust_outputs  # calibration, uncertainty, model card (issue 14); imports this package
 
     result = trust_outputs(out, result, frameset=frameset, config=config, samples=loaded.samples, n_boot=n_boot,
-                           figures=figures, log=log)
+                           figures=figures, log=log, client=client)
     return TrainingResult(result, cv=cv)

@@ -31,6 +31,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 import keras
 
 from covnb.calibration import DEFAULT_METHOD, evaluate_calibration, fit_final_calibration, plot_reliability
+from covnb.cluster import in_fit_thread, share_payload
 from covnb.evaluate import _labels_and_probs
 from covnb.io_utils import atomic_write, atomic_write_json
 from covnb.model_card import write_model_card
@@ -115,8 +116,7 @@ NESTED_CALIBRATION = True
 
 
 def inner_fold_predictions(frameset, config, classes, folds: pd.DataFrame, *, history: pd.DataFrame,
-                           features: dict,
-                           model, n_inner: int = INNER_FOLDS) -> dict | None:
+                           features: dict, model, n_inner: int = INNER_FOLDS, client=None) -> dict | None:
     """Out-of-fold frame predictions INSIDE every outer fold's training data, for nested calibration.
 
     For each split seed and outer fold: the training patients (roles train and validation in
@@ -126,12 +126,49 @@ def inner_fold_predictions(frameset, config, classes, folds: pd.DataFrame, *, hi
     inner folds but one and predicts that one. The outer test fold is never touched. Returns
     ``{(seed, fold): frame table (fold = inner fold, sample_id, group, label, prob_<class>)}``,
     or None when the recipe's head is not a refittable logistic head.
+
+    ``client``: a :class:`distributed.Client` (:mod:`covnb.cluster`); every (seed, fold, inner
+    fold) refit is then a Dask task (``model``'s weights and ``features`` sent once), gathered in
+    the serial order with the same seeds: the tables are the same, byte for byte, as without it.
     """
     if config.solver != "logistic" or "C" not in history or config.select:
         return None
     index, classes, labels, groups, sample_ids, _ = encode_frames(frameset, classes)
+    units = _inner_units(config, classes, folds, history, labels, groups, sample_ids, n_inner)
+    if units is None:
+        return None
+    shared = {"labels": labels, "groups": groups, "sample_ids": sample_ids, "n_classes": len(classes)}
+    if client is None:
+        probs = [_inner_refit(model, frameset.frames, features, shared, unit) for unit in units]
+    else:
+        probs = _inner_refits_on_cluster(client, config, model, features, shared, units)
+    parts: dict[tuple, list[pd.DataFrame]] = {}
+    for unit, unit_probs in zip(units, probs):
+        part = index.iloc[unit.test_rows][["sample_id", "group", "label"]].copy()
+        part.insert(0, "fold", unit.inner)
+        for k, name in enumerate(classes):
+            part[f"prob_{name}"] = unit_probs[:, k]
+        parts.setdefault((unit.seed, unit.fold), []).append(part)
+    return {key: pd.concat(tables, ignore_index=True) for key, tables in parts.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class _InnerUnit:
+    """One inner refit: outer (seed, fold), inner fold, its recipe (the outer fold's C), rows and fit seed."""
+
+    seed: object
+    fold: object
+    inner: int
+    config: object
+    fit_rows: np.ndarray
+    test_rows: np.ndarray
+    fit_seed: int
+
+
+def _inner_units(config, classes, folds, history, labels, groups, sample_ids, n_inner) -> list[_InnerUnit] | None:
+    """Every inner refit in the serial order (None when an outer fold has no chosen C)."""
     first_frame = pd.Series(np.arange(len(sample_ids))).groupby(sample_ids, sort=False).first()
-    result = {}
+    units = []
     for (seed, fold), of_fold in folds.groupby(["seed", "fold"]):
         c_values = history[(history["seed"] == seed) & (history["fold"] == fold)]["C"].dropna()
         if c_values.empty:
@@ -146,22 +183,61 @@ def inner_fold_predictions(frameset, config, classes, folds: pd.DataFrame, *, hi
         if n_splits < 2:
             continue
         splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=int(seed) * 100 + int(fold))
-        parts = []
         for inner, (fit_videos, test_videos) in enumerate(splitter.split(rows_of, video_labels, video_groups)):
-            fit_rows = np.nonzero(np.isin(sample_ids, np.asarray(training)[fit_videos]))[0]
-            test_rows = np.nonzero(np.isin(sample_ids, np.asarray(training)[test_videos]))[0]
-            data = FoldData.for_recipe(fold_config, frameset.frames, labels, train_rows=fit_rows,
-                                       validation_rows=np.zeros(0, dtype=int), features=features, videos=sample_ids)
-            fit_fold(model, data, fold_config, groups, n_classes=len(classes),
-                     seed=int(config.seed) + 1000 * int(seed) + 100 * int(fold) + inner, log=None)
-            probs = predict_rows(model, data, test_rows, fold_config)
-            part = index.iloc[test_rows][["sample_id", "group", "label"]].copy()
-            part.insert(0, "fold", inner)
-            for k, name in enumerate(classes):
-                part[f"prob_{name}"] = probs[:, k]
-            parts.append(part)
-        result[(seed, fold)] = pd.concat(parts, ignore_index=True)
-    return result
+            units.append(_InnerUnit(
+                seed, fold, inner, fold_config,
+                fit_rows=np.nonzero(np.isin(sample_ids, np.asarray(training)[fit_videos]))[0],
+                test_rows=np.nonzero(np.isin(sample_ids, np.asarray(training)[test_videos]))[0],
+                fit_seed=int(config.seed) + 1000 * int(seed) + 100 * int(fold) + inner))
+    return units
+
+
+def _inner_refit(model, frames, features: dict, shared: dict, unit: _InnerUnit) -> np.ndarray:
+    """Refit ``model``'s head on ``unit``'s fit rows; its test rows' probabilities."""
+    data = FoldData.for_recipe(unit.config, frames, shared["labels"], train_rows=unit.fit_rows,
+                               validation_rows=np.zeros(0, dtype=int), features=features,
+                               videos=shared["sample_ids"])
+    fit_fold(model, data, unit.config, shared["groups"], n_classes=shared["n_classes"], seed=unit.fit_seed, log=None)
+    return predict_rows(model, data, unit.test_rows, unit.config)
+
+
+#: Models rebuilt on a worker, by the token of the trust step that sent them (the last few).
+_WORKER_MODELS: dict[str, keras.Model] = {}
+
+
+def _inner_in_worker(payload: dict, unit: _InnerUnit) -> np.ndarray:
+    token = payload["token"]
+    if token not in _WORKER_MODELS:
+        while len(_WORKER_MODELS) >= 2:
+            _WORKER_MODELS.pop(next(iter(_WORKER_MODELS)))
+        config = payload["config"]
+        keras.utils.set_random_seed(int(config.seed))
+        model = recipe_model(dataclasses.replace(config, weights=None), payload["shared"]["n_classes"], config.seed)
+        model.set_weights(payload["weights"])
+        _WORKER_MODELS[token] = model
+    return _inner_refit(_WORKER_MODELS[token], None, payload["features"], payload["shared"], unit)
+
+
+def _inner_task(payload: dict, unit: _InnerUnit) -> np.ndarray:
+    """One inner refit on a Dask worker: the model rebuilt once per worker and trust step (from
+    its config, the sent weights), fitted in the worker's one fit thread
+    (:func:`covnb.cluster.in_fit_thread`: Keras seeds per thread)."""
+    return in_fit_thread(_inner_in_worker, payload, unit)
+
+
+def _inner_refits_on_cluster(client, config, model, features: dict, shared: dict,
+                             units: list[_InnerUnit]) -> list[np.ndarray]:
+    """Every inner refit as a Dask task (weights and cached features sent once); probabilities
+    in the units' order."""
+    import uuid
+
+    token = uuid.uuid4().hex
+    payload = {"token": token, "config": config, "weights": model.get_weights(), "features": features,
+               "shared": shared}
+    sent = share_payload(client, payload, name=f"covnb-inner-{token[:8]}")
+    futures = [client.submit(_inner_task, sent, unit, pure=False,
+                             key=f"covnb-inner-{token[:8]}-{unit.seed}-{unit.fold}-{unit.inner}") for unit in units]
+    return client.gather(futures)
 
 
 def heldout_ood_table(ids, video_features, folds: pd.DataFrame) -> pd.DataFrame:
@@ -258,8 +334,10 @@ def trust_outputs(out_dir, result: dict, *, frameset=None, config=None, samples:
     ``calibration`` and ``trust`` blocks to ``model.json`` when a final model was saved, and
     writes ``reliability.png``, ``risk_coverage.png``, ``calibrated_oof_predictions.csv``,
     ``heldout_ood_scores.csv``, ``MODEL_CARD.md`` and ``MODEL_CARD.html``. Returns ``result``.
-    ``client``: a :class:`distributed.Client` (:mod:`covnb.cluster`) for frozen features missing
-    from the store; the refits and tables are computed here.
+    ``client``: a :class:`distributed.Client` (:mod:`covnb.cluster`) whose workers compute the
+    frozen features missing from the store and the nested calibration's inner refits
+    (:func:`inner_fold_predictions`); the outputs are the same as without it. The fold heads,
+    densities and tables are computed here.
     """
     out = Path(out_dir)
     classes = list(result["classes"])
@@ -276,7 +354,8 @@ def trust_outputs(out_dir, result: dict, *, frameset=None, config=None, samples:
                 else None)
     calibration, tables = _calibration_outputs(out, oof, classes, paths, n_boot=n_boot,
                                                seed=int(result.get("config", {}).get("seed", 0)), log=log,
-                                               inner=_inner_tables(frameset, config, classes, folds, history, features))
+                                               inner=_inner_tables(frameset, config, classes, folds, history, features,
+                                                                  client=client))
     calibrated_videos = tables["video"][DEFAULT_METHOD]
     uncertainty, arrays = _uncertainty_outputs(out, calibrated_videos, classes, paths, folds=folds, history=history,
                                                frameset=frameset, config=config, samples=samples, features=features)
@@ -303,12 +382,12 @@ def trust_outputs(out_dir, result: dict, *, frameset=None, config=None, samples:
     return result
 
 
-def _inner_tables(frameset, config, classes, folds, history, features) -> dict | None:
+def _inner_tables(frameset, config, classes, folds, history, features, *, client=None) -> dict | None:
     """Inner out-of-fold predictions for fully nested calibration, when the recipe allows it."""
     if features is None or not len(history) or not NESTED_CALIBRATION:
         return None
     return inner_fold_predictions(frameset, config, classes, folds, history=history, features=features[2]["features"],
-                                  model=features[2]["model"])
+                                  model=features[2]["model"], client=client)
 
 
 def _calibration_outputs(out: Path, oof: pd.DataFrame, classes, paths: dict, *, n_boot: int, seed: int,

@@ -223,3 +223,37 @@ def test_a_keras_head_mirrored_over_two_logical_devices_matches_one_device(tmp_p
     assert result["mirrored"]["replicas"] == 2  # really two devices
     np.testing.assert_allclose(result["mirrored"]["probs"], result["none"]["probs"], atol=1e-4)
     assert result["mirrored"]["balanced_accuracy"] == pytest.approx(result["none"]["balanced_accuracy"], abs=1e-9)
+
+
+def _trust_run(out, client=None) -> dict:
+    from covnb.train import recipe_config, run_training
+    from test_refactor_identity import _frame_settings, phantom_samples
+
+    result = run_training(phantom_samples(), out, recipe_config("default", **TINY), n_folds=3, seeds=(0,),
+                          frame_settings=_frame_settings(SIZE), final_model=False, figures=False, n_boot=20,
+                          baseline=False, protocols=("patient",), log=None, cluster=client)
+    return {"files": {p.name: p.read_bytes() for p in sorted(Path(out).glob("*.csv"))},
+            "calibration": result["calibration"], "uncertainty": result["uncertainty"]}
+
+
+@pytest.mark.slow
+def test_the_trust_steps_inner_refits_on_a_local_cluster_give_byte_identical_trust_outputs(tmp_path):
+    """Nested calibration: every (seed, fold, inner fold) refit a task on the workers; the calibrated
+    out-of-fold predictions, held-out OOD scores and blocks of metrics.json as in this process."""
+    serial = _trust_run(tmp_path / "serial")
+    assert serial["calibration"]["evaluation"].startswith("fully nested")  # the inner refits ran
+    with open_cluster("local:2", log=None) as client:
+        distributed = _trust_run(tmp_path / "cluster", client)
+
+        def rebuilt_models():
+            import covnb.trust
+
+            return len(covnb.trust._WORKER_MODELS)
+
+        assert sum(client.run(rebuilt_models).values()) >= 1  # the refits ran on the workers
+    assert "calibrated_oof_predictions.csv" in serial["files"]
+    assert distributed["files"].keys() == serial["files"].keys()
+    for name, content in serial["files"].items():
+        assert distributed["files"][name] == content, name  # byte for byte
+    assert distributed["calibration"] == serial["calibration"]
+    assert distributed["uncertainty"] == serial["uncertainty"]

@@ -197,7 +197,8 @@ def _inner_refit(model, frames, features: dict, shared: dict, unit: _InnerUnit) 
     data = FoldData.for_recipe(unit.config, frames, shared["labels"], train_rows=unit.fit_rows,
                                validation_rows=np.zeros(0, dtype=int), features=features,
                                videos=shared["sample_ids"])
-    fit_fold(model, data, unit.config, shared["groups"], n_classes=shared["n_classes"], seed=unit.fit_seed, log=None)
+    fit_fold(model, data, unit.config, shared["groups"], n_classes=shared["n_classes"], seed=unit.fit_seed,
+             log=None)
     return predict_rows(model, data, unit.test_rows, unit.config)
 
 

@@ -2,7 +2,8 @@
 
 - The CAM explorer: JupyterLab on 127.0.0.1, run the notebook, move the frame slider, and check
   that the image changes.
-- The report a user opens: ``covnb report --profile smoke`` with a relative ``--out``, then its
+- The report a user opens: ``covnb report --profile smoke`` with a relative ``--out`` (the session's one
+  phantom smoke run, ``phantom_smoke_report`` in tests/conftest.py), then its
   index.html and a notebook page opened from disk with every network request refused: no broken
   image, math typeset by the MathJax inside the run folder. Screenshots are written inside the
   test's own temporary folder, and also kept in ``$COVNB_SCREENSHOT_DIR`` when it is set.
@@ -259,22 +260,15 @@ MATH_READY_JS = ("() => window.MathJax && MathJax.Hub && MathJax.Hub.queue && Ma
 
 
 @pytest.fixture(scope="module")
-def smoke_report(tmp_path_factory):
-    """``covnb report --profile smoke --out runs`` as a user types it, from a folder of their own."""
+def smoke_report(request):
+    """``covnb report --profile smoke --out "my runs"`` as a user types it, from a folder of their own: the
+    session's one phantom smoke run (tests/conftest.py), shared with tests/test_notebooks.py and only read."""
     if not CHROMIUM.is_file():
         pytest.skip(f"{CHROMIUM} not installed (apt-get install -y chromium)")
     pytest.importorskip("playwright.sync_api")
-    from covnb.cli import main
-
-    home = tmp_path_factory.mktemp("user")
-    before = Path.cwd()
-    os.chdir(home)
-    try:
-        code = main(["report", "--profile", "smoke", "--out", "runs", "--no-progress"])
-    finally:
-        os.chdir(before)
-    (run_dir,) = [p for p in (home / "runs").iterdir() if p.is_dir()]
-    return code, run_dir
+    report = request.getfixturevalue("phantom_smoke_report")
+    (run_dir,) = [p for p in report["out"].iterdir() if p.is_dir()]
+    return report["code"], run_dir
 
 
 def _offline(page) -> list:

@@ -92,13 +92,11 @@ def test_smoke_report_on_real_data_with_corrupt_files(pocus_subset, tmp_path):
     assert "Cov_zero_byte.mp4" in (run_dir / "01_data_exploration.html").read_text()
 
 
-def test_smoke_report_on_the_embedded_phantom_with_a_relative_out_from_another_directory(tmp_path, monkeypatch, capfd):
-    # as users run it: a relative --out (here with a space) while papermill runs each kernel in its own folder
-    elsewhere = tmp_path / "some project"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
-    assert main(["report", "--profile", "smoke", "--out", "my runs", "--no-progress"]) == 0
-    out = elsewhere / "my runs"
+def test_smoke_report_on_the_embedded_phantom_with_a_relative_out_from_another_directory(phantom_smoke_report):
+    # as users run it: a relative --out (here with a space) while papermill runs each kernel in its own folder;
+    # the run is the session's one phantom smoke run (tests/conftest.py), also checked by tests/test_browser.py
+    assert phantom_smoke_report["code"] == 0
+    elsewhere, out = phantom_smoke_report["folder"], phantom_smoke_report["out"]
     run_dir, manifest = _single_run(out)
     assert manifest["status"] == "ok" and manifest["data"]["synthetic"] is True
     assert verify_run(run_dir) == []
@@ -111,9 +109,9 @@ def test_smoke_report_on_the_embedded_phantom_with_a_relative_out_from_another_d
     assert _metrics(run_dir, "02_transfer_learning")["leaky_split"]["audit_shared_patients"] == 36
     assert sorted(p.name for p in elsewhere.iterdir()) == ["my runs"]
     # no TensorFlow / CUDA / kernel start-up noise, neither in the terminal (the kernels' too) nor in the HTML
-    captured = capfd.readouterr()
+    terminal = phantom_smoke_report["stdout"] + phantom_smoke_report["stderr"]  # captured as capfd does
     pages = [(run_dir / record["html"]).read_text() for record in manifest["notebooks"]]
     for noise in ("cuInit", "oneDNN", "TCP without encryption", "Could not find cuda drivers"):
-        assert noise not in captured.out + captured.err, noise
+        assert noise not in terminal, noise
         assert not any(noise in page for page in pages), noise
     assert "SYNTHETIC" in (run_dir / "index.html").read_text()

@@ -38,7 +38,7 @@ from covnb.models import sidecar_path
 from covnb.predict import predict_paths
 from covnb.prediction_trust import TRUST_SUFFIX, annotate_predictions, load_trust_arrays, trust_arrays_path
 from covnb.registry import HEAD_FEATURES
-from covnb.experiments.crossval import encode_frames
+from covnb.experiments.crossval import encode_frames, frame_sources
 from covnb.experiments.features import recipe_features, recipe_model
 from covnb.experiments.fitting import FoldData, fit_fold, predict_rows
 from covnb.uncertainty import (LOW_CONFIDENCE_QUANTILE, MIN_FOLD_AGREEMENT, OOD_QUANTILE, feature_distance,
@@ -98,7 +98,7 @@ def _fold_heads(frameset, config, classes, folds: pd.DataFrame, history: pd.Data
         fold_config = dataclasses.replace(config, linear_probe_cs=(float(c_values.iloc[0]),))
         data = FoldData.for_recipe(fold_config, frameset.frames, labels, train_rows=np.nonzero(role_of == "train")[0],
                                    validation_rows=np.nonzero(role_of == "validation")[0], features=features,
-                                   videos=sample_ids)
+                                   videos=sample_ids, sources=frame_sources(index))
         fit_fold(model, data, fold_config, groups, n_classes=len(classes),
                  seed=int(config.seed) + 1000 * int(seed) + int(fold), log=None)
         kernel, bias = model.get_layer("logits").get_weights()
@@ -150,7 +150,8 @@ def inner_fold_predictions(frameset, config, classes, folds: pd.DataFrame, *, hi
             fit_rows = np.nonzero(np.isin(sample_ids, np.asarray(training)[fit_videos]))[0]
             test_rows = np.nonzero(np.isin(sample_ids, np.asarray(training)[test_videos]))[0]
             data = FoldData.for_recipe(fold_config, frameset.frames, labels, train_rows=fit_rows,
-                                       validation_rows=np.zeros(0, dtype=int), features=features, videos=sample_ids)
+                                       validation_rows=np.zeros(0, dtype=int), features=features, videos=sample_ids,
+                                       sources=frame_sources(index))
             fit_fold(model, data, fold_config, groups, n_classes=len(classes),
                      seed=int(config.seed) + 1000 * int(seed) + 100 * int(fold) + inner, log=None)
             probs = predict_rows(model, data, test_rows, fold_config)

@@ -39,7 +39,7 @@ from covnb.models import sidecar_path
 from covnb.predict import predict_paths
 from covnb.prediction_trust import TRUST_SUFFIX, annotate_predictions, load_trust_arrays, trust_arrays_path
 from covnb.registry import HEAD_FEATURES
-from covnb.experiments.crossval import encode_frames
+from covnb.experiments.crossval import encode_frames, frame_sources
 from covnb.experiments.features import recipe_features, recipe_model
 from covnb.experiments.fitting import FoldData, fit_fold, predict_rows
 from covnb.uncertainty import (LOW_CONFIDENCE_QUANTILE, MIN_FOLD_AGREEMENT, OOD_QUANTILE, feature_distance,
@@ -100,7 +100,7 @@ def _fold_heads(frameset, config, classes, folds: pd.DataFrame, history: pd.Data
         fold_config = dataclasses.replace(config, linear_probe_cs=(float(c_values.iloc[0]),))
         data = FoldData.for_recipe(fold_config, frameset.frames, labels, train_rows=np.nonzero(role_of == "train")[0],
                                    validation_rows=np.nonzero(role_of == "validation")[0], features=features,
-                                   videos=sample_ids)
+                                   videos=sample_ids, sources=frame_sources(index))
         fit_fold(model, data, fold_config, groups, n_classes=len(classes),
                  seed=int(config.seed) + 1000 * int(seed) + int(fold), log=None)
         kernel, bias = model.get_layer("logits").get_weights()
@@ -137,7 +137,8 @@ def inner_fold_predictions(frameset, config, classes, folds: pd.DataFrame, *, hi
     units = _inner_units(config, classes, folds, history, labels, groups, sample_ids, n_inner)
     if units is None:
         return None
-    shared = {"labels": labels, "groups": groups, "sample_ids": sample_ids, "n_classes": len(classes)}
+    shared = {"labels": labels, "groups": groups, "sample_ids": sample_ids, "n_classes": len(classes),
+              "sources": frame_sources(index)}
     if client is None:
         probs = [_inner_refit(model, frameset.frames, features, shared, unit) for unit in units]
     else:
@@ -196,7 +197,7 @@ def _inner_refit(model, frames, features: dict, shared: dict, unit: _InnerUnit) 
     """Refit ``model``'s head on ``unit``'s fit rows; its test rows' probabilities."""
     data = FoldData.for_recipe(unit.config, frames, shared["labels"], train_rows=unit.fit_rows,
                                validation_rows=np.zeros(0, dtype=int), features=features,
-                               videos=shared["sample_ids"])
+                               videos=shared["sample_ids"], sources=shared["sources"])
     fit_fold(model, data, unit.config, shared["groups"], n_classes=shared["n_classes"], seed=unit.fit_seed,
              log=None)
     return predict_rows(model, data, unit.test_rows, unit.config)

@@ -400,6 +400,30 @@ def test_source_aware_probe_folds_exactly_into_the_model_and_learns():
         tiny("default", solver="keras", imbalance="source_balanced")
 
 
+def test_trust_refits_of_a_source_aware_recipe_see_the_sources():
+    """run_training's trust outputs refit every fold's head (model.trust.npz, nested calibration): with
+    source-balanced weights or NAP they need each frame's source, as the cross-validation had (they
+    raised "no 'source' column" after the whole cross-validation of `covnb train --nuisance-dims 8`)."""
+    import dataclasses
+
+    from covnb import trust
+    from covnb.experiments.features import recipe_features, recipe_model
+
+    frameset = sourced_frameset()
+    config = tiny("default", imbalance="source_balanced", nuisance_dims=2)
+    cv = run_cross_validation(frameset, config, n_folds=3, seeds=(0,), log=None, group_by="source")
+    model = recipe_model(config, len(cv.classes), 0)
+    features = recipe_features(frameset.frames, config, model, None)
+    kernels, biases = trust._fold_heads(frameset, config, cv.classes, cv.folds, cv.histories, features, model)
+    assert kernels.shape[0] == biases.shape[0] == 3
+    plain = dataclasses.replace(config, imbalance="class_weight", nuisance_dims=0)
+    plain_kernels, _ = trust._fold_heads(frameset, plain, cv.classes, cv.folds, cv.histories, features, model)
+    assert not np.allclose(kernels, plain_kernels)  # the sources were used
+    inner = trust.inner_fold_predictions(frameset, config, cv.classes, cv.folds, history=cv.histories,
+                                         features=features, model=model)
+    assert inner and all(len(table) for table in inner.values())
+
+
 def test_nap_recipe_chooses_the_number_of_projected_directions_inside_training_folds():
     frameset = sourced_frameset()
     config = tiny("nap")

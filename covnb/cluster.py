@@ -39,6 +39,8 @@ import re
 import warnings
 from typing import Callable, Iterator
 
+from covnb.quiet import verbose
+
 __all__ = ["SCHEDULER_ENV", "ALLOWED_FAILURES", "ClusterSpec", "ClusterSpecError", "parse_cluster_spec",
            "open_cluster", "keep_cluster", "is_client", "share_payload", "in_fit_thread"]
 
@@ -143,6 +145,8 @@ def open_cluster(spec=None, *, log: Callable[[str], None] | None = print,
             except (OSError, TimeoutError) as error:
                 raise ClusterSpecError(f"cannot reach the Dask scheduler at {parsed.address} ({error})") from None
         try:
+            if not verbose():
+                client.register_plugin(_quiet_worker_plugin())
             if log:
                 log(f"cluster: {parsed.describe()}, dashboard {client.dashboard_link}")
             yield client
@@ -154,6 +158,22 @@ def open_cluster(spec=None, *, log: Callable[[str], None] | None = print,
 
 #: Clusters a notebook keeps open across its cells (:func:`keep_cluster`), by their specification.
 _KEPT: dict[str, tuple[object, contextlib.ExitStack]] = {}
+
+
+def _quiet_worker_plugin():
+    """A worker plugin that quiets TensorFlow's start-up lines in every worker, the replacements of
+    lost ones included (:func:`covnb.quiet.install`: the client's own process is quieted the same way)."""
+    from distributed import WorkerPlugin
+
+    class QuietTensorFlow(WorkerPlugin):
+        name = "covnb-quiet-tensorflow"
+
+        def setup(self, worker):
+            from covnb import quiet
+
+            quiet.install()
+
+    return QuietTensorFlow()
 
 
 def keep_cluster(spec=None, *, log: Callable[[str], None] | None = print) -> object | None:

@@ -257,3 +257,28 @@ def test_the_trust_steps_inner_refits_on_a_local_cluster_give_byte_identical_tru
         assert distributed["files"][name] == content, name  # byte for byte
     assert distributed["calibration"] == serial["calibration"]
     assert distributed["uncertainty"] == serial["uncertainty"]
+
+
+def _import_tensorflow():
+    import tensorflow as tf
+
+    return tf.constant(1.0).numpy().item()
+
+
+def _worker_stderr(capfd, monkeypatch, verbose: bool) -> str:
+    if verbose:
+        monkeypatch.setenv("COVNB_VERBOSE", "1")
+    else:
+        monkeypatch.delenv("COVNB_VERBOSE", raising=False)
+    capfd.readouterr()
+    with open_cluster("local:1", log=None) as client:  # the worker inherits this test's captured stderr
+        assert client.submit(_import_tensorflow, pure=False).result() == 1.0
+    return capfd.readouterr().err
+
+
+@pytest.mark.slow
+def test_workers_keep_tensorflows_start_up_lines_out_of_the_terminal_unless_verbose(capfd, monkeypatch):
+    quiet = _worker_stderr(capfd, monkeypatch, verbose=False)
+    assert "oneDNN" not in quiet and "cuda" not in quiet.lower(), quiet
+    loud = _worker_stderr(capfd, monkeypatch, verbose=True)
+    assert "oneDNN" in loud  # the control: a worker without the plugin prints them

@@ -8,8 +8,10 @@ size, augmentation and view. :func:`recipe_features` gives a recipe every cut it
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import random
 import time
 import warnings
 import weakref
@@ -34,8 +36,36 @@ FEATURE_ROWS_PER_TASK = 512
 DEVICE_APPEARANCE_VERSION = 1
 
 
+@contextlib.contextmanager
+def _layer_seeds_from(seed: int):
+    """Keras layers built inside draw their default seeds from a private generator seeded as
+    ``keras.utils.set_random_seed(seed)`` seeds Python's, not from Python's process-wide ``random``.
+
+    Keras 3 gives every initializer, dropout and augmentation layer built without a seed a
+    ``SeedGenerator`` whose seed is ``random.randint(...)`` at construction. Another thread of the
+    process (a Dask client's or worker's event loop) may draw from the same ``random`` meanwhile, and
+    then the same seed gave other initial weights now and then (found by the few-shot cluster test).
+    Afterwards Python's generator is left where the private one ended, as if it had made the draws.
+    """
+    from keras.src.random import seed_generator  # the module whose `python_random` Keras draws from
+
+    private, saved = random.Random(int(seed)), seed_generator.python_random
+    seed_generator.python_random = private
+    try:
+        yield
+    finally:
+        seed_generator.python_random = saved
+        random.setstate(private.getstate())
+
+
 def recipe_model(config: TrainConfig, n_classes: int, seed: int) -> keras.Model:
-    """The full Keras model (raw RGB in, probabilities out) a recipe trains."""
+    """The full Keras model (raw RGB in, probabilities out) a recipe trains; built with seeds drawn
+    from ``seed`` alone (callers call ``keras.utils.set_random_seed(seed)`` first, as before)."""
+    with _layer_seeds_from(seed):
+        return _build_recipe_model(config, n_classes, seed)
+
+
+def _build_recipe_model(config: TrainConfig, n_classes: int, seed: int) -> keras.Model:
     return build_model(config.backbone, n_classes, config.head, config.image_size, weights=config.weights,
                        trainable=config.trainable if config.trainable != "all" else "all",
                        augmentation=config.augmentation, dropout=config.dropout, alpha=config.alpha, seed=seed)

@@ -40,6 +40,7 @@ from covnb.predict import predict_paths
 from covnb.prediction_trust import TRUST_SUFFIX, annotate_predictions, load_trust_arrays, trust_arrays_path
 from covnb.registry import HEAD_FEATURES
 from covnb.experiments.crossval import encode_frames, frame_sources
+from covnb.experiments.recipes import SELECTION_CANDIDATES
 from covnb.experiments.features import recipe_features, recipe_model
 from covnb.experiments.fitting import FoldData, fit_fold, predict_rows
 from covnb.uncertainty import (LOW_CONFIDENCE_QUANTILE, MIN_FOLD_AGREEMENT, OOD_QUANTILE, feature_distance,
@@ -85,7 +86,7 @@ def _fold_heads(frameset, config, classes, folds: pd.DataFrame, history: pd.Data
                 model) -> tuple[np.ndarray, np.ndarray] | None:
     """Refit the linear head of every outer fold of the first split seed with the C its inner CV
     chose (``training_history.csv``): the same deterministic fit as in the cross-validation."""
-    if config.solver != "logistic" or "C" not in history:
+    if config.solver != "logistic" or "C" not in history or not _refittable_selection(config, history):
         return None
     index, classes, labels, groups, sample_ids, _ = encode_frames(frameset, classes)
     seed = folds["seed"].iloc[0]
@@ -94,10 +95,9 @@ def _fold_heads(frameset, config, classes, folds: pd.DataFrame, history: pd.Data
     for fold in sorted(of_seed["fold"].unique()):
         roles = of_seed[of_seed["fold"] == fold].set_index("sample_id")["role"]
         role_of = roles.reindex(sample_ids).to_numpy()
-        c_values = history[(history["seed"] == seed) & (history["fold"] == fold)]["C"].dropna()
-        if c_values.empty:
+        fold_config = _outer_fold_config(config, history, seed, fold)
+        if fold_config is None:
             return None
-        fold_config = dataclasses.replace(config, linear_probe_cs=(float(c_values.iloc[0]),))
         data = FoldData.for_recipe(fold_config, frameset.frames, labels, train_rows=np.nonzero(role_of == "train")[0],
                                    validation_rows=np.nonzero(role_of == "validation")[0], features=features,
                                    videos=sample_ids, sources=frame_sources(index))
@@ -131,7 +131,7 @@ def inner_fold_predictions(frameset, config, classes, folds: pd.DataFrame, *, hi
     fold) refit is then a Dask task (``model``'s weights and ``features`` sent once), gathered in
     the serial order with the same seeds: the tables are the same, byte for byte, as without it.
     """
-    if config.solver != "logistic" or "C" not in history or config.select:
+    if config.solver != "logistic" or "C" not in history or not _refittable_selection(config, history):
         return None
     index, classes, labels, groups, sample_ids, _ = encode_frames(frameset, classes)
     units = _inner_units(config, classes, folds, history, labels, groups, sample_ids, n_inner)
@@ -171,10 +171,9 @@ def _inner_units(config, classes, folds, history, labels, groups, sample_ids, n_
     first_frame = pd.Series(np.arange(len(sample_ids))).groupby(sample_ids, sort=False).first()
     units = []
     for (seed, fold), of_fold in folds.groupby(["seed", "fold"]):
-        c_values = history[(history["seed"] == seed) & (history["fold"] == fold)]["C"].dropna()
-        if c_values.empty:
+        fold_config = _outer_fold_config(config, history, seed, fold)
+        if fold_config is None:
             return None
-        fold_config = dataclasses.replace(config, linear_probe_cs=(float(c_values.iloc[0]),))
         training = sorted(set(of_fold.loc[of_fold["role"].isin(["train", "validation"]), "sample_id"]))
         rows_of = first_frame.reindex(training).to_numpy()
         video_labels, video_groups = labels[rows_of], groups[rows_of]
@@ -191,6 +190,33 @@ def _inner_units(config, classes, folds, history, labels, groups, sample_ids, n_
                 test_rows=np.nonzero(np.isin(sample_ids, np.asarray(training)[test_videos]))[0],
                 fit_seed=int(config.seed) + 1000 * int(seed) + 100 * int(fold) + inner))
     return units
+
+
+#: Settings a selection candidate may change while keeping the model and its features: the inner
+#: refits then reuse them (NAP directions, source weights, the C grid).
+_FIT_TIME_SETTINGS = {"nuisance_dims", "imbalance", "linear_probe_cs"}
+
+
+def _refittable_selection(config, history: pd.DataFrame) -> bool:
+    """No selection, or one among candidates that differ only in fit-time settings, each outer fold's
+    choice recorded in ``history`` (``selected``)."""
+    if not config.select:
+        return True
+    same_features = all(set(SELECTION_CANDIDATES[name]) <= _FIT_TIME_SETTINGS for name in config.select)
+    return same_features and "selected" in history and history["selected"].notna().all()
+
+
+def _outer_fold_config(config, history: pd.DataFrame, seed, fold):
+    """The recipe as the outer fold (seed, fold) fitted it: its chosen C and, when selecting, its
+    chosen candidate (None when the history has no C for it)."""
+    rows = history[(history["seed"] == seed) & (history["fold"] == fold)]
+    c_values = rows["C"].dropna()
+    if c_values.empty:
+        return None
+    fold_config = dataclasses.replace(config, linear_probe_cs=(float(c_values.iloc[0]),))
+    if config.select:
+        fold_config = dataclasses.replace(fold_config, **SELECTION_CANDIDATES[rows["selected"].iloc[0]], select=())
+    return fold_config
 
 
 def _inner_refit(model, frames, features: dict, shared: dict, unit: _InnerUnit) -> np.ndarray:

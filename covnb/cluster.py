@@ -36,13 +36,15 @@ import dataclasses
 import logging
 import os
 import re
+import threading
 import warnings
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 from covnb.quiet import verbose
 
 __all__ = ["SCHEDULER_ENV", "ALLOWED_FAILURES", "ClusterSpec", "ClusterSpecError", "parse_cluster_spec",
-           "open_cluster", "keep_cluster", "is_client", "share_payload", "in_fit_thread"]
+           "open_cluster", "keep_cluster", "is_client", "share_payload", "map_with_payload",
+           "worker_cached", "in_fit_thread"]
 
 SCHEDULER_ENV = "COVNB_SCHEDULER"
 #: How many times a task may lose its worker before the run fails (Dask's default is 3).
@@ -231,3 +233,47 @@ def share_payload(client, payload, *, name: str):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
         return client.submit(_held, payload, pure=False, key=name)
+
+
+def map_with_payload(client, function: Callable, payload: dict, items: Sequence[tuple], *, name: str,
+                     payload_name: str | None = None, keys: Iterable | None = None,
+                     on_done: Callable[[int, object], None] | None = None) -> list:
+    """``function(payload, *item)`` for every item of ``items`` as a Dask task, the results in
+    ``items``' order. ``payload`` (a dict, given a fresh ``"token"`` for :func:`worker_cached`) is
+    sent once (:func:`share_payload`, keyed ``{payload_name or name}-{token[:8]}``); task ``i`` is
+    keyed ``{name}-{token[:8]}-{keys[i]}`` (``keys`` default: the positions). ``on_done(i, result)``,
+    when given, is called here for each task that finishes, as it finishes. ``function`` must be
+    importable on the workers (a module-level function)."""
+    import uuid
+
+    token = uuid.uuid4().hex
+    sent = share_payload(client, {**payload, "token": token}, name=f"{payload_name or name}-{token[:8]}")
+    keys = range(len(items)) if keys is None else keys
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sending large graph", UserWarning)  # each task's arguments, sent once
+        futures = [client.submit(function, sent, *item, pure=False, key=f"{name}-{token[:8]}-{key}")
+                   for item, key in zip(items, keys, strict=True)]
+    if on_done is not None:
+        from distributed import as_completed
+
+        position = {future.key: i for i, future in enumerate(futures)}
+        for future in as_completed(futures):
+            if future.status == "finished":
+                on_done(position[future.key], future.result())
+    return client.gather(futures)
+
+
+#: Objects rebuilt on a worker from a payload, by the payload's token (see :func:`worker_cached`).
+_WORKER_CACHE: dict[str, object] = {}
+_WORKER_LOCK = threading.RLock()
+
+
+def worker_cached(token: str, build: Callable[[], object], *, keep: int = 1):
+    """On a worker: ``build()``'s object for ``token`` (a :func:`map_with_payload` payload's),
+    built once per worker and token; the objects of only the last ``keep`` tokens are kept."""
+    with _WORKER_LOCK:
+        if token not in _WORKER_CACHE:
+            while _WORKER_CACHE and len(_WORKER_CACHE) >= keep:
+                _WORKER_CACHE.pop(next(iter(_WORKER_CACHE)))
+            _WORKER_CACHE[token] = build()
+        return _WORKER_CACHE[token]

@@ -132,16 +132,10 @@ def _score_unit(fit_predict, unit: _LearningUnit, seed: int) -> float:
     return float(balanced_accuracy_score(unit.truth, predicted))
 
 
-#: The learning-curve fitter rebuilt on a worker, by the token of the curve that sent it.
-_WORKER_FITTERS: dict = {}
-
-
 def _unit_in_worker(payload: dict, unit: _LearningUnit, seed: int) -> float:
-    token = payload["token"]
-    if token not in _WORKER_FITTERS:
-        _WORKER_FITTERS.clear()
-        _WORKER_FITTERS[token] = _fitter_from_payload(payload)
-    return _score_unit(_WORKER_FITTERS[token], unit, seed)
+    from covnb.cluster import worker_cached
+
+    return _score_unit(worker_cached(payload["token"], lambda: _fitter_from_payload(payload)), unit, seed)
 
 
 def _unit_task(payload: dict, unit: _LearningUnit, seed: int) -> float:
@@ -154,15 +148,10 @@ def _unit_task(payload: dict, unit: _LearningUnit, seed: int) -> float:
 
 def _units_on_cluster(client, payload: dict, units: list[_LearningUnit], seed: int) -> list[float]:
     """Every unit as a Dask task (the fitter's embeddings or weights and features sent once), in order."""
-    import uuid
+    from covnb.cluster import map_with_payload
 
-    from covnb.cluster import share_payload
-
-    token = uuid.uuid4().hex
-    sent = share_payload(client, {**payload, "token": token}, name=f"covnb-learning-{token[:8]}")
-    futures = [client.submit(_unit_task, sent, unit, seed, pure=False,
-                             key=f"covnb-learning-{token[:8]}-{unit.fold}-{unit.n}-{unit.repeat}") for unit in units]
-    return client.gather(futures)
+    return map_with_payload(client, _unit_task, payload, [(unit, seed) for unit in units], name="covnb-learning",
+                            keys=[f"{unit.fold}-{unit.n}-{unit.repeat}" for unit in units])
 
 
 def _learning_curve_fitter(recipe, index, frame_labels, classes, embeddings, frames, train_config, logreg_c, log,

@@ -112,43 +112,32 @@ def _embed(model, frames: np.ndarray, batch_size: int) -> list[np.ndarray]:
             for i in range(0, len(frames), batch_size)]
 
 
-#: The embedding model rebuilt on a worker, by the token of the computation that sent its weights.
-_WORKER_MODELS: dict = {}
-
-
 def _embedding_task(payload: dict, frames: np.ndarray) -> np.ndarray:
     """On a worker: the embeddings of a part of the frames (the model rebuilt once per computation)."""
-    from covnb.backbones import feature_extractor
+    from covnb.cluster import worker_cached
 
-    token = payload["token"]
-    if token not in _WORKER_MODELS:
-        _WORKER_MODELS.clear()
+    def build():
+        from covnb.backbones import feature_extractor
+
         model = feature_extractor(payload["backbone"], payload["image_size"], None, pooling=payload["pooling"])
         model.set_weights(payload["weights"])
-        _WORKER_MODELS[token] = model
-    chunks = _embed(_WORKER_MODELS[token], frames, payload["batch_size"])
+        return model
+
+    chunks = _embed(worker_cached(payload["token"], build), frames, payload["batch_size"])
     return np.concatenate(chunks).astype(np.float32)
 
 
 def _embeddings_on_cluster(client, model, frames: np.ndarray, *, backbone: str, image_size: int, pooling: str,
                            batch_size: int, rows_per_task: int) -> list[np.ndarray]:
     """The embeddings of ``frames`` in parts computed by the Dask workers of ``client``, in order."""
-    import uuid
-    import warnings
-
-    from covnb.cluster import share_payload
+    from covnb.cluster import map_with_payload
 
     per_task = max(batch_size, int(rows_per_task) // batch_size * batch_size)
-    token = uuid.uuid4().hex
-    sent = share_payload(client, {"token": token, "backbone": backbone, "image_size": image_size,
-                                  "pooling": pooling, "batch_size": batch_size, "weights": model.get_weights()},
-                         name=f"covnb-embedding-weights-{token[:8]}")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Sending large graph", UserWarning)  # each task's frames, sent once
-        futures = [client.submit(_embedding_task, sent, frames[start:start + per_task], pure=False,
-                                 key=f"covnb-embeddings-{token[:8]}-{start}")
-                   for start in range(0, len(frames), per_task)]
-    return client.gather(futures)
+    starts = range(0, len(frames), per_task)
+    payload = {"backbone": backbone, "image_size": image_size, "pooling": pooling, "batch_size": batch_size,
+               "weights": model.get_weights()}
+    return map_with_payload(client, _embedding_task, payload, [(frames[start:start + per_task],) for start in starts],
+                            name="covnb-embeddings", payload_name="covnb-embedding-weights", keys=starts)
 
 
 def sample_embeddings(embeddings: np.ndarray, index: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:

@@ -144,19 +144,14 @@ def _episode_cells_on_cluster(client, x, labels, groups, methods: dict, *, shots
                               settings: dict) -> list[pd.DataFrame]:
     """Every (K, method) cell as a Dask task (embeddings and methods sent once); per K, the
     episode table of :func:`evaluate_episodes` with every method, rows in its order."""
-    import uuid
-
-    from covnb.cluster import share_payload
+    from covnb.cluster import map_with_payload
 
     _refuse_methods_trained_on(methods, np.asarray(groups, dtype=str))  # here, before any task
-    token = uuid.uuid4().hex[:8]
-    sent = share_payload(client, {"x": np.asarray(x), "labels": np.asarray(labels), "groups": np.asarray(groups),
-                                  "methods": methods, "seed": int(seed), "settings": settings},
-                         name=f"covnb-episodes-{token}")
+    payload = {"x": np.asarray(x), "labels": np.asarray(labels), "groups": np.asarray(groups), "methods": methods,
+               "seed": int(seed), "settings": settings}
     cells = [(k, name) for k in shots for name in methods]
-    futures = [client.submit(_episode_cell, sent, k, name, pure=False, key=f"covnb-episodes-{token}-{k}-{position}")
-               for position, (k, name) in enumerate(cells)]
-    results = dict(zip(cells, client.gather(futures)))
+    results = dict(zip(cells, map_with_payload(client, _episode_cell, payload, cells, name="covnb-episodes",
+                                               keys=[f"{k}-{position}" for position, (k, _) in enumerate(cells)])))
     tables = []
     for k in shots:
         per_method = [results[(k, name)] for name in methods]

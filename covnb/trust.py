@@ -31,7 +31,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 import keras
 
 from covnb.calibration import DEFAULT_METHOD, evaluate_calibration, fit_final_calibration, plot_reliability
-from covnb.cluster import in_fit_thread, share_payload
+from covnb.cluster import in_fit_thread, map_with_payload, worker_cached
 from covnb.evaluate import _labels_and_probs
 from covnb.io_utils import atomic_write, atomic_write_json
 from covnb.model_card import write_model_card
@@ -229,21 +229,16 @@ def _inner_refit(model, frames, features: dict, shared: dict, unit: _InnerUnit) 
     return predict_rows(model, data, unit.test_rows, unit.config)
 
 
-#: Models rebuilt on a worker, by the token of the trust step that sent them (the last few).
-_WORKER_MODELS: dict[str, keras.Model] = {}
-
-
 def _inner_in_worker(payload: dict, unit: _InnerUnit) -> np.ndarray:
-    token = payload["token"]
-    if token not in _WORKER_MODELS:
-        while len(_WORKER_MODELS) >= 2:
-            _WORKER_MODELS.pop(next(iter(_WORKER_MODELS)))
+    def build() -> keras.Model:
         config = payload["config"]
         keras.utils.set_random_seed(int(config.seed))
         model = recipe_model(dataclasses.replace(config, weights=None), payload["shared"]["n_classes"], config.seed)
         model.set_weights(payload["weights"])
-        _WORKER_MODELS[token] = model
-    return _inner_refit(_WORKER_MODELS[token], None, payload["features"], payload["shared"], unit)
+        return model
+
+    model = worker_cached(payload["token"], build, keep=2)
+    return _inner_refit(model, None, payload["features"], payload["shared"], unit)
 
 
 def _inner_task(payload: dict, unit: _InnerUnit) -> np.ndarray:
@@ -257,15 +252,9 @@ def _inner_refits_on_cluster(client, config, model, features: dict, shared: dict
                              units: list[_InnerUnit]) -> list[np.ndarray]:
     """Every inner refit as a Dask task (weights and cached features sent once); probabilities
     in the units' order."""
-    import uuid
-
-    token = uuid.uuid4().hex
-    payload = {"token": token, "config": config, "weights": model.get_weights(), "features": features,
-               "shared": shared}
-    sent = share_payload(client, payload, name=f"covnb-inner-{token[:8]}")
-    futures = [client.submit(_inner_task, sent, unit, pure=False,
-                             key=f"covnb-inner-{token[:8]}-{unit.seed}-{unit.fold}-{unit.inner}") for unit in units]
-    return client.gather(futures)
+    payload = {"config": config, "weights": model.get_weights(), "features": features, "shared": shared}
+    return map_with_payload(client, _inner_task, payload, [(unit,) for unit in units], name="covnb-inner",
+                            keys=[f"{unit.seed}-{unit.fold}-{unit.inner}" for unit in units])
 
 
 def heldout_ood_table(ids, video_features, folds: pd.DataFrame) -> pd.DataFrame:

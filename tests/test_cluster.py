@@ -246,9 +246,11 @@ def test_the_trust_steps_inner_refits_on_a_local_cluster_give_byte_identical_tru
         distributed = _trust_run(tmp_path / "cluster", client)
 
         def rebuilt_models():
-            import covnb.trust
+            import keras
 
-            return len(covnb.trust._WORKER_MODELS)
+            import covnb.cluster
+
+            return sum(isinstance(value, keras.Model) for value in covnb.cluster._WORKER_CACHE.values())
 
         assert sum(client.run(rebuilt_models).values()) >= 1  # the refits ran on the workers
     assert "calibrated_oof_predictions.csv" in serial["files"]

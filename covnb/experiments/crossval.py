@@ -16,7 +16,7 @@ import pandas as pd
 
 import keras
 
-from covnb.cluster import in_fit_thread, share_payload
+from covnb.cluster import in_fit_thread, map_with_payload, worker_cached
 from covnb.experiments.features import recipe_features, recipe_model
 from covnb.experiments.fitting import FoldData, fit_fold, predict_rows
 from covnb.experiments.recipes import (GROUPINGS, SELECTION_CANDIDATES, TrainConfig, needs_sources, recipe_config,
@@ -379,19 +379,11 @@ def _run_fold_here(candidates, shared: _FoldInputs, job: _FoldJob, log, groups):
     return result
 
 
-#: Candidates rebuilt on a worker, by the token of the cross-validation that sent them (the last few).
-_WORKER_CANDIDATES: dict[str, "RecipeCandidates"] = {}
-
-
 def _fold_in_worker(payload: dict, job: _FoldJob):
-    token = payload["token"]
-    if token not in _WORKER_CANDIDATES:
-        while len(_WORKER_CANDIDATES) >= 2:
-            _WORKER_CANDIDATES.pop(next(iter(_WORKER_CANDIDATES)))
-        _WORKER_CANDIDATES[token] = RecipeCandidates.from_parts(payload["frames"], payload["n_classes"],
-                                                                payload["parts"])
+    candidates = worker_cached(payload["token"], lambda: RecipeCandidates.from_parts(
+        payload["frames"], payload["n_classes"], payload["parts"]), keep=2)
     started = time.perf_counter()
-    selected, probs, histories = _fit_one(_WORKER_CANDIDATES[token], payload["shared"], job, None)
+    selected, probs, histories = _fit_one(candidates, payload["shared"], job, None)
     return selected, probs, histories, time.perf_counter() - started
 
 
@@ -412,28 +404,23 @@ def _fold_task(payload: dict, job: _FoldJob):
 def _run_folds_on_cluster(client, candidates, shared: _FoldInputs, jobs: list[_FoldJob], log, groups):
     """Every fold as a Dask task (the candidates' weights and features sent once); the
     results in the jobs' order, each fold logged as it finishes."""
-    import uuid
-
-    from distributed import as_completed
-
-    payload = {"token": uuid.uuid4().hex, "frames": candidates.frames if candidates.needs_frames else None,
+    payload = {"frames": candidates.frames if candidates.needs_frames else None,
                "n_classes": candidates.n_classes, "parts": candidates.parts(), "shared": shared}
-    sent = share_payload(client, payload, name=f"covnb-candidates-{payload['token'][:8]}")
     started = time.perf_counter()
-    futures = [client.submit(_fold_task, sent, job, pure=False, key=f"covnb-fold-{payload['token'][:8]}-"
-                             f"{job.seed}-{job.fold}") for job in jobs]
-    position = {future.key: i for i, future in enumerate(futures)}
+
+    def logged(position: int, result) -> None:
+        job = jobs[position]
+        _log_fold_sizes(log, job.prefix, groups, job.train_rows, job.validation_rows, job.test_rows)
+        _log_fold_result(log, job.prefix, shared.labels, job.test_rows, result[1], time.perf_counter() - result[3])
+
     if log:
         log(f"cluster: {len(jobs)} fold task(s) submitted")
-        for future in as_completed(futures):
-            job = jobs[position[future.key]]
-            if future.status == "finished":
-                _log_fold_sizes(log, job.prefix, groups, job.train_rows, job.validation_rows, job.test_rows)
-                selected, probs, _, seconds = future.result()
-                _log_fold_result(log, job.prefix, shared.labels, job.test_rows, probs,
-                                 time.perf_counter() - seconds)
+    results = map_with_payload(client, _fold_task, payload, [(job,) for job in jobs], name="covnb-fold",
+                               payload_name="covnb-candidates", keys=[f"{job.seed}-{job.fold}" for job in jobs],
+                               on_done=logged if log else None)
+    if log:
         log(f"cluster: {len(jobs)} fold(s) in {time.perf_counter() - started:.0f} s")
-    return [result[:3] for result in client.gather(futures)]
+    return [result[:3] for result in results]
 
 
 def fit_final_model(frameset, config: TrainConfig | None = None, classes: list[str] | None = None, *,

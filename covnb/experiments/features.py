@@ -13,7 +13,6 @@ import hashlib
 import json
 import random
 import time
-import warnings
 import weakref
 from pathlib import Path
 from typing import Callable
@@ -23,7 +22,7 @@ import numpy as np
 import keras
 
 from covnb.cache import read_cached_array, usable_cache_dir, write_cached_array
-from covnb.cluster import share_payload
+from covnb.cluster import map_with_payload, worker_cached
 from covnb.experiments.recipes import TrainConfig
 from covnb.models import augmentation_spec, build_model, head_feature_layer, last_block_input_layer
 
@@ -366,10 +365,6 @@ def recipe_features(frames: np.ndarray, config: TrainConfig, model: keras.Model,
 
 # ----------------------------------------------------------------------------- on a Dask cluster
 
-#: The frozen pass rebuilt on a worker, by the token of the extraction that sent its weights.
-_WORKER_PASSES: dict = {}
-
-
 def feature_chunk(payload: dict, frames: np.ndarray, offset: int) -> list:
     """On a worker: the features of ``frames`` (rows ``offset`` onwards of the full set) for the
     payload's views. With a cache folder each view is written there atomically, under a key of
@@ -377,14 +372,15 @@ def feature_chunk(payload: dict, frames: np.ndarray, offset: int) -> list:
     without one, the arrays are returned."""
     import dataclasses
 
-    token, config = payload["token"], payload["config"]
-    if token not in _WORKER_PASSES:
-        _WORKER_PASSES.clear()
+    config = payload["config"]
+
+    def build() -> _FrozenPass:
         keras.utils.set_random_seed(int(config.seed))
         model = recipe_model(dataclasses.replace(config, weights=None), payload["n_classes"], config.seed)
         model.set_weights(payload["weights"])
-        _WORKER_PASSES[token] = _FrozenPass(model, config, payload["layer"], derived=False, augment=False, log=None)
-    frozen = _WORKER_PASSES[token]
+        return _FrozenPass(model, config, payload["layer"], derived=False, augment=False, log=None)
+
+    frozen = worker_cached(payload["token"], build)
     fingerprint = f"{_frames_fingerprint(frames)}{payload['backbone']}+{int(offset)}"
     out = []
     for view in payload["views"]:
@@ -418,23 +414,19 @@ def features_on_cluster(client, frames: np.ndarray, config: TrainConfig, model: 
 
     Returns ``{view: array (N, ...)}``, float32 for pooled features, float16 for last-block inputs.
     """
-    import uuid
-
     step = max(1, int(batch_size))
     per_task = max(step, int(rows_per_task) // step * step)
     dtype = np.float32 if layer == head_feature_layer() else np.float16
-    payload = {"token": uuid.uuid4().hex, "config": config, "n_classes": int(model.output.shape[-1]),
+    payload = {"config": config, "n_classes": int(model.output.shape[-1]),
                "weights": model.get_weights(), "layer": layer, "kinds": list(kinds), "views": list(views),
                "batch_size": step, "dtype": dtype, "backbone": _backbone_fingerprint(model, layer),
                "folder": None if folder is None else str(folder)}
-    sent = share_payload(client, payload, name=f"covnb-weights-{payload['token'][:8]}")
     starts = list(range(0, len(frames), per_task))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Sending large graph", UserWarning)  # each task's frames, sent once
-        futures = [client.submit(feature_chunk, sent, frames[start:start + per_task], start, pure=False,
-                                 key=f"covnb-features-{payload['token'][:8]}-{start}") for start in starts]
+    chunks = [(frames[start:start + per_task], start) for start in starts]
+    results = map_with_payload(client, feature_chunk, payload, chunks, name="covnb-features",
+                               payload_name="covnb-weights", keys=starts)
     parts: dict[int, list] = {view: [] for view in views}
-    for start, result in zip(starts, client.gather(futures)):
+    for start, result in zip(starts, results):
         for view, part in zip(views, result):
             if isinstance(part, str):
                 array = read_cached_array(Path(part), rows=min(per_task, len(frames) - start))

@@ -416,7 +416,7 @@ def test_trust_refits_of_a_source_aware_recipe_see_the_sources():
     raised "no 'source' column" after the whole cross-validation of `covnb train --nuisance-dims 8`)."""
     import dataclasses
 
-    from covnb import trust
+    from covnb import trust_refits
     from covnb.experiments.features import recipe_features, recipe_model
 
     frameset = sourced_frameset()
@@ -424,12 +424,12 @@ def test_trust_refits_of_a_source_aware_recipe_see_the_sources():
     cv = run_cross_validation(frameset, config, n_folds=3, seeds=(0,), log=None, group_by="source")
     model = recipe_model(config, len(cv.classes), 0)
     features = recipe_features(frameset.frames, config, model, None)
-    kernels, biases = trust._fold_heads(frameset, config, cv.classes, cv.folds, cv.histories, features, model)
+    kernels, biases = trust_refits.fold_heads(frameset, config, cv.classes, cv.folds, cv.histories, features, model)
     assert kernels.shape[0] == biases.shape[0] == 3
     plain = dataclasses.replace(config, imbalance="class_weight", nuisance_dims=0)
-    plain_kernels, _ = trust._fold_heads(frameset, plain, cv.classes, cv.folds, cv.histories, features, model)
+    plain_kernels, _ = trust_refits.fold_heads(frameset, plain, cv.classes, cv.folds, cv.histories, features, model)
     assert not np.allclose(kernels, plain_kernels)  # the sources were used
-    inner = trust.inner_fold_predictions(frameset, config, cv.classes, cv.folds, history=cv.histories,
+    inner = trust_refits.inner_fold_predictions(frameset, config, cv.classes, cv.folds, history=cv.histories,
                                          features=features, model=model)
     assert inner and all(len(table) for table in inner.values())
 
@@ -460,7 +460,7 @@ def test_the_default_recipe_without_sources_fits_the_midlevel_one(frameset):
 def test_trust_refits_of_the_default_recipe_use_each_outer_folds_choice():
     """Nested calibration and fold heads refit what every outer fold chose (its NAP candidate and C):
     the fold heads equal the cross-validation's own fitted heads, fold by fold."""
-    from covnb import trust
+    from covnb import trust_refits
     from covnb.experiments.features import recipe_features, recipe_model
 
     frameset = sourced_frameset()
@@ -470,12 +470,12 @@ def test_trust_refits_of_the_default_recipe_use_each_outer_folds_choice():
     assert set(chosen) <= set(train.NAP_CANDIDATES)
     model = recipe_model(config, len(cv.classes), 0)
     features = recipe_features(frameset.frames, config, model, None)
-    kernels, _ = trust._fold_heads(frameset, config, cv.classes, cv.folds, cv.histories, features, model)
+    kernels, _ = trust_refits.fold_heads(frameset, config, cv.classes, cv.folds, cv.histories, features, model)
     history = cv.histories.drop(columns="selected")
     for position, fold in enumerate(sorted(chosen.index)):
         fixed = dataclasses.replace(config, select=(), **train.SELECTION_CANDIDATES[chosen[fold]])
-        one, _ = trust._fold_heads(frameset, fixed, cv.classes, cv.folds, history, features, model)
+        one, _ = trust_refits.fold_heads(frameset, fixed, cv.classes, cv.folds, history, features, model)
         np.testing.assert_allclose(kernels[position], one[position], atol=1e-6)
-    inner = trust.inner_fold_predictions(frameset, config, cv.classes, cv.folds, history=cv.histories,
+    inner = trust_refits.inner_fold_predictions(frameset, config, cv.classes, cv.folds, history=cv.histories,
                                          features=features, model=model)
     assert inner and all(len(table) for table in inner.values())

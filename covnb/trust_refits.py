@@ -22,7 +22,7 @@ from covnb.cluster import in_fit_thread, map_with_payload, worker_cached
 from covnb.experiments.crossval import encode_frames, frame_sources
 from covnb.experiments.features import recipe_model
 from covnb.experiments.fitting import FoldData, fit_fold, predict_rows
-from covnb.experiments.recipes import SELECTION_CANDIDATES
+from covnb.experiments.recipes import FIT_TIME_SETTINGS, SELECTION_CANDIDATES
 
 __all__ = ["INNER_FOLDS", "fold_heads", "inner_fold_predictions"]
 
@@ -134,17 +134,12 @@ def _inner_units(config, classes, folds, history, labels, groups, sample_ids, n_
     return units
 
 
-#: Settings a selection candidate may change while keeping the model and its features: the inner
-#: refits then reuse them (NAP directions, source weights, the C grid).
-_FIT_TIME_SETTINGS = {"nuisance_dims", "imbalance", "linear_probe_cs"}
-
-
 def _refittable_selection(config, history: pd.DataFrame) -> bool:
     """No selection, or one among candidates that differ only in fit-time settings, each outer fold's
     choice recorded in ``history`` (``selected``)."""
     if not config.select:
         return True
-    same_features = all(set(SELECTION_CANDIDATES[name]) <= _FIT_TIME_SETTINGS for name in config.select)
+    same_features = all(set(SELECTION_CANDIDATES[name]) <= set(FIT_TIME_SETTINGS) for name in config.select)
     return same_features and "selected" in history and history["selected"].notna().all()
 
 

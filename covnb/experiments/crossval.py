@@ -20,7 +20,7 @@ from covnb.cluster import in_fit_thread, map_with_payload, worker_cached
 from covnb.experiments.features import recipe_features, recipe_model
 from covnb.experiments.fitting import FoldData, fit_fold, predict_rows
 from covnb.experiments.recipes import (GROUPINGS, SELECTION_CANDIDATES, TrainConfig, needs_sources, recipe_config,
-                                      selection_configs)
+                                      same_features, selection_configs)
 from covnb.splits import cv_folds, inner_validation
 
 __all__ = ["CVResult", "RecipeCandidates", "encode_frames", "frame_sources", "inner_cv_groups", "run_cross_validation",
@@ -108,8 +108,10 @@ class RecipeCandidates:
         for name, candidate in selection_configs(config):
             keras.utils.set_random_seed(candidate.seed)
             model = recipe_model(candidate, n_classes, candidate.seed)
-            self.entries.append((name, candidate, model, model.get_weights(),
-                                 recipe_features(frames, candidate, model, log, client=client)))
+            # candidates that differ only in how the head is fitted (NAP) share one features object
+            shared = next((entry[4] for entry in self.entries if same_features(entry[1], candidate)), None)
+            self.entries.append((name, candidate, model, model.get_weights(), shared if shared is not None
+                                 else recipe_features(frames, candidate, model, log, client=client)))
             self.random_states.append([np.asarray(v.numpy()) for v in _seed_states(model)])
 
     @property

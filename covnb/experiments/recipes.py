@@ -19,7 +19,7 @@ from covnb.models import POOLED_TAP_HEADS, augmentation_spec
 __all__ = ["RECIPES", "DISTRIBUTE_CHOICES", "IMBALANCE_CHOICES", "SOURCE_WEIGHTINGS", "ENGINES", "TRAIN_UNITS",
            "SOLVERS", "GROUPINGS", "SELECTION_CANDIDATES", "AUTO_CANDIDATES", "NAP_CANDIDATES",
            "UNMIRRORABLE_MODALITIES", "TrainConfig", "recipe_config", "selection_configs", "mirror_is_plausible",
-           "needs_sources"]
+           "needs_sources", "FIT_TIME_SETTINGS", "same_features"]
 
 RECIPES = ("pocovid", "default", "midlevel", "linear_probe", "auto", "nap")
 IMBALANCE_CHOICES = ("none", "class_weight", "oversample", "source_balanced", "source_sqrt")
@@ -223,6 +223,17 @@ def recipe_config(recipe: str = "default", **overrides) -> TrainConfig:
 
 #: The recipes built on the mid-level head (the default and its variants).
 _MIDLEVEL_RECIPES = ("default", "midlevel", "nap")
+
+
+#: Settings that change only how the head is fitted, not the model or its cached features (NAP
+#: directions, source weights, the C grid): candidates differing only in these share features.
+FIT_TIME_SETTINGS = ("nuisance_dims", "imbalance", "linear_probe_cs")
+
+
+def same_features(a: TrainConfig, b: TrainConfig) -> bool:
+    """Whether two configs build the same model and features (they differ in fit-time settings only)."""
+    fixed = dict(nuisance_dims=0, imbalance="none", linear_probe_cs=(1.0,), recipe="midlevel", select=())
+    return dataclasses.replace(a, **fixed) == dataclasses.replace(b, **fixed)
 
 
 def needs_sources(config: TrainConfig) -> bool:

@@ -96,14 +96,14 @@ def main() -> None:
             print(f"model stages on {len(frameset)} frames of {len(subset)} files")
         report["model_frames"] = len(frameset)
         n_frames = len(frameset)
-        config = recipe_config("default", backbone=args.backbone, weights=None, image_size=args.image_size)
+        config = recipe_config("midlevel", backbone=args.backbone, weights=None, image_size=args.image_size)
         serial_features, model_seconds = _timed(lambda: compute_features(frameset.frames, config, cut="head", views=0, cache=False,
                                                            log=None))
         report["model_ms_per_frame"] = 1000 * model_seconds / n_frames
         print(f"model ({args.backbone}, {args.image_size} px, frozen pass, this process): "
               f"{report['model_ms_per_frame']:.1f} ms per frame")
 
-        cv_config = recipe_config("default", backbone=args.backbone, weights=None, image_size=args.image_size)
+        cv_config = recipe_config("midlevel", backbone=args.backbone, weights=None, image_size=args.image_size)
         from covnb.experiments.crossval import RecipeCandidates
 
         _, features_s = _timed(lambda: RecipeCandidates(frameset.frames, cv_config, 3, None))  # fills the store

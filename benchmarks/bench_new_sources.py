@@ -6,7 +6,8 @@ Every variant is cross-validated with covnb's own machinery (:func:`covnb.train.
 on source-held-out and patient-grouped folds, split seeds 10-14, video level (mean frame
 probability); one JSON line per variant and protocol is appended to ``OUT/results.jsonl`` and the
 out-of-fold predictions are kept (``OUT/<variant>_<protocol>.csv``) so ensembles average them.
-Variants: see :data:`VARIANTS` (``ens:a+b`` averages the stored predictions of a and b; ``a,b``
+Variants: see :data:`VARIANTS`, each a change of the ``midlevel`` recipe (the default before issue 13
+chose it; ``default`` is today's default) (``ens:a+b`` averages the stored predictions of a and b; ``a,b``
 fits one recipe with the settings of both, e.g. ``source_balanced,nap4``).
 """
 
@@ -26,39 +27,40 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 VARIANTS = {
     # name: (recipe, config overrides, frame settings overrides, feature normalisation, input normalisation)
-    "default": ("default", {}, {}, "none", False),
+    "default": ("default", {}, {}, "none", False),  # since issue 13: midlevel + the nested NAP choice
+    "midlevel": ("midlevel", {}, {}, "none", False),  # the default before it
     "linear_probe": ("linear_probe", {}, {}, "none", False),
-    "device2": ("default", dict(device_views=2), {}, "none", False),
-    "device4": ("default", dict(device_views=4), {}, "none", False),
-    "fnorm_source": ("default", {}, {}, "source", False),
-    "fnorm_source_scale": ("default", {}, {}, "source_scale", False),
-    "fnorm_video_scale": ("default", {}, {}, "video_scale", False),
-    "fnorm_video_frames": ("default", dict(train_unit="frame"), {}, "video", False),
-    "intensity": ("default", {}, {}, "none", True),
-    "resnet50": ("default", dict(backbone="resnet50"), {}, "none", False),
-    "lite1": ("default", dict(backbone="efficientnet_lite1"), {}, "none", False),
-    "pca8": ("default", dict(feature_pca=8), {}, "none", False),
-    "pca16": ("default", dict(feature_pca=16), {}, "none", False),
-    "pca32": ("default", dict(feature_pca=32), {}, "none", False),
-    "pca64": ("default", dict(feature_pca=64), {}, "none", False),
-    "strong_c": ("default", dict(linear_probe_cs=(1e-5, 1e-4, 1e-3)), {}, "none", False),
-    "top_video_mirror": ("default", dict(head="gap"), {}, "none", False),
-    "canonical": ("default", {}, dict(canonical="crop+inpaint"), "none", False),
-    "mask": ("default", {}, dict(mask_sector=True), "none", False),
+    "device2": ("midlevel", dict(device_views=2), {}, "none", False),
+    "device4": ("midlevel", dict(device_views=4), {}, "none", False),
+    "fnorm_source": ("midlevel", {}, {}, "source", False),
+    "fnorm_source_scale": ("midlevel", {}, {}, "source_scale", False),
+    "fnorm_video_scale": ("midlevel", {}, {}, "video_scale", False),
+    "fnorm_video_frames": ("midlevel", dict(train_unit="frame"), {}, "video", False),
+    "intensity": ("midlevel", {}, {}, "none", True),
+    "resnet50": ("midlevel", dict(backbone="resnet50"), {}, "none", False),
+    "lite1": ("midlevel", dict(backbone="efficientnet_lite1"), {}, "none", False),
+    "pca8": ("midlevel", dict(feature_pca=8), {}, "none", False),
+    "pca16": ("midlevel", dict(feature_pca=16), {}, "none", False),
+    "pca32": ("midlevel", dict(feature_pca=32), {}, "none", False),
+    "pca64": ("midlevel", dict(feature_pca=64), {}, "none", False),
+    "strong_c": ("midlevel", dict(linear_probe_cs=(1e-5, 1e-4, 1e-3)), {}, "none", False),
+    "top_video_mirror": ("midlevel", dict(head="gap"), {}, "none", False),
+    "canonical": ("midlevel", {}, dict(canonical="crop+inpaint"), "none", False),
+    "mask": ("midlevel", {}, dict(mask_sector=True), "none", False),
     "auto": ("auto", {}, {}, "none", False),
     # source-aware fits (covnb.nuisance; fitted on each training fold's labels and sources only)
-    "source_balanced": ("default", dict(imbalance="source_balanced"), {}, "none", False),
-    "source_sqrt": ("default", dict(imbalance="source_sqrt"), {}, "none", False),
-    "nap1": ("default", dict(nuisance_dims=1), {}, "none", False),
-    "nap2": ("default", dict(nuisance_dims=2), {}, "none", False),
-    "nap4": ("default", dict(nuisance_dims=4), {}, "none", False),
-    "nap8": ("default", dict(nuisance_dims=8), {}, "none", False),
-    "nap16": ("default", dict(nuisance_dims=16), {}, "none", False),
-    "clahe": ("default", {}, dict(clahe=True), "none", False),
+    "source_balanced": ("midlevel", dict(imbalance="source_balanced"), {}, "none", False),
+    "source_sqrt": ("midlevel", dict(imbalance="source_sqrt"), {}, "none", False),
+    "nap1": ("midlevel", dict(nuisance_dims=1), {}, "none", False),
+    "nap2": ("midlevel", dict(nuisance_dims=2), {}, "none", False),
+    "nap4": ("midlevel", dict(nuisance_dims=4), {}, "none", False),
+    "nap8": ("midlevel", dict(nuisance_dims=8), {}, "none", False),
+    "nap16": ("midlevel", dict(nuisance_dims=16), {}, "none", False),
+    "clahe": ("midlevel", {}, dict(clahe=True), "none", False),
     # nested choice (inner source-aware CV inside every training fold; only the outer result counts)
     "select_nap": ("nap", {}, {}, "none", False),  # recipe "nap": NAP 0/2/4/8 chosen by the inner CV
-    "select_source": ("default", dict(select=("nap0", "nap4", "strong_c", "source_balanced")), {}, "none", False),
-    "gray_clahe": ("default", {}, dict(canonical="crop+inpaint+gray", clahe=True), "none", False),
+    "select_source": ("midlevel", dict(select=("nap0", "nap4", "strong_c", "source_balanced")), {}, "none", False),
+    "gray_clahe": ("midlevel", {}, dict(canonical="crop+inpaint+gray", clahe=True), "none", False),
 }
 
 
@@ -161,7 +163,7 @@ def main(argv=None) -> int:
         recipe, overrides, frame_overrides, fnorm, intensity = VARIANTS[name] if name in VARIANTS \
             else _combination(name)
         mirror = not any(m in ("X-ray", "CT") for m in samples.get("modality", pd.Series(dtype=str)).unique())
-        if recipe in ("default", "nap"):
+        if recipe in ("default", "midlevel", "nap"):
             overrides = {"mirror_view": mirror, **overrides}
         if recipe == "auto" and not mirror:
             overrides = {"select": tuple(n for n in train.AUTO_CANDIDATES

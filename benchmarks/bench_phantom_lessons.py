@@ -2,7 +2,7 @@
 
 Loads the phantom (``covnb.phantom.phantom_dataset``, default parameters unless overridden),
 extracts frames as the ``sample`` report profile does (128 px, 3 Hz, at most 30 frames),
-and cross-validates covnb's ``default`` recipe and the ``linear_probe`` baseline on three
+and cross-validates covnb's ``midlevel`` recipe (the default before issue 13) and the ``linear_probe`` baseline on three
 splits of the same frames:
 
 * frame-level (leaky): :func:`covnb.splits.frame_level_folds`, every frame its own "patient",
@@ -54,7 +54,7 @@ def source_held_out_check_folds(samples: pd.DataFrame, n_splits: int, seed: int,
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--recipes", nargs="+", default=["default", "linear_probe"])
+    parser.add_argument("--recipes", nargs="+", default=["midlevel", "linear_probe"])
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--phantom", default="{}", help="JSON keyword arguments for phantom_dataset")
     parser.add_argument("--json", default=None, help="write the results here")

@@ -77,11 +77,11 @@ def main(argv=None):
                   image_size=args.image_size, epochs=args.epochs, patience=args.epochs, seed=args.seed)
     keras_head = dict(solver="keras", train_unit="frame")
     methods = (("covnb default (cached features, logistic video head)",
-                recipe_config("default", **views, **common)),
+                recipe_config("midlevel", **views, **common)),
                (f"covnb cached features, Keras head, {args.epochs} epochs",
-                recipe_config("default", engine="cached", **views, **keras_head, **common)),
+                recipe_config("midlevel", engine="cached", **views, **keras_head, **common)),
                (f"plain Keras fit through the backbone, {args.epochs} epochs",
-                recipe_config("default", engine="plain", **keras_head, **common)))
+                recipe_config("midlevel", engine="plain", **keras_head, **common)))
     from covnb.cache import cache_dir
 
     weights_folder = cache_dir("weights")

@@ -78,10 +78,10 @@ def _recipe_overrides(args, dataset) -> dict:
             overrides[name] = value
     if args.mirror is not None:
         overrides["mirror_view"] = args.mirror
-    elif args.preset in ("default", "auto", "nap"):
+    elif args.preset in ("default", "midlevel", "auto", "nap"):
         from covnb.train import AUTO_CANDIDATES, SELECTION_CANDIDATES, mirror_is_plausible
 
-        if args.preset in ("default", "nap"):
+        if args.preset in ("default", "midlevel", "nap"):
             overrides["mirror_view"] = mirror_is_plausible(dataset.samples)
         else:
             overrides["select"] = tuple(name for name in AUTO_CANDIDATES if mirror_is_plausible(dataset.samples)
@@ -242,11 +242,13 @@ def add_train_command(commands) -> None:
                      "covnb train path/to/pocus --out runs/pocovid --preset pocovid --no-final-model")
     _add_data_argument(train, "the embedded synthetic phantom")
     train.add_argument("--out", required=True, help="folder for metrics.json, OOF predictions, figures, model.keras")
-    train.add_argument("--preset", default="default", choices=["default", "pocovid", "linear_probe", "auto", "nap"],
-                       help="recipe: covnb's default, POCOVID-Net's protocol, the linear-probe baseline, auto: the "
-                            "candidate recipes of covnb.train.AUTO_CANDIDATES, chosen inside every training fold "
-                            "by a nested source-aware CV (and for the final model), or nap: the default with 0, 2, 4 "
-                            "or 8 within-class between-source feature directions projected out, chosen the same way")
+    train.add_argument("--preset", default="default", choices=["default", "midlevel", "pocovid", "linear_probe", "auto", "nap"],
+                       help="recipe: covnb's default (middle layers, mirrored view, one example per video, and "
+                            "0, 2, 4 or 8 within-class between-source feature directions projected out (NAP), the "
+                            "number chosen inside every training fold by a nested source-aware CV; 'nap' is the "
+                            "same), midlevel (the default without NAP, the default before it), POCOVID-Net's "
+                            "protocol, the linear-probe baseline, or auto: the candidate recipes of "
+                            "covnb.train.AUTO_CANDIDATES, chosen the same way (and for the final model)")
     train.add_argument("--group-by", default="both", choices=["both", "source", "patient"],
                        help="cross-validation: both (source-held-out as the headline, patient-grouped beside it), "
                             "source (COVID-19 sources held out whole) or patient (patient-grouped only)")
@@ -263,7 +265,8 @@ def add_train_command(commands) -> None:
                             "class weighs the same (source_sqrt: by the square root of its size), logistic head")
     train.add_argument("--nuisance-dims", type=int, default=None,
                        help="project this many within-class between-source directions, estimated on each training "
-                            "fold, out of the features before the logistic head (NAP; default 0)")
+                            "fold, out of the features before the logistic head (NAP; default: 0, 2, 4 or 8 "
+                            "chosen by the inner CV of every training fold; giving a number fixes it)")
     train.add_argument("--head", default=None, choices=["gap", "midlevel", "multiscale", "pocovid"],
                        help="classifier head (default: the preset's; default preset: midlevel)")
     train.add_argument("--aug-views", type=int, default=None,

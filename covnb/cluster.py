@@ -16,7 +16,7 @@ algorithms and task scheduling", SciPy 2015): frame decoding by chunks of files
 (:func:`covnb.experiments.features.features_on_cluster`, into the shared feature store) and every
 (split seed, fold) of a cross-validation
 (:func:`covnb.experiments.crossval.run_cross_validation`) and every inner refit of the nested
-calibration (:func:`covnb.trust.inner_fold_predictions`); in the few-shot study
+calibration (:func:`covnb.trust_refits.inner_fold_predictions`); in the few-shot study
 (:mod:`covnb.fewshot`) the embeddings, every (K, method) cell of a shot curve and every
 (fold, n, repeat) of a patient learning curve. Results are gathered and assembled in
 the serial order, so the out-of-fold predictions are byte-identical to an in-process run. A

@@ -253,9 +253,9 @@ def _limits(metrics: dict, data: dict) -> list[str]:
     if data["source_table"]:
         limits.append("Sources and classes are confounded (table above): a model can learn the source (screen "
                       "layout, device) instead of the lung.")
-    if metrics.get("config", {}).get("recipe") == "default":
-        limits.append("The default recipe's choices were made on the same public data (split seeds 0-2); "
-                      "results on those seeds are optimistic.")
+    if metrics.get("config", {}).get("recipe") in ("default", "midlevel", "nap"):
+        limits.append("The default recipe's choices were made on the same public data (the mid-level head on "
+                      "split seeds 0-2, the source step on split seeds 10-14); results on those seeds are optimistic.")
     return limits
 
 

@@ -39,8 +39,12 @@ def describe(config) -> str:
     elif not config.mirror_view:
         parts.append("no augmentation")
     parts.append(_IMBALANCE[config.imbalance])
-    if getattr(config, "select", ()):
-        parts.append(f"one of {', '.join(config.select)} chosen inside every training fold by its inner CV")
+    select = tuple(getattr(config, "select", ()))
+    if select and all(name.startswith("nap") for name in select):
+        parts.append(f"{' / '.join(name[3:] for name in select)} within-class between-source direction(s) "
+                     "projected out (NAP), the number chosen inside every training fold by its inner CV")
+    elif select:
+        parts.append(f"one of {', '.join(select)} chosen inside every training fold by its inner CV")
     if getattr(config, "nuisance_dims", 0):
         parts.append(f"{config.nuisance_dims} within-class between-source direction(s) projected out (NAP)")
     if config.recipe == "pocovid":

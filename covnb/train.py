@@ -4,7 +4,7 @@ The code lives in :mod:`covnb.experiments` (``recipes``, ``features``, ``fitting
 ``training``); this module keeps every name it has always had, so ``covnb.train.run_training``
 and the rest import as before. What follows is why the recipes are what they are.
 
-Three recipes (:func:`recipe_config`):
+The recipes (:func:`recipe_config`):
 
 * ``"pocovid"``: POCOVID-Net's protocol (Born et al., arXiv:2004.12084; their
   ``scripts/train_covid19.py``): their head, Adam 1e-4, batch 16, 20 epochs, rotation 10 deg,
@@ -12,7 +12,15 @@ Three recipes (:func:`recipe_config`):
   (0.7, 7), early stopping (patience 20) -- but with seeds and an inner patient-level
   validation split for early stopping instead of the test fold. By default it trains the plain
   Keras way (every augmented batch through the backbone each epoch).
-* ``"default"`` (covnb): the backbone is frozen, so its features are computed ONCE per frame
+* ``"default"`` (covnb): ``"midlevel"`` below, with 0, 2, 4 or 8 within-class between-source
+  directions projected out of the features (nuisance attribute projection, :mod:`covnb.nuisance`;
+  Solomonoff et al., ICASSP 2005), the number chosen inside every training fold by its inner CV
+  (source-aware under source-held-out folds; only the outer result is reported; the final model
+  by the same inner CV). Re-selected on source-held-out folds (issue 13), POCUS, split seeds
+  10-14, video balanced accuracy: 0.764 +- 0.012 against 0.718 +- 0.029 for ``"midlevel"``,
+  patient-grouped 0.793 against 0.788 (README). ``"nap"`` is the same recipe under its earlier name.
+  Data without sources fall back to ``"midlevel"`` (NAP 0).
+* ``"midlevel"`` (the default until issue 13): the backbone is frozen, so its features are computed ONCE per frame
   (and per cached view), cached on disk, and the head is fitted on them. Choices, each measured
   on POCUS (3 classes, patient-grouped 5-fold, EfficientNet-Lite0 ImageNet at 224, video
   balanced accuracy of mean frame probability, class-weighted logistic regression with C by
@@ -54,17 +62,13 @@ Three recipes (:func:`recipe_config`):
   per video, middle layers with and without mirror) inside every training fold by the inner CV
   (grouped by source for the positive class under ``group_by="source"``): a nested selection,
   only the outer result is reported; the final model is chosen by the same inner CV.
-* ``"nap"``: the default recipe with 0, 2, 4 or 8 within-class between-source directions
-  projected out of the features (nuisance attribute projection, :mod:`covnb.nuisance`; Solomonoff
-  et al., ICASSP 2005), the number chosen the same nested way. POCUS, source-held-out, split seeds
-  10-14: video balanced accuracy 0.764 +- 0.012 against 0.718 +- 0.029 for the default (README).
 
 Evaluation (:func:`run_training`): source-held-out folds (every test fold's COVID-19 files from
 sources absent from its training data, :func:`covnb.splits.source_held_out_folds`) as the
-headline, patient-grouped folds beside them. On POCUS, split seeds 10-14: the default recipe
+headline, patient-grouped folds beside them. On POCUS, split seeds 10-14: the mid-level recipe
 0.718 +- 0.029 source-held-out (COVID-19 sensitivity 0.50, specificity 0.96) against 0.788 +-
-0.018 patient-grouped (0.71 / 0.94); the linear probe 0.637 (0.33 / 0.89). The choices above
-were made on patient-grouped folds.
+0.018 patient-grouped (0.71 / 0.94); the default 0.764 +- 0.012 (0.62 / 0.95) against 0.793; the
+linear probe 0.637 (0.33 / 0.89). The mid-level recipe's choices were made on patient-grouped folds.
 
 Every recipe yields a full Keras model (raw RGB in, probabilities out), so a saved model is
 used the same way whatever trained it.

@@ -260,7 +260,9 @@ def imbalance_comparison(frame_set, default, default_cv, classes, *, n_folds: in
     ``(the config compared, option -> per-fold video metrics)``; ``default_cv`` is reused when it is one of them."""
     from covnb.train import run_cross_validation
 
-    base = default if default.solver == "keras" else dataclasses.replace(default, solver="keras", train_unit="frame")
+    # a Keras head has no NAP choice (select) and no source step: logistic heads only
+    base = default if default.solver == "keras" else dataclasses.replace(default, solver="keras", train_unit="frame",
+                                                                         select=(), nuisance_dims=0)
     per_fold = {}
     for option in ("none", "class_weight", "oversample"):
         result = default_cv if option == base.imbalance and base == default else run_cross_validation(

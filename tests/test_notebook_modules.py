@@ -27,9 +27,12 @@ def test_describe_names_what_sets_each_recipe_apart():
 
     assert describe(recipe_config("linear_probe")) == ("top layer, average pool, logistic regression (C by inner "
                                                        "patient CV), no augmentation, class weights")
-    assert describe(recipe_config("default")) == ("middle layers, average + max pools, logistic regression (C by inner "
-                                                  "patient CV), one example per video (mean feature), a mirrored copy "
-                                                  "of every frame, class weights")
+    midlevel = ("middle layers, average + max pools, logistic regression (C by inner patient CV), one example per "
+                "video (mean feature), a mirrored copy of every frame, class weights")
+    assert describe(recipe_config("midlevel")) == midlevel
+    assert describe(recipe_config("default")) == midlevel + (", 0 / 2 / 4 / 8 within-class between-source "
+                                                             "direction(s) projected out (NAP), the number chosen "
+                                                             "inside every training fold by its inner CV")
     fine_tuned = describe(recipe_config("default", fine_tune_epochs=3, epochs=7))
     assert fine_tuned.startswith("top layer, average pool, Adam, up to 7 epochs")
     assert fine_tuned.endswith("then the last block fine-tuned for up to 3 epochs")

@@ -49,7 +49,7 @@ def test_every_profile_validates(profile):
 @pytest.mark.parametrize("name, change, message", [
     ("01_data_exploration", {"image_size": 16}, "01_data_exploration: image_size must be an integer in 32..1024, got 16"),
     ("02_transfer_learning", {"n_folds": 37}, "n_folds must be an integer in 2..20, got 37"),
-    ("02_transfer_learning", {"recipe": "fancy"}, "recipe must be one of 'pocovid', 'default', 'linear_probe', 'auto'"),
+    ("02_transfer_learning", {"recipe": "fancy"}, "recipe must be one of 'pocovid', 'default', 'midlevel', 'linear_probe', 'auto'"),
     ("02_transfer_learning", {"alpha": 0.5}, "alpha applies to mobilenet / mobilenet_v2 only"),
     ("02_transfer_learning", {"mirror_view": 1}, "mirror_view must be one of True, False, 'auto'; got 1"),
     ("02_transfer_learning", {"compare_imbalance": "yes"}, "compare_imbalance must be True or False"),

@@ -139,13 +139,13 @@ def _cv_record(config, out: Path) -> dict:
 def record_phantom_default(out: Path) -> dict:
     from covnb.train import recipe_config
 
-    return _training_record(phantom_samples(), out, recipe_config("default", **TINY), SIZE)
+    return _training_record(phantom_samples(), out, recipe_config("midlevel", **TINY), SIZE)
 
 
 def record_phantom_keras_head(out: Path) -> dict:
     from covnb.train import recipe_config
 
-    return _cv_record(recipe_config("default", **TINY, solver="keras", train_unit="frame", epochs=2,
+    return _cv_record(recipe_config("midlevel", **TINY, solver="keras", train_unit="frame", epochs=2,
                                     mirror_view=False), out)
 
 
@@ -158,7 +158,7 @@ def record_phantom_auto(out: Path) -> dict:
 def record_pocus_default(out: Path) -> dict:
     from covnb.train import recipe_config
 
-    return _training_record(pocus_subset_samples(), out, recipe_config("default", image_size=64), 64)
+    return _training_record(pocus_subset_samples(), out, recipe_config("midlevel", image_size=64), 64)
 
 
 RECORDERS = {"phantom_default": record_phantom_default, "phantom_keras_head": record_phantom_keras_head,

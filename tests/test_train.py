@@ -1,5 +1,7 @@
 """covnb.train: recipes, cached features, patient-level CV without leakage, final model."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -343,8 +345,16 @@ def test_device_appearance_is_seeded_and_changes_the_frame():
     assert train.view_kinds(tiny("default", device_views=2, mirror_view=True)) == ["clean", "mirror", "device", "device"]
 
 
-def test_the_dataclass_defaults_are_the_default_recipe():
-    assert train.TrainConfig() == recipe_config("default")
+def test_the_default_recipe_is_the_midlevel_one_with_the_nap_choice():
+    assert train.TrainConfig() == recipe_config("midlevel")
+    assert recipe_config("default") == dataclasses.replace(train.TrainConfig(), recipe="default",
+                                                           select=train.NAP_CANDIDATES)
+    assert recipe_config("nap").select == recipe_config("default").select
+    # a number of directions given, or a Keras head (fine-tuning): nothing left to choose
+    assert recipe_config("default", nuisance_dims=4).select == ()
+    assert recipe_config("default", fine_tune_epochs=2).select == ()
+    assert recipe_config("default", solver="keras", train_unit="frame").select == ()
+    assert recipe_config("default", select=("nap0", "nap8")).select == ("nap0", "nap8")
     assert (train.TrainConfig().head, train.TrainConfig().solver, train.TrainConfig().train_unit) == \
         ("midlevel", "logistic", "video")
     pocovid = recipe_config("pocovid")  # the other recipes name what they change
@@ -406,7 +416,7 @@ def test_trust_refits_of_a_source_aware_recipe_see_the_sources():
     raised "no 'source' column" after the whole cross-validation of `covnb train --nuisance-dims 8`)."""
     import dataclasses
 
-    from covnb import trust
+    from covnb import trust_refits
     from covnb.experiments.features import recipe_features, recipe_model
 
     frameset = sourced_frameset()
@@ -414,12 +424,12 @@ def test_trust_refits_of_a_source_aware_recipe_see_the_sources():
     cv = run_cross_validation(frameset, config, n_folds=3, seeds=(0,), log=None, group_by="source")
     model = recipe_model(config, len(cv.classes), 0)
     features = recipe_features(frameset.frames, config, model, None)
-    kernels, biases = trust._fold_heads(frameset, config, cv.classes, cv.folds, cv.histories, features, model)
+    kernels, biases = trust_refits.fold_heads(frameset, config, cv.classes, cv.folds, cv.histories, features, model)
     assert kernels.shape[0] == biases.shape[0] == 3
     plain = dataclasses.replace(config, imbalance="class_weight", nuisance_dims=0)
-    plain_kernels, _ = trust._fold_heads(frameset, plain, cv.classes, cv.folds, cv.histories, features, model)
+    plain_kernels, _ = trust_refits.fold_heads(frameset, plain, cv.classes, cv.folds, cv.histories, features, model)
     assert not np.allclose(kernels, plain_kernels)  # the sources were used
-    inner = trust.inner_fold_predictions(frameset, config, cv.classes, cv.folds, history=cv.histories,
+    inner = trust_refits.inner_fold_predictions(frameset, config, cv.classes, cv.folds, history=cv.histories,
                                          features=features, model=model)
     assert inner and all(len(table) for table in inner.values())
 
@@ -434,3 +444,38 @@ def test_nap_recipe_chooses_the_number_of_projected_directions_inside_training_f
     cv = run_cross_validation(frameset, config, n_folds=3, seeds=(0,), log=None, group_by="source")
     assert set(cv.oof.drop_duplicates(["seed", "fold"])["selected"]) <= set(train.NAP_CANDIDATES)
     assert summarize_cv(cv.oof, cv.classes, n_boot=0)["video_mean"]["pooled_mean"]["balanced_accuracy"] >= 0.75
+
+
+def test_the_default_recipe_without_sources_fits_the_midlevel_one(frameset):
+    """Data without a source column (a folder of files): the NAP candidates cannot be fitted, so the
+    default recipe keeps NAP 0, the mid-level recipe, with the same numbers."""
+    assert "source" not in frameset.index
+    default = run_cross_validation(frameset, tiny("default"), n_folds=3, seeds=(0,), log=None)
+    midlevel = run_cross_validation(frameset, tiny("midlevel"), n_folds=3, seeds=(0,), log=None)
+    assert set(default.oof["selected"]) == {"nap0"}
+    columns = [c for c in midlevel.oof.columns if c.startswith("prob_")]
+    np.testing.assert_array_equal(default.oof[columns].to_numpy(), midlevel.oof[columns].to_numpy())
+
+
+def test_trust_refits_of_the_default_recipe_use_each_outer_folds_choice():
+    """Nested calibration and fold heads refit what every outer fold chose (its NAP candidate and C):
+    the fold heads equal the cross-validation's own fitted heads, fold by fold."""
+    from covnb import trust_refits
+    from covnb.experiments.features import recipe_features, recipe_model
+
+    frameset = sourced_frameset()
+    config = tiny("default")
+    cv = run_cross_validation(frameset, config, n_folds=3, seeds=(0,), log=None, group_by="source")
+    chosen = cv.oof.drop_duplicates(["seed", "fold"]).set_index("fold")["selected"]
+    assert set(chosen) <= set(train.NAP_CANDIDATES)
+    model = recipe_model(config, len(cv.classes), 0)
+    features = recipe_features(frameset.frames, config, model, None)
+    kernels, _ = trust_refits.fold_heads(frameset, config, cv.classes, cv.folds, cv.histories, features, model)
+    history = cv.histories.drop(columns="selected")
+    for position, fold in enumerate(sorted(chosen.index)):
+        fixed = dataclasses.replace(config, select=(), **train.SELECTION_CANDIDATES[chosen[fold]])
+        one, _ = trust_refits.fold_heads(frameset, fixed, cv.classes, cv.folds, history, features, model)
+        np.testing.assert_allclose(kernels[position], one[position], atol=1e-6)
+    inner = trust_refits.inner_fold_predictions(frameset, config, cv.classes, cv.folds, history=cv.histories,
+                                         features=features, model=model)
+    assert inner and all(len(table) for table in inner.values())

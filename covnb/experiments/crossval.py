@@ -19,7 +19,8 @@ import keras
 from covnb.cluster import in_fit_thread, map_with_payload, worker_cached
 from covnb.experiments.features import recipe_features, recipe_model
 from covnb.experiments.fitting import FoldData, fit_fold, predict_rows
-from covnb.experiments.recipes import GROUPINGS, SELECTION_CANDIDATES, TrainConfig, recipe_config, selection_configs
+from covnb.experiments.recipes import (GROUPINGS, SELECTION_CANDIDATES, TrainConfig, needs_sources, recipe_config,
+                                      same_features, selection_configs)
 from covnb.splits import cv_folds, inner_validation
 
 __all__ = ["CVResult", "RecipeCandidates", "encode_frames", "frame_sources", "inner_cv_groups", "run_cross_validation",
@@ -107,8 +108,10 @@ class RecipeCandidates:
         for name, candidate in selection_configs(config):
             keras.utils.set_random_seed(candidate.seed)
             model = recipe_model(candidate, n_classes, candidate.seed)
-            self.entries.append((name, candidate, model, model.get_weights(),
-                                 recipe_features(frames, candidate, model, log, client=client)))
+            # candidates that differ only in how the head is fitted (NAP) share one features object
+            shared = next((entry[4] for entry in self.entries if same_features(entry[1], candidate)), None)
+            self.entries.append((name, candidate, model, model.get_weights(), shared if shared is not None
+                                 else recipe_features(frames, candidate, model, log, client=client)))
             self.random_states.append([np.asarray(v.numpy()) for v in _seed_states(model)])
 
     @property
@@ -147,7 +150,12 @@ class RecipeCandidates:
         weights, features)``, ``data`` the :class:`FoldData` it was fitted on.
         """
         best = None
-        for entry, states in zip(self.entries, self.random_states):
+        usable = [(entry, states) for entry, states in zip(self.entries, self.random_states)
+                  if sources is not None or not needs_sources(entry[1])]  # no sources: NAP 0 only
+        if not usable:
+            raise ValueError(f"every candidate of recipe {self.entries[0][1].recipe!r} needs the source of every "
+                             "file (a 'source' column / Source ID), and this data has none")
+        for entry, states in usable:
             name, candidate, model, initial, features = entry
             model.set_weights(initial)
             for variable, state in zip(_seed_states(model), states):
@@ -156,11 +164,11 @@ class RecipeCandidates:
                                        validation_rows=validation_rows, features=features, videos=videos,
                                        sources=sources)
             histories = fit_fold(model, data, candidate, groups, n_classes=self.n_classes, seed=seed,
-                                 log=log if len(self.entries) == 1 else None, prefix=prefix)
+                                 log=log if len(usable) == 1 else None, prefix=prefix)
             score = histories.get("linear_probe", [{}])[-1].get("inner_cv_balanced_accuracy", 0.0)
             if best is None or score > best[3]:
                 best = (entry, data, histories, score)
-            if len(self.entries) == 1:
+            if len(usable) == 1:
                 break
         entry, data, histories, score = best
         if len(self.entries) > 1:

@@ -281,7 +281,8 @@ def _uncertainty_outputs(out: Path, calibrated_videos: pd.DataFrame, classes, pa
         thresholds["max_ood_score_rule"] = (f"{OOD_QUANTILE:.0%} quantile of held-out files' scores (densities fitted "
                                             "on the other outer folds)")
         arrays.update({f"density_{k}": v for k, v in fit_feature_density(video_features).items()})
-        heads = fold_heads(frameset, config, classes, folds, history, extra["features"], extra["model"]) \
+        heads = fold_heads(frameset, config, classes, folds, history=history, features=extra["features"],
+                           model=extra["model"]) \
             if len(history) else None
         if heads is not None:
             arrays["fold_kernels"], arrays["fold_biases"] = heads

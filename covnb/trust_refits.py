@@ -27,7 +27,7 @@ from covnb.experiments.recipes import FIT_TIME_SETTINGS, SELECTION_CANDIDATES
 __all__ = ["INNER_FOLDS", "fold_heads", "inner_fold_predictions"]
 
 
-def fold_heads(frameset, config, classes, folds: pd.DataFrame, history: pd.DataFrame, features: dict,
+def fold_heads(frameset, config, classes, folds: pd.DataFrame, *, history: pd.DataFrame, features: dict,
                 model) -> tuple[np.ndarray, np.ndarray] | None:
     """Refit the linear head of every outer fold of the first split seed with the C its inner CV
     chose (``training_history.csv``): the same deterministic fit as in the cross-validation."""

@@ -424,10 +424,12 @@ def test_trust_refits_of_a_source_aware_recipe_see_the_sources():
     cv = run_cross_validation(frameset, config, n_folds=3, seeds=(0,), log=None, group_by="source")
     model = recipe_model(config, len(cv.classes), 0)
     features = recipe_features(frameset.frames, config, model, None)
-    kernels, biases = trust_refits.fold_heads(frameset, config, cv.classes, cv.folds, cv.histories, features, model)
+    kernels, biases = trust_refits.fold_heads(frameset, config, cv.classes, cv.folds,
+                                              history=cv.histories, features=features, model=model)
     assert kernels.shape[0] == biases.shape[0] == 3
     plain = dataclasses.replace(config, imbalance="class_weight", nuisance_dims=0)
-    plain_kernels, _ = trust_refits.fold_heads(frameset, plain, cv.classes, cv.folds, cv.histories, features, model)
+    plain_kernels, _ = trust_refits.fold_heads(frameset, plain, cv.classes, cv.folds,
+                                              history=cv.histories, features=features, model=model)
     assert not np.allclose(kernels, plain_kernels)  # the sources were used
     inner = trust_refits.inner_fold_predictions(frameset, config, cv.classes, cv.folds, history=cv.histories,
                                          features=features, model=model)
@@ -470,11 +472,13 @@ def test_trust_refits_of_the_default_recipe_use_each_outer_folds_choice():
     assert set(chosen) <= set(train.NAP_CANDIDATES)
     model = recipe_model(config, len(cv.classes), 0)
     features = recipe_features(frameset.frames, config, model, None)
-    kernels, _ = trust_refits.fold_heads(frameset, config, cv.classes, cv.folds, cv.histories, features, model)
+    kernels, _ = trust_refits.fold_heads(frameset, config, cv.classes, cv.folds,
+                                              history=cv.histories, features=features, model=model)
     history = cv.histories.drop(columns="selected")
     for position, fold in enumerate(sorted(chosen.index)):
         fixed = dataclasses.replace(config, select=(), **train.SELECTION_CANDIDATES[chosen[fold]])
-        one, _ = trust_refits.fold_heads(frameset, fixed, cv.classes, cv.folds, history, features, model)
+        one, _ = trust_refits.fold_heads(frameset, fixed, cv.classes, cv.folds,
+                                         history=history, features=features, model=model)
         np.testing.assert_allclose(kernels[position], one[position], atol=1e-6)
     inner = trust_refits.inner_fold_predictions(frameset, config, cv.classes, cv.folds, history=cv.histories,
                                          features=features, model=model)

@@ -17,7 +17,7 @@ import pandas as pd
 import keras
 
 from covnb.experiments.features import _batched_call, _tail, cut_layer
-from covnb.experiments.recipes import SOURCE_WEIGHTINGS, TRAIN_UNITS, TrainConfig
+from covnb.experiments.recipes import SOURCE_WEIGHTINGS, TRAIN_UNITS, TrainConfig, needs_sources
 from covnb.experiments.keras_loop import _Batches, _EpochLine, distribution_strategy  # noqa: F401 (API)
 from covnb.models import set_trainable
 
@@ -68,7 +68,7 @@ class FoldData:
                    videos: np.ndarray | None = None, sources: np.ndarray | None = None) -> "FoldData":
         """Fold data whose unit is ``config.train_unit``; ``sources`` (the source of every frame)
         is needed by recipes that weigh or project out sources."""
-        if sources is None and (config.imbalance in SOURCE_WEIGHTINGS or config.nuisance_dims):
+        if sources is None and needs_sources(config):
             raise ValueError(f"the recipe uses each file's source (imbalance={config.imbalance!r}, nuisance_dims="
                              f"{config.nuisance_dims}) but the data has no 'source' column")
         return cls(frames, labels, train_rows, validation_rows, features, videos, unit=config.train_unit,
@@ -261,7 +261,7 @@ def _fit_logistic(examples: _ProbeExamples, chosen: np.ndarray, c: float, config
     n_views = examples.x_views.shape[0]
     x = examples.x_views[:, chosen].reshape(-1, examples.x_views.shape[2])
     y = np.tile(examples.y[chosen], n_views)
-    source_aware = bool(config.nuisance_dims) or config.imbalance in SOURCE_WEIGHTINGS
+    source_aware = needs_sources(config)
     if source_aware and examples.sources is None:
         raise ValueError("source-balanced weights and nuisance projection need the source of every example")
     sources = np.tile(examples.sources[chosen], n_views) if source_aware else None

@@ -232,8 +232,8 @@ FIT_TIME_SETTINGS = ("nuisance_dims", "imbalance", "linear_probe_cs")
 
 def same_features(a: TrainConfig, b: TrainConfig) -> bool:
     """Whether two configs build the same model and features (they differ in fit-time settings only)."""
-    fixed = dict(nuisance_dims=0, imbalance="none", linear_probe_cs=(1.0,), recipe="midlevel", select=())
-    return dataclasses.replace(a, **fixed) == dataclasses.replace(b, **fixed)
+    return a == dataclasses.replace(b, **{name: getattr(a, name) for name in FIT_TIME_SETTINGS},
+                                    recipe=a.recipe, select=a.select)
 
 
 def needs_sources(config: TrainConfig) -> bool:
